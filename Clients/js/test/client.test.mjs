@@ -1,0 +1,495 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { SwitchboardClient } from '../switchboard.js';
+import { makeFakeWebSocket, MemoryStorage, rOf, flush } from './helpers.mjs';
+
+function setup(t, options = {}) {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const WS = makeFakeWebSocket();
+  const client = new SwitchboardClient('wss://sb.example/ws', { WebSocket: WS, random: () => 1, ...options });
+  const events = [];
+  for (const name of ['state', 'hello', 'notRecovered', 'close', 'error']) client.on(name, (p) => events.push([name, p]));
+  t.after(() => client.close());
+  return { client, WS, events, tick: (ms) => t.mock.timers.tick(ms) };
+}
+
+/** Subscribe to /rooms/a and position it at `last` with epoch E1. */
+function subscribed(client, ws, last = 5) {
+  const got = [];
+  const unsubscribe = client.subscribe('/rooms/a', (body, info) => got.push([body, info.offset]));
+  const [sub] = ws.take('SUB');
+  ws.receive(`SUB200|/rooms/a|r=${rOf(sub)};id=${last};e=E1|`);
+  return { got, unsubscribe, sub };
+}
+
+const push = (ws, id, e = 'E1', stream = '/rooms/a') => ws.receive(`PUSH200|${stream}|id=${id};e=${e}|m${id}`);
+
+test('connects with the token as subprotocol and reports states and HELLO', (t) => {
+  const { client, WS, events } = setup(t, { token: 'jwt.abc' });
+  assert.equal(client.state, 'closed');
+  client.connect();
+  assert.equal(client.state, 'connecting');
+  assert.deepEqual(WS.last.protocols, ['switchboard.v1', 'bearer.jwt.abc']);
+  assert.equal(WS.last.url, 'wss://sb.example/ws');
+  WS.last.hello('sess1');
+  assert.equal(client.state, 'open');
+  assert.equal(client.sessionId, 'sess1');
+  assert.deepEqual(events.filter(([n]) => n === 'state').map(([, s]) => s), ['connecting', 'open']);
+  assert.equal(events.find(([n]) => n === 'hello')[1].session, 'sess1');
+});
+
+test('without a token only switchboard.v1 is offered', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  assert.deepEqual(WS.last.protocols, ['switchboard.v1']);
+});
+
+test('an async token function is awaited', async (t) => {
+  const { client, WS } = setup(t, { token: async () => 'tok1' });
+  client.connect();
+  assert.equal(WS.instances.length, 0);
+  await flush();
+  assert.deepEqual(WS.last.protocols, ['switchboard.v1', 'bearer.tok1']);
+});
+
+test('reconnects with full-jitter exponential backoff and resets after a stable connection', (t) => {
+  const { client, WS, tick } = setup(t, { minDelay: 100, maxDelay: 1000, stableAfter: 5000 });
+  client.connect();
+  WS.last.hello('sess1');
+  // random() = 1 gives the upper bound: 100, 200, 400, 800, 1000, 1000
+  for (const bound of [100, 200, 400, 800, 1000, 1000]) {
+    const n = WS.instances.length;
+    WS.last.failHandshake();
+    assert.equal(client.state, 'reconnecting');
+    tick(bound - 1);
+    assert.equal(WS.instances.length, n, `no reconnect before ${bound} ms`);
+    tick(1);
+    assert.equal(WS.instances.length, n + 1, `reconnect at ${bound} ms`);
+  }
+  // connected, but not long enough: the next delay keeps growing
+  WS.last.hello('sess1');
+  tick(4999);
+  WS.last.serverClose(1001);
+  tick(999);
+  const n = WS.instances.length;
+  tick(1);
+  assert.equal(WS.instances.length, n + 1);
+  // stable for stableAfter: attempts reset to 0
+  WS.last.hello('sess1');
+  tick(5000);
+  WS.last.serverClose(1011);
+  tick(99);
+  assert.equal(WS.instances.length, n + 1);
+  tick(1);
+  assert.equal(WS.instances.length, n + 2);
+});
+
+test('jittered delays stay within the bounds', (t) => {
+  const values = [0.3, 0.9, 0.01, 0.5];
+  let i = 0;
+  const { client, WS, tick } = setup(t, { minDelay: 1000, maxDelay: 3000, random: () => values[i++ % values.length] });
+  client.connect();
+  for (const expected of [300, 1800, 30, 1500]) {
+    const n = WS.instances.length;
+    WS.last.serverClose(1006);
+    tick(expected - 1);
+    assert.equal(WS.instances.length, n);
+    tick(1);
+    assert.equal(WS.instances.length, n + 1);
+  }
+});
+
+test('reconnects at once on the browser "online" event', (t) => {
+  const listeners = new Map();
+  const saved = [globalThis.addEventListener, globalThis.removeEventListener];
+  globalThis.addEventListener = (type, fn) => listeners.set(type, fn);
+  globalThis.removeEventListener = (type, fn) => listeners.get(type) === fn && listeners.delete(type);
+  t.after(() => ([globalThis.addEventListener, globalThis.removeEventListener] = saved));
+  const { client, WS } = setup(t, { minDelay: 10000 });
+  client.connect();
+  WS.last.serverClose(1006);
+  assert.equal(WS.instances.length, 1);
+  listeners.get('online')();
+  assert.equal(WS.instances.length, 2);
+  client.close();
+  assert.equal(listeners.has('online'), false);
+});
+
+test('resume: after a reconnect the SUB carries since/e of the last delivered message and sid is in the URL', (t) => {
+  const { client, WS, tick } = setup(t);
+  client.connect();
+  WS.last.hello('sess1');
+  const { got, sub } = subscribed(client, WS.last, 5);
+  assert.match(sub, /^SUB\|\/rooms\/a\|r=\d+\|$/);
+  push(WS.last, 6);
+  push(WS.last, 7);
+  WS.last.serverClose(4001);
+  tick(500);
+  const ws = WS.last;
+  assert.equal(ws.url, 'wss://sb.example/ws?sid=sess1');
+  ws.hello('sess1', { resumed: true });
+  const [again] = ws.take('SUB');
+  assert.match(again, /^SUB\|\/rooms\/a\|r=\d+;since=7;e=E1\|$/);
+  ws.receive(`SUB200|/rooms/a|r=${rOf(again)};id=7;e=E1;recovered=1|`);
+  push(ws, 7); // duplicate after resume
+  push(ws, 8);
+  assert.deepEqual(got.map(([, id]) => id), [6, 7, 8]);
+});
+
+test('dedupe: duplicate and out-of-order pushes are delivered once, in order', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  WS.last.hello();
+  const ws = WS.last;
+  const { got } = subscribed(client, ws, 5);
+  push(ws, 6);
+  push(ws, 6);
+  push(ws, 5);
+  push(ws, 8); // gap: resubscribe with since=6
+  const [resub] = ws.take('SUB');
+  assert.match(resub, /^SUB\|\/rooms\/a\|r=\d+;since=6;e=E1\|$/);
+  push(ws, 9); // still waiting for the replay: no second SUB
+  assert.deepEqual(ws.take('SUB'), []);
+  ws.receive(`SUB200|/rooms/a|r=${rOf(resub)};id=6;e=E1;recovered=1|`);
+  for (const id of [7, 8, 7, 9, 8, 10]) push(ws, id);
+  assert.deepEqual(got, [['m6', 6], ['m7', 7], ['m8', 8], ['m9', 9], ['m10', 10]]);
+});
+
+test('handler gets body and {stream, offset, epoch}', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  WS.last.hello();
+  const infos = [];
+  client.subscribe('/rooms/a', (body, info) => infos.push([body, info]));
+  WS.last.receive(`SUB200|/rooms/a|r=${rOf(WS.last.take('SUB')[0])};id=0;e=E1|`);
+  WS.last.receive('PUSH200|/rooms/a|id=1;e=E1|{"a":"x|y"}');
+  assert.deepEqual(infos, [['{"a":"x|y"}', { stream: '/rooms/a', offset: 1, epoch: 'E1' }]]);
+});
+
+test('SUB410 emits notRecovered and repositions the stream', (t) => {
+  const { client, WS, tick } = setup(t);
+  client.connect();
+  WS.last.hello();
+  const { got } = subscribed(client, WS.last, 5);
+  push(WS.last, 6);
+  WS.last.serverClose(1001);
+  tick(500);
+  WS.last.hello('sess1', { resumed: true });
+  const [sub] = WS.last.take('SUB');
+  WS.last.receive(`SUB410|/rooms/a|r=${rOf(sub)};id=40;e=E2;recovered=0|history trimmed`);
+  const nr = t.mock.fn();
+  client.on('notRecovered', nr);
+  push(WS.last, 40, 'E2');
+  push(WS.last, 41, 'E2');
+  assert.deepEqual(got.map(([, id]) => id), [6, 41]);
+  assert.deepEqual(client.position('/rooms/a'), { last: 41, epoch: 'E2' });
+  // unsolicited SUB410 (epoch changed under a live subscription)
+  WS.last.receive('SUB410|/rooms/a|id=3;e=E3;recovered=0|epoch changed');
+  push(WS.last, 4, 'E3');
+  assert.deepEqual(got.map(([, id]) => id), [6, 41, 4]);
+  assert.equal(nr.mock.callCount(), 1);
+});
+
+test('the first notRecovered carries stream and reason', (t) => {
+  const { client, WS, events } = setup(t);
+  client.connect();
+  WS.last.hello();
+  client.subscribe('/rooms/a', () => {});
+  const [sub] = WS.last.take('SUB');
+  WS.last.receive(`SUB410|/rooms/a|r=${rOf(sub)};id=9;e=E2;recovered=0|trimmed`);
+  const [, payload] = events.find(([n]) => n === 'notRecovered');
+  assert.equal(payload.stream, '/rooms/a');
+  assert.equal(payload.reason, 'trimmed');
+});
+
+test('a PUSH with another epoch counts as not recovered and is delivered', (t) => {
+  const { client, WS, events } = setup(t);
+  client.connect();
+  WS.last.hello();
+  const { got } = subscribed(client, WS.last, 5);
+  push(WS.last, 1, 'E9');
+  assert.deepEqual(got.map(([, id]) => id), [1]);
+  assert.equal(events.filter(([n]) => n === 'notRecovered').length, 1);
+});
+
+test('built-in streams are tracked from their unsolicited SUB200 and deduped', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  const ws = WS.last;
+  ws.hello('sess1');
+  ws.receive('SUB200|/broadcast|id=3;e=B|');
+  ws.receive('SUB200|/users/ann|id=0;e=U|');
+  push(ws, 4, 'B', '/broadcast');
+  push(ws, 4, 'B', '/broadcast');
+  const got = [];
+  client.subscribe('/broadcast', (body, { offset }) => got.push(offset));
+  assert.deepEqual(ws.take('SUB'), [], 'already subscribed by the server');
+  push(ws, 5, 'B', '/broadcast');
+  push(ws, 5, 'B', '/broadcast');
+  assert.deepEqual(got, [5]);
+  assert.deepEqual(client.position('/users/ann'), { last: 0, epoch: 'U' });
+});
+
+test('acks are sent on the timer with the highest delivered offset', (t) => {
+  const { client, WS, tick } = setup(t, { ackInterval: 1000 });
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  subscribed(client, ws, 5);
+  ws.take();
+  push(ws, 6);
+  push(ws, 7);
+  tick(500);
+  push(ws, 8);
+  assert.deepEqual(ws.take('ACK'), []);
+  tick(500);
+  assert.deepEqual(ws.take('ACK'), ['ACK|/rooms/a|id=8|']);
+  tick(5000);
+  assert.deepEqual(ws.take('ACK'), [], 'nothing new: no ack');
+  push(ws, 9);
+  tick(1000);
+  assert.deepEqual(ws.take('ACK'), ['ACK|/rooms/a|id=9|']);
+});
+
+test('close() flushes pending acks', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  subscribed(client, ws, 5);
+  push(ws, 6);
+  client.close();
+  assert.deepEqual(ws.take('ACK'), ['ACK|/rooms/a|id=6|']);
+});
+
+test('request resolves on the response with the same r', async (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  const p = client.request('POST', '/rooms/a/messages', { text: 'hi' }, { idempotencyKey: 'k1' });
+  const [frame] = ws.take();
+  assert.equal(frame, `POST|/rooms/a/messages|r=${rOf(frame)};k=k1|{"text":"hi"}`);
+  ws.receive(`POST201|/rooms/a/messages|r=999|{"id":1}`);
+  ws.receive(`POST201|/rooms/a/messages|r=${rOf(frame)}|{"id":42}`);
+  const res = await p;
+  assert.equal(res.status, 201);
+  assert.equal(res.body, '{"id":42}');
+  assert.equal(res.meta.r, rOf(frame));
+});
+
+test('GET has no idempotency key, POST gets one by default', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  WS.last.hello();
+  client.request('GET', '/x').catch(() => {});
+  client.request('POST', '/x', 'raw body').catch(() => {});
+  const [get, post] = WS.last.take();
+  assert.match(get, /^GET\|\/x\|r=\d+\|$/);
+  assert.match(post, /^POST\|\/x\|r=\d+;k=[^;|]+\|raw body$/);
+});
+
+test('request rejects on timeout', async (t) => {
+  const { client, WS, tick } = setup(t, { requestTimeout: 3000 });
+  client.connect();
+  WS.last.hello();
+  const p = client.request('GET', '/slow');
+  const p2 = client.request('GET', '/slower', undefined, { timeout: 5000 });
+  tick(3000);
+  await assert.rejects(p, { code: 'timeout' });
+  let settled = false;
+  p2.catch(() => (settled = true));
+  await flush();
+  assert.equal(settled, false);
+  tick(2000);
+  await assert.rejects(p2, { code: 'timeout' });
+});
+
+test('requests are validated', async (t) => {
+  const { client } = setup(t);
+  await assert.rejects(client.request('get', '/x'), TypeError);
+  await assert.rejects(client.request('GET', 'x'), TypeError);
+  await assert.rejects(client.request('GET', '/a|b'), TypeError);
+  await assert.rejects(client.request('SUB', '/a'), TypeError);
+});
+
+test('requests are resent after reconnect with the same idempotency key, and queued while disconnected', async (t) => {
+  const { client, WS, tick } = setup(t);
+  client.connect();
+  WS.last.hello();
+  const p = client.request('POST', '/orders', { n: 1 });
+  const [first] = WS.last.take();
+  const key = /k=([^;|]+)/.exec(first)[1];
+  WS.last.serverClose(1006);
+  const q = client.request('GET', '/later'); // issued while disconnected
+  tick(500);
+  WS.last.hello('sess1', { resumed: true });
+  const frames = WS.last.take();
+  const resent = frames.find((f) => f.startsWith('POST|'));
+  assert.equal(resent, first, 'same r, same k, same body');
+  assert.ok(resent.includes(`k=${key}`));
+  const later = frames.find((f) => f.startsWith('GET|/later|'));
+  assert.ok(later);
+  WS.last.receive(`POST201|/orders|r=${rOf(resent)}|ok`);
+  WS.last.receive(`GET200|/later|r=${rOf(later)}|fine`);
+  assert.equal((await p).body, 'ok');
+  assert.equal((await q).body, 'fine');
+});
+
+test('refreshToken sends AUTH and resolves on AUTH200, rejects otherwise', async (t) => {
+  const { client, WS, tick } = setup(t, { token: 'old' });
+  client.connect();
+  WS.last.hello();
+  const p = client.refreshToken('new.jwt');
+  await flush();
+  const [auth] = WS.last.take();
+  assert.equal(auth, `AUTH|/|r=${rOf(auth)}|new.jwt`);
+  WS.last.receive(`AUTH200|/|r=${rOf(auth)}|{"expiresAt":1790000000}`);
+  assert.equal((await p).status, 200);
+  const bad = client.refreshToken('other.user');
+  await flush();
+  const [auth2] = WS.last.take();
+  WS.last.receive(`AUTH403|/|r=${rOf(auth2)}|{"error":"forbidden"}`);
+  await assert.rejects(bad, { code: 'auth', status: 403 });
+  // reconnects use the refreshed token
+  WS.last.serverClose(1001);
+  tick(500);
+  assert.deepEqual(WS.last.protocols, ['switchboard.v1', 'bearer.other.user']);
+});
+
+test('no reconnect after 4409: state closed, close emitted, session dropped', async (t) => {
+  const { client, WS, events, tick } = setup(t);
+  client.connect();
+  WS.last.hello('sess1');
+  const p = client.request('GET', '/x');
+  WS.last.take();
+  WS.last.serverClose(4409, 'session taken');
+  assert.equal(client.state, 'closed');
+  assert.deepEqual(events.find(([n]) => n === 'close')[1], { code: 4409, reason: 'session taken', wasClean: true, willReconnect: false });
+  await assert.rejects(p, { code: 'closed' });
+  assert.equal(client.sessionId, null);
+  tick(60000);
+  assert.equal(WS.instances.length, 1);
+});
+
+test('no reconnect after 4403', (t) => {
+  const { client, WS, tick } = setup(t);
+  client.connect();
+  WS.last.hello();
+  WS.last.serverClose(4403);
+  tick(60000);
+  assert.equal(WS.instances.length, 1);
+  assert.equal(client.state, 'closed');
+});
+
+test('4401 fetches a fresh token before reconnecting', async (t) => {
+  let n = 0;
+  const { client, WS, tick } = setup(t, { token: () => `tok${++n}` });
+  client.connect();
+  WS.last.hello();
+  WS.last.serverClose(1001); // ordinary close: the cached token is reused
+  tick(500);
+  assert.deepEqual(WS.last.protocols, ['switchboard.v1', 'bearer.tok1']);
+  WS.last.hello();
+  WS.last.serverClose(4401);
+  tick(1000);
+  assert.equal(n, 2);
+  assert.deepEqual(WS.last.protocols, ['switchboard.v1', 'bearer.tok2']);
+});
+
+test('a failure before open refetches the token (maybe unauthorized)', (t) => {
+  let n = 0;
+  const { client, WS, tick } = setup(t, { token: () => `tok${++n}` });
+  client.connect();
+  WS.last.failHandshake();
+  tick(500);
+  assert.deepEqual(WS.last.protocols, ['switchboard.v1', 'bearer.tok2']);
+});
+
+test('close() stops reconnecting and rejects pending requests', async (t) => {
+  const { client, WS, tick } = setup(t);
+  client.connect();
+  WS.last.hello();
+  const p = client.request('GET', '/x');
+  client.close();
+  assert.equal(client.state, 'closed');
+  assert.equal(WS.last.closedByClient.code, 1000);
+  await assert.rejects(p, { code: 'closed' });
+  tick(60000);
+  assert.equal(WS.instances.length, 1);
+  await assert.rejects(client.request('GET', '/y'), { code: 'closed' });
+});
+
+test('unsubscribe sends UNSUB and later pushes are ignored', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  const { got, unsubscribe } = subscribed(client, ws, 5);
+  unsubscribe();
+  const [unsub] = ws.take('UNSUB');
+  assert.match(unsub, /^UNSUB\|\/rooms\/a\|r=\d+\|$/);
+  push(ws, 6);
+  assert.deepEqual(got, []);
+  assert.equal(client.position('/rooms/a'), null);
+});
+
+test('malformed server frames are reported, not fatal', (t) => {
+  const { client, WS, events } = setup(t);
+  client.connect();
+  WS.last.hello();
+  WS.last.receive('garbage');
+  assert.equal(events.filter(([n]) => n === 'error').length, 1);
+  assert.equal(client.state, 'open');
+});
+
+test('storage round-trip: a reload resumes session and stream positions', (t) => {
+  const storage = new MemoryStorage();
+  const a = setup(t, { storage, storageKey: 'sb' });
+  a.client.connect();
+  a.WS.last.hello('sess7');
+  subscribed(a.client, a.WS.last, 5);
+  push(a.WS.last, 6);
+  a.WS.last.receive('SUB200|/broadcast|id=2;e=B|');
+  assert.equal(storage.getItem('sb.sid'), 'sess7');
+  assert.deepEqual(JSON.parse(storage.getItem('sb.streams')), {
+    '/rooms/a': { last: 6, epoch: 'E1' },
+    '/broadcast': { last: 2, epoch: 'B' },
+  });
+  a.client.close();
+
+  // "page reload"
+  const WS = makeFakeWebSocket();
+  const b = new SwitchboardClient('wss://sb.example/ws?v=1', { WebSocket: WS, storage, storageKey: 'sb' });
+  t.after(() => b.close());
+  assert.equal(b.sessionId, 'sess7');
+  assert.deepEqual(b.position('/rooms/a'), { last: 6, epoch: 'E1' });
+  const got = [];
+  b.subscribe('/rooms/a', (body, { offset }) => got.push(offset));
+  b.connect();
+  assert.equal(WS.last.url, 'wss://sb.example/ws?v=1&sid=sess7');
+  WS.last.hello('sess7', { resumed: true });
+  const [sub] = WS.last.take('SUB');
+  assert.match(sub, /^SUB\|\/rooms\/a\|r=\d+;since=6;e=E1\|$/);
+  WS.last.receive(`SUB200|/rooms/a|r=${rOf(sub)};id=6;e=E1;recovered=1|`);
+  WS.last.receive('SUB200|/broadcast|id=1;e=B|'); // server resumes from its (older) acked offset
+  push(WS.last, 6);
+  push(WS.last, 7);
+  push(WS.last, 2, 'B', '/broadcast'); // duplicate, dropped
+  push(WS.last, 3, 'B', '/broadcast');
+  assert.deepEqual(got, [7]);
+  assert.deepEqual(b.position('/broadcast'), { last: 3, epoch: 'B' });
+  assert.deepEqual(JSON.parse(storage.getItem('sb.streams'))['/rooms/a'], { last: 7, epoch: 'E1' });
+});
+
+test('a new session replaces the stored one', (t) => {
+  const storage = new MemoryStorage();
+  storage.setItem('switchboard.sid', 'old');
+  storage.setItem('switchboard.streams', JSON.stringify({ '/sessions/old': { last: 4, epoch: 'S' } }));
+  const { client, WS } = setup(t, { storage });
+  client.connect();
+  assert.equal(WS.last.url, 'wss://sb.example/ws?sid=old');
+  WS.last.hello('fresh');
+  assert.equal(storage.getItem('switchboard.sid'), 'fresh');
+  assert.equal(client.position('/sessions/old'), null);
+});

@@ -1,0 +1,172 @@
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import SwitchboardWire
+
+extension ConnectionHandler {
+    /// First thing on a new connection: greet with the session, then subscribe the
+    /// streams every connection has (its session, its user, broadcast).
+    func start() {
+        guard let handle = self.handle else { return }
+        self.core.connectionOpened(handle)
+        let resumed = self.resumedCursors
+        var meta = Meta()
+        meta[MetaKey.session] = self.session
+        meta["resumed"] = resumed == nil ? "0" : "1"
+        meta["node"] = self.core.nodeID
+        let body = JSONBody.hello(session: self.session, user: self.identity?.user, node: self.core.nodeID, cursors: resumed)
+        self.writeFrame(method: .hello, status: 200, target: "/", meta: meta, body: body)
+        for stream in self.core.personalStreams(session: self.session, user: self.identity?.user) {
+            self.subscribe(stream, since: resumed?[stream], epoch: nil, requestID: nil)
+        }
+        self.resumedCursors = nil
+    }
+
+    /// Route one parsed frame.
+    func dispatch(_ frame: Frame) {
+        let requestID = frame.meta[MetaKey.requestID]
+        let target = String(frame.path)
+        if frame.status != nil {
+            return self.replyError(status: 400, method: frame.method, target: target, requestID: requestID, error: "bad_frame", reason: "requests carry no status")
+        }
+        switch frame.method {
+        case .sub:
+            self.handleSubscribe(frame, stream: target, requestID: requestID)
+        case .unsub:
+            guard self.streams[target] != nil else {
+                return self.replyError(status: 404, method: .unsub, target: target, requestID: requestID, error: "not_subscribed", reason: "not subscribed to \(target)")
+            }
+            self.unsubscribe(target)
+            if let requestID { self.writeFrame(method: .unsub, status: 200, target: target, meta: [MetaKey.requestID: requestID]) }
+        case .ack:
+            guard let offset = frame.meta[MetaKey.offset].flatMap({ Int64($0) }), offset >= 0 else {
+                return self.replyError(status: 400, method: .ack, target: target, requestID: requestID, error: "bad_ack", reason: "ACK needs id=<offset>")
+            }
+            guard self.acknowledge(target, offset: offset) else {
+                return self.replyError(status: 404, method: .ack, target: target, requestID: requestID, error: "not_subscribed", reason: "not subscribed to \(target)")
+            }
+            if let requestID { self.writeFrame(method: .ack, status: 200, target: target, meta: [MetaKey.requestID: requestID]) }
+        case .auth:
+            self.handleAuth(token: frame.bodyString.trimmingCharacters(in: .whitespacesAndNewlines), requestID: requestID)
+        case .hello, .push, .error:
+            self.replyError(status: 400, method: frame.method, target: target, requestID: requestID, error: "bad_frame", reason: "\(frame.method) is sent by the server only")
+        default:
+            self.route(frame, requestID: requestID) { response, body in
+                var meta = Meta()
+                if let requestID { meta[MetaKey.requestID] = requestID }
+                self.writeFrame(method: frame.method, status: Int(response.status.code), target: frame.target, meta: meta, body: body)
+            }
+        }
+    }
+
+    /// SUB: built-in streams are authorised here; any other goes through the router
+    /// (`SUB /rooms/:id` routes), and a 2xx answer subscribes.
+    private func handleSubscribe(_ frame: Frame, stream: String, requestID: String?) {
+        var since: Int64? = nil
+        if let value = frame.meta[MetaKey.since] {
+            guard let parsed = Int64(value), parsed >= 0 else {
+                return self.replyError(status: 400, method: .sub, target: stream, requestID: requestID, error: "bad_since", reason: "since must be a non-negative offset")
+            }
+            since = parsed
+        }
+        let epoch = frame.meta[MetaKey.epoch]
+        let resumeAfter = since
+        if self.streams[stream] == nil, self.streams.count >= self.configuration.maxSubscriptions {
+            return self.replyError(status: 429, method: .sub, target: stream, requestID: requestID, error: "too_many_subscriptions", reason: "at most \(self.configuration.maxSubscriptions) subscriptions per connection")
+        }
+        switch self.core.authorizeBuiltin(stream: stream, session: self.session, user: self.identity?.user) {
+        case .allowed:
+            self.subscribe(stream, since: since, epoch: epoch, requestID: requestID)
+        case .forbidden:
+            self.replyError(status: 403, method: .sub, target: stream, requestID: requestID, error: "forbidden", reason: "not your stream")
+        case .notBuiltin:
+            self.route(frame, requestID: requestID) { response, body in
+                guard (200..<300).contains(response.status.code) else {
+                    var meta = Meta()
+                    if let requestID { meta[MetaKey.requestID] = requestID }
+                    return self.writeFrame(method: .sub, status: Int(response.status.code), target: stream, meta: meta, body: body)
+                }
+                guard self.streams[stream] != nil || self.streams.count < self.configuration.maxSubscriptions else {
+                    return self.replyError(status: 429, method: .sub, target: stream, requestID: requestID, error: "too_many_subscriptions", reason: "at most \(self.configuration.maxSubscriptions) subscriptions per connection")
+                }
+                self.subscribe(stream, since: resumeAfter, epoch: epoch, requestID: requestID)
+                let member = PresenceMember(user: self.identity?.user, session: self.session)
+                let engine = self.core.engine
+                Task { try? await engine.presenceJoin(stream, member: member) }
+            }
+        }
+    }
+
+    /// Send a frame through the router in a task; `completion` runs back on the loop.
+    private func route(_ frame: Frame, requestID: String?, completion: @escaping @Sendable (Response, ByteBuffer) -> Void) {
+        guard self.inFlight < self.configuration.maxInFlightRequests else {
+            return self.replyError(status: 429, method: frame.method, target: frame.target, requestID: requestID, error: "too_many_requests", reason: "at most \(self.configuration.maxInFlightRequests) requests in flight per connection")
+        }
+        guard let method = HTTPRequest.Method(frameMethod: frame.method), let handle = self.handle else {
+            return self.replyError(status: 400, method: frame.method, target: frame.target, requestID: requestID, error: "bad_frame", reason: "unsupported method")
+        }
+        self.inFlight += 1
+        let source = SwitchboardContextSource(
+            logger: self.logger, transport: .webSocket(handle), identity: self.identity, meta: frame.meta, gateway: self.core
+        )
+        let request = Request(
+            head: HTTPRequest(method: method, scheme: nil, authority: nil, path: frame.target),
+            body: RequestBody(buffer: frame.body)
+        )
+        let core = self.core
+        let loop = self.loopHub.loop
+        let limit = self.configuration.maxMessageSize
+        Task {
+            let routed = await core.responder.respond(request, source)
+            var result: (Response, ByteBuffer)
+            do {
+                let (body, overflow) = try await BodyCollector.collect(routed.body, limit: limit)
+                result = overflow
+                    ? (Response(status: .internalServerError), JSONBody.error("response_too_large", reason: "response body over \(limit) bytes"))
+                    : (routed, body)
+            } catch {
+                result = (Response(status: .internalServerError), JSONBody.error("internal", reason: "response body failed"))
+            }
+            let (response, body) = result
+            loop.execute {
+                self.inFlight -= 1
+                if case .open = self.state { completion(response, body) }
+            }
+        }
+    }
+
+    /// AUTH: replace the connection's token before it expires. The new token must be
+    /// valid and name the same user.
+    private func handleAuth(token: String, requestID: String?) {
+        guard let verifier = self.core.verifier else {
+            return self.replyError(status: 400, method: .auth, target: "/", requestID: requestID, error: "auth_disabled", reason: "this node verifies no tokens")
+        }
+        let loop = self.loopHub.loop
+        Task {
+            let result: Result<Identity, AuthError>
+            do throws(AuthError) { result = .success(try await verifier.verify(token)) } catch { result = .failure(error) }
+            loop.execute {
+                guard case .open = self.state else { return }
+                switch result {
+                case .failure(let error):
+                    self.replyError(status: 401, method: .auth, target: "/", requestID: requestID, error: "unauthorized", reason: error.description)
+                case .success(let identity):
+                    guard identity.user == self.identity?.user else {
+                        return self.replyError(status: 403, method: .auth, target: "/", requestID: requestID, error: "forbidden", reason: "a refreshed token must name the same user")
+                    }
+                    self.identity = identity
+                    var meta = Meta()
+                    if let requestID { meta[MetaKey.requestID] = requestID }
+                    self.writeFrame(method: .auth, status: 200, target: "/", meta: meta, body: JSONBody.object(["expiresAt": Int(identity.expiresAt.timeIntervalSince1970)]))
+                }
+            }
+        }
+    }
+}
+
+extension Meta {
+    init(_ pairs: [String: String]) {
+        self.init()
+        for (k, v) in pairs.sorted(by: { $0.key < $1.key }) { self[k] = v }
+    }
+}

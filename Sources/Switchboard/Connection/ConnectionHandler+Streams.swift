@@ -1,0 +1,250 @@
+import NIOCore
+import SwitchboardWire
+
+/// Where a connection stands in one stream it subscribes to.
+struct StreamCursor {
+    enum Mode {
+        /// Live messages are written as they come, in offset order.
+        case live
+        /// History is being replayed; live messages wait here (bounded) until it is done.
+        case catchingUp(buffer: [StreamMessage], overflowed: Bool)
+    }
+
+    /// Highest offset written to this connection.
+    var last: Int64
+    /// Empty until the stream's epoch is known.
+    var epoch: String
+    var mode: Mode
+    /// Bumped on every (re)subscription, so a replay started for an older one stops.
+    var generation: UInt32
+
+    static let maxBuffered = 1024
+}
+
+extension ConnectionHandler {
+    /// Subscribe to `stream`: live from now when `since` is nil, else replay what
+    /// came after `since` (in `epoch`), then go live without gap or duplicate.
+    ///
+    /// The connection is registered for live messages *before* history is read, and
+    /// live messages wait in the cursor while history is written, so nothing
+    /// published in between is missed; offsets make the overlap harmless.
+    func subscribe(_ stream: String, since: Int64?, epoch: String?, requestID: String?) {
+        guard case .open = self.state else { return }
+        let isNew = self.streams[stream] == nil
+        let generation = (self.streams[stream]?.generation ?? 0) &+ 1
+        self.streams[stream] = StreamCursor(
+            last: since ?? 0, epoch: epoch ?? "", mode: .catchingUp(buffer: [], overflowed: false), generation: generation
+        )
+        self.loopHub.addSubscriber(stream, self)
+        let core = self.core
+        let session = self.session
+        let loop = self.loopHub.loop
+        Task {
+            do {
+                if isNew { try await core.engine.subscribe(stream) }
+                if let since {
+                    try await core.engine.ack(session: session, stream: stream, offset: since)
+                    try await self.replay(stream, generation: generation, after: since, epoch: epoch, requestID: requestID, reply: true)
+                } else {
+                    let position = try await core.engine.position(of: stream)
+                    try await core.engine.ack(session: session, stream: stream, offset: position.top)
+                    loop.execute { self.startedLive(stream, generation: generation, position: position, requestID: requestID) }
+                }
+            } catch {
+                loop.execute { self.subscriptionFailed(stream, generation: generation, requestID: requestID, error: error, isNew: isNew) }
+            }
+        }
+    }
+
+    /// Read history in batches and write it, pausing while the socket is full.
+    private func replay(_ stream: String, generation: UInt32, after: Int64, epoch: String?, requestID: String?, reply: Bool) async throws {
+        let loop = self.loopHub.loop
+        let limit = self.configuration.replayBatchSize
+        var after = after
+        var epoch = epoch
+        var reply = reply
+        while true {
+            let read = try await self.core.engine.read(stream, after: after, epoch: epoch, limit: limit)
+            let first = reply
+            let next: Int64? = try await loop.submit {
+                self.applyHistory(stream, generation: generation, read: read, limit: limit, requestID: requestID, reply: first)
+            }.get()
+            reply = false
+            guard let next else { return }
+            if case .messages(_, let position) = read { epoch = position.epoch }
+            after = next
+            try await loop.flatSubmit { self.waitUntilWritable() }.get()
+        }
+    }
+
+    /// Write one batch of history. Returns the offset to read after next, or nil when
+    /// the cursor went live (or the subscription was replaced or dropped).
+    private func applyHistory(
+        _ stream: String, generation: UInt32, read: HistoryRead, limit: Int, requestID: String?, reply: Bool
+    ) -> Int64? {
+        guard var cursor = self.streams[stream], cursor.generation == generation, case .open = self.state else { return nil }
+        switch read {
+        case .gone(let position):
+            // History does not cover the gap: say so explicitly, then continue from the top.
+            self.writeFrame(
+                method: .sub, status: 410, target: stream,
+                meta: Self.subscriptionMeta(requestID: requestID, position: position, recovered: false),
+                body: JSONBody.error("history_gone", reason: "messages after offset \(cursor.last) are no longer retained or the stream's epoch changed")
+            )
+            cursor.last = position.top
+            cursor.epoch = position.epoch
+            self.streams[stream] = cursor
+            return self.finishCatchUp(stream)
+        case .messages(let messages, let position):
+            if reply {
+                var meta = Self.subscriptionMeta(requestID: requestID, position: position, recovered: true)
+                meta[MetaKey.offset] = String(cursor.last)
+                self.writeFrame(method: .sub, status: 200, target: stream, meta: meta)
+            }
+            cursor.epoch = position.epoch
+            for message in messages where message.offset == cursor.last + 1 {
+                self.writeRaw(Hub.pushFrame(message, allocator: self.core.allocator))
+                cursor.last = message.offset
+            }
+            self.streams[stream] = cursor
+            if messages.count >= limit { return cursor.last }
+            return self.finishCatchUp(stream)
+        }
+    }
+
+    /// Subscribed from the top of the stream: nothing to replay.
+    private func startedLive(_ stream: String, generation: UInt32, position: StreamPosition, requestID: String?) {
+        guard var cursor = self.streams[stream], cursor.generation == generation, case .open = self.state else { return }
+        cursor.last = position.top
+        cursor.epoch = position.epoch
+        self.streams[stream] = cursor
+        self.writeFrame(method: .sub, status: 200, target: stream, meta: Self.subscriptionMeta(requestID: requestID, position: position, recovered: nil))
+        if let next = self.finishCatchUp(stream) {
+            self.startReplay(stream, after: next)
+        }
+    }
+
+    /// Write the live messages that waited during replay. Returns where to read next
+    /// if they left a gap (or overflowed), else switches the cursor to live.
+    private func finishCatchUp(_ stream: String) -> Int64? {
+        guard var cursor = self.streams[stream], case .catchingUp(let buffer, let overflowed) = cursor.mode else { return nil }
+        var gap = overflowed
+        for message in buffer where message.offset > cursor.last {
+            guard message.offset == cursor.last + 1, message.epoch == cursor.epoch else {
+                gap = true
+                break
+            }
+            self.writeRaw(Hub.pushFrame(message, allocator: self.core.allocator))
+            cursor.last = message.offset
+        }
+        if gap {
+            cursor.mode = .catchingUp(buffer: [], overflowed: false)
+            self.streams[stream] = cursor
+            return cursor.last
+        }
+        cursor.mode = .live
+        self.streams[stream] = cursor
+        return nil
+    }
+
+    /// A live message skipped ahead (a message was lost on the way): fetch the gap.
+    private func startReplay(_ stream: String, after: Int64) {
+        guard let cursor = self.streams[stream] else { return }
+        let generation = cursor.generation
+        let epoch = cursor.epoch.isEmpty ? nil : cursor.epoch
+        let loop = self.loopHub.loop
+        Task {
+            do {
+                try await self.replay(stream, generation: generation, after: after, epoch: epoch, requestID: nil, reply: false)
+            } catch {
+                loop.execute { self.subscriptionFailed(stream, generation: generation, requestID: nil, error: error, isNew: false) }
+            }
+        }
+    }
+
+    private func subscriptionFailed(_ stream: String, generation: UInt32, requestID: String?, error: any Error, isNew: Bool) {
+        guard let cursor = self.streams[stream], cursor.generation == generation else { return }
+        if case .open = self.state {} else { return }
+        self.logger.warning("subscription failed", metadata: ["stream": "\(stream)", "error": "\(error)"])
+        self.streams[stream] = nil
+        self.loopHub.removeSubscriber(stream, self)
+        if !isNew {
+            let engine = self.core.engine
+            Task { await engine.unsubscribe(stream) }
+        }
+        let status = (error as? EngineError).map { if case .unavailable = $0 { 503 } else { 400 } } ?? 500
+        self.replyError(status: status, method: .sub, target: stream, requestID: requestID, error: "subscribe_failed", reason: "\(error)")
+    }
+
+    static func subscriptionMeta(requestID: String?, position: StreamPosition, recovered: Bool?) -> Meta {
+        var meta = Meta()
+        if let requestID { meta[MetaKey.requestID] = requestID }
+        meta[MetaKey.offset] = String(position.top)
+        meta[MetaKey.epoch] = position.epoch
+        if let recovered { meta[MetaKey.recovered] = recovered ? "1" : "0" }
+        return meta
+    }
+
+    /// A live message from the hub (the frame is shared by every local subscriber).
+    func deliverLive(_ message: StreamMessage, frame: ByteBuffer) {
+        guard let cursor = self.streams[message.stream], case .open = self.state else { return }
+        switch cursor.mode {
+        case .live:
+            if message.epoch != cursor.epoch {
+                // The stream's history was lost and it restarted: tell the client, then follow the new epoch.
+                let position = StreamPosition(epoch: message.epoch, top: message.offset - 1)
+                self.writeFrame(
+                    method: .sub, status: 410, target: message.stream,
+                    meta: Self.subscriptionMeta(requestID: nil, position: position, recovered: false),
+                    body: JSONBody.error("epoch_changed", reason: "the stream's history was lost")
+                )
+                self.streams[message.stream]!.epoch = message.epoch
+                self.streams[message.stream]!.last = message.offset - 1
+            }
+            let last = self.streams[message.stream]!.last
+            if message.offset <= last { return }
+            if message.offset > last + 1 {
+                self.streams[message.stream]!.mode = .catchingUp(buffer: [message], overflowed: false)
+                self.startReplay(message.stream, after: last)
+                return
+            }
+            guard self.context?.channel.isWritable ?? false else {
+                return self.close(code: .slowConsumer, reason: "outbound queue over \(self.configuration.maxQueueBytes) bytes; resume to continue")
+            }
+            self.writeRaw(frame)
+            self.streams[message.stream]!.last = message.offset
+        case .catchingUp(var buffer, let overflowed):
+            if overflowed { return }
+            self.streams[message.stream]!.mode = .live  // drop the array's second reference before appending
+            if buffer.count < StreamCursor.maxBuffered {
+                buffer.append(message)
+                self.streams[message.stream]!.mode = .catchingUp(buffer: buffer, overflowed: false)
+            } else {
+                self.streams[message.stream]!.mode = .catchingUp(buffer: [], overflowed: true)
+            }
+        }
+    }
+
+    func unsubscribe(_ stream: String) {
+        guard self.streams.removeValue(forKey: stream) != nil else { return }
+        self.loopHub.removeSubscriber(stream, self)
+        let engine = self.core.engine
+        let session = self.session
+        let member = PresenceMember(user: self.identity?.user, session: session)
+        let builtin = self.core.isBuiltinStream(stream)
+        Task {
+            await engine.unsubscribe(stream)
+            try? await engine.release(session: session, stream: stream)
+            if !builtin { try? await engine.presenceLeave(stream, member: member) }
+        }
+    }
+
+    func acknowledge(_ stream: String, offset: Int64) -> Bool {
+        guard let cursor = self.streams[stream] else { return false }
+        let engine = self.core.engine
+        let session = self.session
+        let upTo = min(offset, cursor.last)
+        Task { try? await engine.ack(session: session, stream: stream, offset: upTo) }
+        return true
+    }
+}

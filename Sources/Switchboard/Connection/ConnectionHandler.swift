@@ -1,0 +1,318 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOWebSocket
+import SwitchboardWire
+
+/// One WebSocket connection, living as a channel handler on its event loop: no task
+/// and no actor per connection, so an idle connection costs only this object and
+/// its channel. All state is touched on the channel's loop only; work that has to
+/// await (router, engine) runs in a task and hops back with `loop.execute`.
+final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = ByteBuffer
+
+    enum State {
+        case open
+        /// We sent a close frame and wait for the peer's.
+        case closing
+        case closed
+    }
+
+    /// A text message split over several frames, while it is being reassembled.
+    struct Fragments {
+        var opcode: WebSocketOpcode
+        var data: ByteBuffer
+    }
+
+    let core: GatewayCore
+    let loopHub: LoopHub
+    private(set) var handle: ConnectionHandle!
+    let session: String
+    var identity: Identity?
+    var state: State = .open
+    var context: ChannelHandlerContext?
+    private var fragments: Fragments?
+    /// Subscribed streams and where this connection stands in each.
+    var streams: [String: StreamCursor] = [:]
+    private var needsFlush = false
+    private var bucket: TokenBucket
+    private var strikes = 0
+    private var pingOutstanding = false
+    var inFlight = 0
+    /// Tasks waiting for the socket to drain (history replay pacing); nil when none.
+    var writabilityWaiters: [EventLoopPromise<Void>]?
+    /// Acked offsets of a resumed session, used once by `start()`.
+    var resumedCursors: [String: Int64]?
+
+    init(core: GatewayCore, loopHub: LoopHub, session: String, identity: Identity?, resumedCursors: [String: Int64]?) {
+        self.core = core
+        self.loopHub = loopHub
+        self.session = session
+        self.identity = identity
+        self.resumedCursors = resumedCursors
+        self.bucket = TokenBucket(burst: core.configuration.requestBurst)
+    }
+
+    var logger: Logger { self.core.logger }
+    var configuration: GatewayConfiguration { self.core.configuration }
+
+    // MARK: lifecycle
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.handle = ConnectionHandle(
+            id: self.core.makeConnectionID(), session: self.session, user: self.identity?.user,
+            node: self.core.nodeID, loop: context.eventLoop, handler: self
+        )
+        self.loopHub.register(self)
+        if context.channel.isActive {
+            self.start()
+        }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.teardown()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.teardown()
+        self.context = nil
+    }
+
+    /// Runs once, when the channel goes inactive or the handler is removed.
+    private func teardown() {
+        if case .closed = self.state { return }
+        self.state = .closed
+        self.loopHub.unregister(self)
+        let streams = Array(self.streams.keys)
+        for stream in streams {
+            self.loopHub.removeSubscriber(stream, self)
+        }
+        self.streams.removeAll()
+        self.failWritabilityWaiters()
+        self.core.connectionClosed(self.handle, streams: streams)
+    }
+
+    // MARK: inbound WebSocket frames
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = self.unwrapInboundIn(data)
+        guard case .open = self.state else {
+            if case .closing = self.state, frame.opcode == .connectionClose {
+                context.close(promise: nil)
+            }
+            return
+        }
+        // RFC 6455 §5.1: client frames are masked; no extension is negotiated, so RSV bits are 0.
+        guard frame.maskKey != nil else { return self.close(code: .protocolError, reason: "client frames must be masked") }
+        guard !frame.rsv1, !frame.rsv2, !frame.rsv3 else {
+            return self.close(code: .protocolError, reason: "reserved bits set without an extension")
+        }
+        switch frame.opcode {
+        case .text, .binary:
+            guard self.fragments == nil else {
+                return self.close(code: .protocolError, reason: "new message before the previous one finished")
+            }
+            let data = frame.unmaskedData
+            if frame.fin {
+                self.message(opcode: frame.opcode, data: data)
+            } else {
+                self.fragments = Fragments(opcode: frame.opcode, data: data)
+            }
+        case .continuation:
+            guard var fragments = self.fragments else {
+                return self.close(code: .protocolError, reason: "continuation frame without a message")
+            }
+            self.fragments = nil
+            var data = frame.unmaskedData
+            guard fragments.data.readableBytes + data.readableBytes <= self.configuration.maxMessageSize else {
+                return self.close(code: .messageTooBig, reason: "message larger than \(self.configuration.maxMessageSize) bytes")
+            }
+            fragments.data.writeBuffer(&data)
+            if frame.fin {
+                self.message(opcode: fragments.opcode, data: fragments.data)
+            } else {
+                self.fragments = fragments
+            }
+        case .ping:
+            self.writeRaw(WebSocketFraming.control(opcode: WebSocketFraming.pongOpcode, payload: frame.unmaskedData, allocator: context.channel.allocator))
+        case .pong:
+            self.pingOutstanding = false
+        case .connectionClose:
+            self.receivedClose(frame.unmaskedData)
+        default:
+            self.close(code: .protocolError, reason: "reserved opcode")
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? NIOWebSocketError {
+            switch error {
+            case .invalidFrameLength:
+                self.close(code: .messageTooBig, reason: "frame larger than \(self.configuration.maxMessageSize) bytes")
+            default:
+                self.close(code: .protocolError, reason: "WebSocket protocol error")
+            }
+            return
+        }
+        self.logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    /// The peer's close frame: answer it (same code) and close the socket.
+    private func receivedClose(_ payload: ByteBuffer) {
+        var payload = payload
+        var code: UInt16 = CloseCode.normal.rawValue
+        switch payload.readableBytes {
+        case 0:
+            break
+        case 1:
+            return self.close(code: .protocolError, reason: "close payload of one byte")
+        default:
+            let received = payload.readInteger(as: UInt16.self)!
+            guard Self.isValidPeerCloseCode(received) else {
+                return self.close(code: .protocolError, reason: "invalid close code")
+            }
+            guard UTF8Validation.isValid(payload) else {
+                return self.close(code: .invalidPayload, reason: "close reason is not UTF-8")
+            }
+            code = received
+        }
+        guard let context = self.context else { return }
+        var echo = context.channel.allocator.buffer(capacity: 2)
+        echo.writeInteger(code)
+        self.state = .closing
+        context.writeAndFlush(
+            self.wrapOutboundOut(WebSocketFraming.control(opcode: WebSocketFraming.closeOpcode, payload: echo, allocator: context.channel.allocator)),
+            promise: nil
+        )
+        context.close(promise: nil)
+    }
+
+    static func isValidPeerCloseCode(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1011, 3000...4999: return true
+        default: return false
+        }
+    }
+
+    /// A whole message arrived.
+    private func message(opcode: WebSocketOpcode, data: ByteBuffer) {
+        guard opcode == .text else {
+            return self.close(code: .unsupportedData, reason: "binary messages are not supported; send text frames")
+        }
+        guard UTF8Validation.isValid(data) else {
+            return self.close(code: .invalidPayload, reason: "text message is not valid UTF-8")
+        }
+        guard self.bucket.take(rate: self.configuration.requestRate, burst: self.configuration.requestBurst) else {
+            self.strikes += 1
+            if self.strikes > self.configuration.rateLimitStrikes {
+                return self.close(code: .rateLimited, reason: "rate limit exceeded repeatedly")
+            }
+            let requestID = (try? Frame(parsing: data))?.meta[MetaKey.requestID]
+            return self.replyError(status: 429, method: .error, target: "/", requestID: requestID, error: "rate_limited", reason: "over \(self.configuration.requestRate) requests per second")
+        }
+        self.strikes = 0
+        let frame: Frame
+        do {
+            frame = try Frame(parsing: data)
+        } catch {
+            return self.replyError(status: 400, method: .error, target: "/", requestID: error.requestID, error: "bad_frame", reason: error.description)
+        }
+        self.dispatch(frame)
+    }
+
+    // MARK: outbound
+
+    /// Queue an already framed WebSocket message; the loop's flush pass sends it.
+    func writeRaw(_ bytes: ByteBuffer) {
+        guard let context = self.context, case .open = self.state else { return }
+        context.write(self.wrapOutboundOut(bytes), promise: nil)
+        if !self.needsFlush {
+            self.needsFlush = true
+            self.loopHub.markDirty(self)
+        }
+    }
+
+    func writeFrame(method: SwitchboardWire.Method, status: Int?, target: String, meta: Meta, body: ByteBuffer = ByteBuffer()) {
+        guard let context = self.context else { return }
+        self.writeRaw(WebSocketFraming.text(method: method, status: status, target: target, meta: meta, body: body, allocator: context.channel.allocator))
+    }
+
+    func replyError(status: Int, method: SwitchboardWire.Method, target: String, requestID: String?, error: String, reason: String) {
+        var meta = Meta()
+        if let requestID { meta[MetaKey.requestID] = requestID }
+        self.writeFrame(method: method, status: status, target: target, meta: meta, body: JSONBody.error(error, reason: reason))
+    }
+
+    func flushIfNeeded() {
+        guard self.needsFlush else { return }
+        self.needsFlush = false
+        self.context?.flush()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let waiters = self.writabilityWaiters {
+            self.writabilityWaiters = nil
+            for w in waiters { w.succeed() }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Completes when the socket can take more (or at once if it can).
+    func waitUntilWritable() -> EventLoopFuture<Void> {
+        guard let context = self.context, case .open = self.state else {
+            return self.loopHub.loop.makeFailedFuture(ChannelError.ioOnClosedChannel)
+        }
+        if context.channel.isWritable { return context.eventLoop.makeSucceededVoidFuture() }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        self.writabilityWaiters = (self.writabilityWaiters ?? []) + [promise]
+        return promise.futureResult
+    }
+
+    private func failWritabilityWaiters() {
+        if let waiters = self.writabilityWaiters {
+            self.writabilityWaiters = nil
+            for w in waiters { w.fail(ChannelError.ioOnClosedChannel) }
+        }
+    }
+
+    /// Start the closing handshake with `code`; the socket closes when the peer
+    /// answers or after the close timeout.
+    func close(code: CloseCode, reason: String) {
+        guard let context = self.context, case .open = self.state else { return }
+        self.state = .closing
+        self.fragments = nil
+        context.writeAndFlush(
+            self.wrapOutboundOut(WebSocketFraming.close(code: code.rawValue, reason: reason, allocator: context.channel.allocator)),
+            promise: nil
+        )
+        let channel = context.channel
+        context.eventLoop.scheduleTask(in: .nanoseconds(Int64(self.configuration.closeTimeout * 1e9))) {
+            channel.close(promise: nil)
+        }
+        self.failWritabilityWaiters()
+    }
+
+    /// Called by the loop's ping timer.
+    func heartbeat(now: NIODeadline) {
+        guard case .open = self.state, let context = self.context else { return }
+        if let identity = self.identity, identity.expiresAt < Date() {
+            return self.close(code: .unauthorized, reason: "token expired; reconnect with a fresh token")
+        }
+        if self.pingOutstanding {
+            // No pong since the last ping: the peer is gone.
+            self.logger.debug("closing dead peer", metadata: ["connection": "\(self.handle?.id ?? 0)"])
+            context.close(promise: nil)
+            return
+        }
+        self.pingOutstanding = true
+        self.writeRaw(WebSocketFraming.control(opcode: WebSocketFraming.pingOpcode, payload: ByteBuffer(), allocator: context.channel.allocator))
+    }
+}

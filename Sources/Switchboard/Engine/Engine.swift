@@ -1,0 +1,131 @@
+import NIOCore
+
+/// One message of a stream, as the engine stores and delivers it.
+public struct StreamMessage: Sendable {
+    public var stream: String
+    /// Contiguous per stream: 1, 2, 3 …
+    public var offset: Int64
+    public var epoch: String
+    public var body: ByteBuffer
+
+    public init(stream: String, offset: Int64, epoch: String, body: ByteBuffer) {
+        self.stream = stream
+        self.offset = offset
+        self.epoch = epoch
+        self.body = body
+    }
+}
+
+/// Where a stream stands: its epoch and the offset of its newest message (0 when empty).
+public struct StreamPosition: Sendable, Equatable {
+    public var epoch: String
+    public var top: Int64
+
+    public init(epoch: String, top: Int64) {
+        self.epoch = epoch
+        self.top = top
+    }
+}
+
+/// The result of a publish.
+public struct PublishResult: Sendable, Equatable {
+    public var offset: Int64
+    public var epoch: String
+    /// True when the idempotency key had been seen: nothing new was appended and
+    /// offset/epoch are those of the first publish.
+    public var duplicate: Bool
+
+    public init(offset: Int64, epoch: String, duplicate: Bool) {
+        self.offset = offset
+        self.epoch = epoch
+        self.duplicate = duplicate
+    }
+}
+
+/// The answer to a history read.
+public enum HistoryRead: Sendable {
+    /// Messages after the requested offset, oldest first (at most `limit`), and the stream's position.
+    case messages([StreamMessage], StreamPosition)
+    /// The history no longer covers the requested offset (trimmed, expired, or the
+    /// epoch changed): the reader cannot be caught up and must be told so.
+    case gone(StreamPosition)
+}
+
+/// A session outlives its connections for a TTL, so a client can resume on any node.
+public struct SessionRecord: Sendable, Equatable {
+    public var id: String
+    /// Authenticated user, nil for anonymous sessions.
+    public var user: String?
+    /// Streams the session is subscribed to, with the highest offset it acked on each.
+    public var cursors: [String: Int64]
+
+    public init(id: String, user: String?, cursors: [String: Int64] = [:]) {
+        self.id = id
+        self.user = user
+        self.cursors = cursors
+    }
+}
+
+/// A member of a stream's presence set.
+public struct PresenceMember: Sendable, Hashable, Codable {
+    public var user: String?
+    public var session: String
+
+    public init(user: String?, session: String) {
+        self.user = user
+        self.session = session
+    }
+}
+
+public enum EngineError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The engine cannot accept writes right now (Redis away): nothing was accepted.
+    case unavailable(String)
+    case invalidStream(String)
+
+    public var description: String {
+        switch self {
+        case .unavailable(let why): "engine unavailable: \(why)"
+        case .invalidStream(let why): "invalid stream: \(why)"
+        }
+    }
+}
+
+/// Receives live messages for the streams this node subscribed to.
+public protocol EngineDelivery: AnyObject, Sendable {
+    func deliver(_ message: StreamMessage)
+}
+
+/// The boundary between the gateway and where streams live. The memory engine keeps
+/// everything in this process; a Redis engine keeps it in Redis and answers every
+/// call in one round trip (publish is one script: idempotency, epoch, offset, capped
+/// append, live publish).
+public protocol SwitchboardEngine: Sendable {
+    /// Called once before use; live messages for subscribed streams go to `delivery`.
+    func start(delivery: any EngineDelivery) async throws
+    func shutdown() async
+
+    /// Append to a stream and deliver live. Returns the offset and epoch.
+    func publish(_ stream: String, body: ByteBuffer, idempotencyKey: String?) async throws -> PublishResult
+    /// Messages after `offset`, at most `limit`; `.gone` when history no longer covers
+    /// `offset` or `epoch` (when given) differs from the stream's.
+    func read(_ stream: String, after offset: Int64, epoch: String?, limit: Int) async throws -> HistoryRead
+    func position(of stream: String) async throws -> StreamPosition
+
+    /// This node has its first local subscriber on `stream` (or lost its last).
+    func subscribe(_ stream: String) async throws
+    func unsubscribe(_ stream: String) async
+
+    /// Sessions outlive connections for `ttl` seconds after the last one closes.
+    func saveSession(_ session: SessionRecord) async throws
+    func loadSession(_ id: String) async throws -> SessionRecord?
+    func touchSession(_ id: String, connected: Bool) async throws
+    /// Record that `session` processed `stream` up to `offset`; the engine may trim
+    /// messages every subscribed session has acked.
+    func ack(session: String, stream: String, offset: Int64) async throws
+    /// The session stopped consuming `stream` (acks no longer hold its history).
+    func release(session: String, stream: String) async throws
+
+    func presenceJoin(_ stream: String, member: PresenceMember) async throws
+    func presenceLeave(_ stream: String, member: PresenceMember) async throws
+    func presence(of stream: String) async throws -> [PresenceMember]
+}

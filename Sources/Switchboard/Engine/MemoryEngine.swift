@@ -1,0 +1,266 @@
+import DequeModule
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// The single-node engine: streams, sessions and presence in this process.
+///
+/// Everything sits behind one lock; live delivery is handed to the hub while the lock
+/// is held so messages of a stream reach it in offset order.
+public final class MemoryEngine: SwitchboardEngine {
+    public struct Configuration: Sendable {
+        /// Messages kept per stream (older ones are trimmed).
+        public var historySize: Int = 1000
+        /// Seconds a message is kept.
+        public var historyAge: Double = 300
+        /// Seconds a session survives after its last connection closed.
+        public var sessionTTL: Double = 120
+        /// Seconds an idempotency key is remembered.
+        public var idempotencyTTL: Double = 300
+
+        public init(historySize: Int = 1000, historyAge: Double = 300, sessionTTL: Double = 120, idempotencyTTL: Double = 300) {
+            self.historySize = historySize
+            self.historyAge = historyAge
+            self.sessionTTL = sessionTTL
+            self.idempotencyTTL = idempotencyTTL
+        }
+    }
+
+    struct Entry {
+        var offset: Int64
+        var time: NIODeadline
+        var body: ByteBuffer
+    }
+
+    struct StreamState {
+        let epoch: String
+        var top: Int64 = 0
+        var log: Deque<Entry> = []
+        /// Acked offset per consuming session; entries all of them acked are trimmed.
+        var consumers: [String: Int64] = [:]
+        var idempotency: [String: (result: PublishResult, expires: NIODeadline)] = [:]
+        var presence: Set<PresenceMember> = []
+
+        /// Oldest offset still readable: a reader after `firstKept - 1` is covered.
+        var firstKept: Int64 { self.log.first?.offset ?? (self.top + 1) }
+    }
+
+    struct SessionState {
+        var record: SessionRecord
+        var connections: Int
+        var expires: NIODeadline?
+    }
+
+    struct State {
+        var streams: [String: StreamState] = [:]
+        var sessions: [String: SessionState] = [:]
+        var delivery: (any EngineDelivery)?
+    }
+
+    public let configuration: Configuration
+    private let state = NIOLockedValueBox(State())
+    private let sweeper = NIOLockedValueBox<Task<Void, Never>?>(nil)
+
+    public init(configuration: Configuration = .init()) {
+        self.configuration = configuration
+    }
+
+    public func start(delivery: any EngineDelivery) async throws {
+        self.state.withLockedValue { $0.delivery = delivery }
+        let task = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                self?.sweep(now: .now())
+            }
+        }
+        self.sweeper.withLockedValue { $0 = task }
+    }
+
+    public func shutdown() async {
+        self.sweeper.withLockedValue { $0?.cancel() }
+    }
+
+    public func publish(_ stream: String, body: ByteBuffer, idempotencyKey: String?) async throws -> PublishResult {
+        let now = NIODeadline.now()
+        return self.state.withLockedValue { state in
+            var s = state.streams[stream] ?? StreamState(epoch: Self.newEpoch())
+            if let key = idempotencyKey, let seen = s.idempotency[key], seen.expires > now {
+                var result = seen.result
+                result.duplicate = true
+                return result
+            }
+            s.top += 1
+            let message = StreamMessage(stream: stream, offset: s.top, epoch: s.epoch, body: body)
+            s.log.append(Entry(offset: s.top, time: now, body: body))
+            self.trim(&s, now: now)
+            let result = PublishResult(offset: s.top, epoch: s.epoch, duplicate: false)
+            if let key = idempotencyKey {
+                s.idempotency[key] = (result, now + .nanoseconds(Int64(self.configuration.idempotencyTTL * 1e9)))
+            }
+            state.streams[stream] = s
+            state.delivery?.deliver(message)
+            return result
+        }
+    }
+
+    public func read(_ stream: String, after offset: Int64, epoch: String?, limit: Int) async throws -> HistoryRead {
+        let now = NIODeadline.now()
+        return self.state.withLockedValue { state in
+            guard var s = state.streams[stream] else {
+                // Never published here: an empty stream, nothing missed unless the
+                // reader knows an epoch (then history it had is gone).
+                let fresh = StreamState(epoch: Self.newEpoch())
+                state.streams[stream] = fresh
+                let position = StreamPosition(epoch: fresh.epoch, top: 0)
+                return (epoch == nil && offset == 0) ? .messages([], position) : .gone(position)
+            }
+            self.trim(&s, now: now)
+            state.streams[stream] = s
+            let position = StreamPosition(epoch: s.epoch, top: s.top)
+            if let epoch, epoch != s.epoch { return .gone(position) }
+            if offset > s.top { return .gone(position) }
+            if offset + 1 < s.firstKept { return .gone(position) }
+            var out: [StreamMessage] = []
+            let startIndex = Int(offset + 1 - s.firstKept)
+            var i = max(0, startIndex)
+            while i < s.log.count && out.count < limit {
+                let e = s.log[i]
+                out.append(StreamMessage(stream: stream, offset: e.offset, epoch: s.epoch, body: e.body))
+                i += 1
+            }
+            return .messages(out, position)
+        }
+    }
+
+    public func position(of stream: String) async throws -> StreamPosition {
+        self.state.withLockedValue { state in
+            if let s = state.streams[stream] { return StreamPosition(epoch: s.epoch, top: s.top) }
+            let fresh = StreamState(epoch: Self.newEpoch())
+            state.streams[stream] = fresh
+            return StreamPosition(epoch: fresh.epoch, top: 0)
+        }
+    }
+
+    // Live delivery is unconditional here: every publish reaches the hub, which
+    // drops what no local connection wants.
+    public func subscribe(_ stream: String) async throws {}
+    public func unsubscribe(_ stream: String) async {}
+
+    public func saveSession(_ session: SessionRecord) async throws {
+        self.state.withLockedValue { state in
+            if var existing = state.sessions[session.id] {
+                existing.record = session
+                state.sessions[session.id] = existing
+            } else {
+                state.sessions[session.id] = SessionState(record: session, connections: 0, expires: nil)
+            }
+        }
+    }
+
+    public func loadSession(_ id: String) async throws -> SessionRecord? {
+        let now = NIODeadline.now()
+        return self.state.withLockedValue { state in
+            guard let s = state.sessions[id] else { return nil }
+            if let expires = s.expires, expires <= now { return nil }
+            return s.record
+        }
+    }
+
+    public func touchSession(_ id: String, connected: Bool) async throws {
+        let ttl = TimeAmount.nanoseconds(Int64(self.configuration.sessionTTL * 1e9))
+        self.state.withLockedValue { state in
+            guard var s = state.sessions[id] else { return }
+            s.connections = max(0, s.connections + (connected ? 1 : -1))
+            s.expires = s.connections == 0 ? .now() + ttl : nil
+            state.sessions[id] = s
+        }
+    }
+
+    public func ack(session: String, stream: String, offset: Int64) async throws {
+        let now = NIODeadline.now()
+        self.state.withLockedValue { state in
+            if var s = state.sessions[session] {
+                s.record.cursors[stream] = max(s.record.cursors[stream] ?? 0, offset)
+                state.sessions[session] = s
+            }
+            guard var st = state.streams[stream] else { return }
+            st.consumers[session] = max(st.consumers[session] ?? 0, min(offset, st.top))
+            self.trim(&st, now: now)
+            state.streams[stream] = st
+        }
+    }
+
+    public func release(session: String, stream: String) async throws {
+        self.state.withLockedValue { state in
+            state.sessions[session]?.record.cursors[stream] = nil
+            state.streams[stream]?.consumers[session] = nil
+        }
+    }
+
+    public func presenceJoin(_ stream: String, member: PresenceMember) async throws {
+        self.state.withLockedValue { state in
+            var s = state.streams[stream] ?? StreamState(epoch: Self.newEpoch())
+            s.presence.insert(member)
+            state.streams[stream] = s
+        }
+    }
+
+    public func presenceLeave(_ stream: String, member: PresenceMember) async throws {
+        _ = self.state.withLockedValue { state in
+            state.streams[stream]?.presence.remove(member)
+        }
+    }
+
+    public func presence(of stream: String) async throws -> [PresenceMember] {
+        self.state.withLockedValue { state in
+            Array(state.streams[stream]?.presence ?? [])
+        }
+    }
+
+    /// Drop expired history, idempotency keys and sessions.
+    func sweep(now: NIODeadline) {
+        self.state.withLockedValue { state in
+            var expired: [SessionState] = []
+            for (id, s) in state.sessions {
+                if let e = s.expires, e <= now {
+                    expired.append(s)
+                    state.sessions[id] = nil
+                }
+            }
+            for s in expired {
+                for stream in s.record.cursors.keys {
+                    state.streams[stream]?.consumers[s.record.id] = nil
+                }
+            }
+            for key in Array(state.streams.keys) {
+                guard var st = state.streams[key] else { continue }
+                self.trim(&st, now: now)
+                st.idempotency = st.idempotency.filter { $0.value.expires > now }
+                if !expired.isEmpty {
+                    st.presence = st.presence.filter { m in !expired.contains { $0.record.id == m.session } }
+                }
+                state.streams[key] = st
+            }
+        }
+    }
+
+    /// Retention: count cap, age cap, and everything every consuming session acked.
+    private func trim(_ s: inout StreamState, now: NIODeadline) {
+        while s.log.count > self.configuration.historySize {
+            s.log.removeFirst()
+        }
+        let oldest = now - .nanoseconds(Int64(self.configuration.historyAge * 1e9))
+        while let first = s.log.first, first.time < oldest {
+            s.log.removeFirst()
+        }
+        if !s.consumers.isEmpty, let acked = s.consumers.values.min() {
+            while let first = s.log.first, first.offset <= acked {
+                s.log.removeFirst()
+            }
+        }
+    }
+
+    static func newEpoch() -> String {
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
+        return String((0..<8).map { _ in alphabet.randomElement()! })
+    }
+}

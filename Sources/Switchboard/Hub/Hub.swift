@@ -1,0 +1,88 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import SwitchboardWire
+
+/// Node-local fan-out: the engine hands every live message here; the hub frames it
+/// once and passes the same bytes to each event loop that has subscribers of its stream.
+final class Hub: EngineDelivery, @unchecked Sendable {
+    // `loops` is fixed at init; `interest` and `sessions` are behind locks.
+    private(set) var loops: [LoopHub] = []
+    private var loopByID: [ObjectIdentifier: LoopHub] = [:]
+    /// Bit i set: loop i has at least one subscriber of the stream.
+    private let interest = NIOLockedValueBox([String: UInt64]())
+    /// Live connection of each session (a newer one takes over).
+    private let sessions = NIOLockedValueBox([String: ConnectionHandle]())
+    let allocator = ByteBufferAllocator()
+
+    init(group: any EventLoopGroup) {
+        let all = Array(group.makeIterator())
+        precondition(all.count <= 64, "at most 64 event loops")
+        for (i, loop) in all.enumerated() {
+            let hub = LoopHub(loop: loop, index: i, hub: self)
+            self.loops.append(hub)
+            self.loopByID[ObjectIdentifier(loop)] = hub
+        }
+    }
+
+    func loopHub(for loop: any EventLoop) -> LoopHub {
+        guard let hub = self.loopByID[ObjectIdentifier(loop)] else {
+            preconditionFailure("channel on an event loop the gateway does not own")
+        }
+        return hub
+    }
+
+    func addInterest(_ stream: String, loop: Int) {
+        self.interest.withLockedValue { $0[stream, default: 0] |= (1 << UInt64(loop)) }
+    }
+
+    func removeInterest(_ stream: String, loop: Int) {
+        self.interest.withLockedValue { table in
+            let mask = (table[stream] ?? 0) & ~(1 << UInt64(loop))
+            table[stream] = mask == 0 ? nil : mask
+        }
+    }
+
+    func deliver(_ message: StreamMessage) {
+        let mask = self.interest.withLockedValue { $0[message.stream] ?? 0 }
+        guard mask != 0 else { return }
+        let frame = Self.pushFrame(message, allocator: self.allocator)
+        for hub in self.loops where mask & (1 << UInt64(hub.index)) != 0 {
+            hub.loop.execute { hub.deliver(message, frame: frame) }
+        }
+    }
+
+    static func pushFrame(_ message: StreamMessage, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var meta = Meta()
+        meta[MetaKey.offset] = String(message.offset)
+        meta[MetaKey.epoch] = message.epoch
+        return WebSocketFraming.text(
+            method: .push, status: 200, target: message.stream, meta: meta, body: message.body, allocator: allocator
+        )
+    }
+
+    /// Registers `handle` as its session's live connection; returns the one it replaced.
+    func claimSession(_ session: String, by handle: ConnectionHandle) -> ConnectionHandle? {
+        self.sessions.withLockedValue { table in
+            let old = table[session]
+            table[session] = handle
+            return old
+        }
+    }
+
+    func releaseSession(_ session: String, by handle: ConnectionHandle) {
+        self.sessions.withLockedValue { table in
+            if table[session]?.id == handle.id { table[session] = nil }
+        }
+    }
+
+    func connection(ofSession session: String) -> ConnectionHandle? {
+        self.sessions.withLockedValue { $0[session] }
+    }
+
+    var connectionCount: Int { self.sessions.withLockedValue { $0.count } }
+
+    func allConnections() -> [ConnectionHandle] {
+        self.sessions.withLockedValue { Array($0.values) }
+    }
+}

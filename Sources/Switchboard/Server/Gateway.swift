@@ -1,0 +1,121 @@
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// A Switchboard node: HTTP and WebSocket on one port, the same router for both,
+/// streams in `engine`. Run it as a service (it drains on graceful shutdown).
+///
+/// ```swift
+/// let router = Router(context: SwitchboardRequestContext.self)
+/// router.post("/rooms/:id/messages") { request, context in … }
+/// let gateway = Gateway(router: router, configuration: .init(), verifier: verifier, logger: logger)
+/// try await gateway.run()
+/// ```
+public final class Gateway: Service, Sendable {
+    let core: GatewayCore
+    let eventLoopGroup: any EventLoopGroup
+    private let port = NIOLockedValueBox<Int?>(nil)
+    private let portWaiters = NIOLockedValueBox<[CheckedContinuation<Int, Never>]>([])
+    /// Seconds over which a draining node spreads its 4503 closes.
+    public let drainWindow: Double
+
+    public init<Context: SwitchboardRequestContextProtocol>(
+        router: Router<Context>,
+        configuration: GatewayConfiguration = .init(),
+        engine: any SwitchboardEngine = MemoryEngine(),
+        verifier: TokenVerifier? = nil,
+        drainWindow: Double = 5,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "switchboard")
+    ) {
+        self.eventLoopGroup = eventLoopGroup
+        self.drainWindow = drainWindow
+        self.core = GatewayCore(
+            configuration: configuration,
+            engine: engine,
+            hub: Hub(group: eventLoopGroup),
+            responder: ErasedResponder(router.buildResponder()),
+            verifier: verifier,
+            logger: logger
+        )
+    }
+
+    /// Publish, send and disconnect from application code.
+    public var publisher: SwitchboardPublisher { SwitchboardPublisher(core: self.core) }
+
+    public var nodeID: String { self.core.nodeID }
+
+    /// The port the node listens on, once it does (useful with port 0).
+    public func waitUntilListening() async -> Int {
+        await withCheckedContinuation { continuation in
+            let port: Int? = self.portWaiters.withLockedValue { waiters in
+                if let port = self.port.withLockedValue({ $0 }) { return port }
+                waiters.append(continuation)
+                return nil
+            }
+            if let port { continuation.resume(returning: port) }
+        }
+    }
+
+    public func run() async throws {
+        let core = self.core
+        try await core.engine.start(delivery: core.hub)
+        let interval = TimeAmount.nanoseconds(Int64(core.configuration.pingInterval * 1e9))
+        for hub in core.hub.loops {
+            hub.loop.execute { hub.startPinging(every: interval) }
+        }
+        let server = Server(
+            childChannelSetup: GatewayChildChannel(core: core),
+            configuration: ServerConfiguration(address: .hostname(core.configuration.host, port: core.configuration.port)),
+            onServerRunning: { channel in self.listening(on: channel.localAddress?.port ?? core.configuration.port) },
+            eventLoopGroup: self.eventLoopGroup,
+            logger: core.logger
+        )
+        try await withGracefulShutdownHandler {
+            try await server.run()
+        } onGracefulShutdown: {
+            core.startDraining()
+        }
+        // The listener is closed; now move the WebSocket clients elsewhere.
+        await self.drainConnections()
+        for hub in core.hub.loops {
+            hub.loop.execute { hub.stopPinging() }
+        }
+        await core.engine.shutdown()
+    }
+
+    private func listening(on port: Int) {
+        let waiters = self.portWaiters.withLockedValue { waiters in
+            self.port.withLockedValue { $0 = port }
+            defer { waiters.removeAll() }
+            return waiters
+        }
+        for w in waiters { w.resume(returning: port) }
+        self.core.logger.info("switchboard node \(self.core.nodeID) listening on \(self.core.configuration.host):\(port)")
+    }
+
+    /// Close every connection with 4503 ("reconnect elsewhere"), spread over the
+    /// drain window so clients do not all reconnect at the same instant.
+    private func drainConnections() async {
+        self.core.startDraining()
+        let connections = self.core.hub.allConnections()
+        guard !connections.isEmpty else { return }
+        self.core.logger.info("draining \(connections.count) connections over \(self.drainWindow)s")
+        let step = connections.count > 1 ? self.drainWindow / Double(connections.count) : 0
+        for (i, connection) in connections.enumerated() {
+            let delay = TimeAmount.nanoseconds(Int64(Double(i) * step * 1e9))
+            connection.loop.scheduleTask(in: delay) {
+                connection.handler?.close(code: .reconnectElsewhere, reason: "node draining; reconnect")
+            }
+        }
+        // Wait (bounded) until they are gone.
+        let deadline = ContinuousClock.now + .seconds(self.drainWindow + self.core.configuration.closeTimeout + 1)
+        while self.core.hub.connectionCount > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+    }
+}

@@ -1,0 +1,98 @@
+import HTTPTypes
+import HummingbirdCore
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+
+/// One accepted TCP connection: HTTP/1.1 served by Hummingbird's HTTP handling, or a
+/// WebSocket upgrade handed to a `ConnectionHandler`. Only HTTP connections keep a
+/// task; an upgraded connection's task ends as soon as the upgrade completes.
+struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
+    struct Value: ServerChildChannelValue {
+        let outcome: EventLoopFuture<UpgradeOutcome>
+        let channel: any Channel
+    }
+
+    let core: GatewayCore
+    let responder: HTTPChannelHandler.Responder
+
+    init(core: GatewayCore) {
+        self.core = core
+        self.responder = { request, responseWriter, channel in
+            let source = SwitchboardContextSource(
+                logger: core.logger, transport: .http(channel), identity: nil, meta: nil, gateway: core
+            )
+            let response = await core.responder.respond(request, source)
+            try await responseWriter.write(response: response.head, body: response.body)
+        }
+    }
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture {
+            // The channel's outbound buffer is the connection's queue: past the high
+            // mark the consumer is too slow and is closed (it can resume).
+            let limit = self.core.configuration.maxQueueBytes
+            try channel.syncOptions?.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: limit / 2, high: limit))
+            let refusal = NIOLockedValueBox<(HTTPResponse.Status, String)?>(nil)
+            let upgrader = SwitchboardWebSocketUpgrader(core: self.core, refusal: refusal, accepted: NIOLockedValueBox(nil))
+            let configuration = NIOTypedHTTPServerUpgradeConfiguration<UpgradeOutcome>(
+                upgraders: [upgrader],
+                notUpgradingCompletionHandler: { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
+                        let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
+                            wrappingChannelSynchronously: channel,
+                            configuration: .init(isOutboundHalfClosureEnabled: true)
+                        )
+                        if let (status, reason) = refusal.withLockedValue({ $0 }) {
+                            return .refused(asyncChannel, status, reason)
+                        }
+                        return .http(asyncChannel)
+                    }
+                }
+            )
+            var pipeline = NIOUpgradableHTTPServerPipelineConfiguration<UpgradeOutcome>(upgradeConfiguration: configuration)
+            pipeline.enablePipelining = false
+            pipeline.enableErrorHandling = false
+            pipeline.enableResponseHeaderValidation = false
+            let outcome = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: pipeline)
+            return Value(outcome: outcome, channel: channel)
+        }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        do {
+            switch try await value.outcome.get() {
+            case .webSocket:
+                return
+            case .http(let asyncChannel):
+                await self.handleHTTP(asyncChannel: asyncChannel, logger: logger)
+            case .refused(let asyncChannel, let status, let reason):
+                await Self.writeRefusal(asyncChannel, status: status, reason: reason, logger: logger)
+            }
+        } catch {
+            logger.debug("connection setup failed", metadata: ["error": "\(error)"])
+            try? await value.channel.close()
+        }
+    }
+
+    /// A refused upgrade gets a real HTTP status and a JSON reason, then the socket closes.
+    private static func writeRefusal(
+        _ asyncChannel: NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, status: HTTPResponse.Status, reason: String, logger: Logger
+    ) async {
+        do {
+            try await asyncChannel.executeThenClose { _, outbound in
+                let body = JSONBody.error(status == .unauthorized ? "unauthorized" : "upgrade_refused", reason: reason)
+                var headers: HTTPFields = [.connection: "close", .contentType: "application/json", .contentLength: String(body.readableBytes)]
+                if status == .unauthorized { headers[.wwwAuthenticate] = "Bearer" }
+                try await outbound.write(contentsOf: [.head(HTTPResponse(status: status, headerFields: headers)), .body(body), .end(nil)])
+            }
+        } catch {
+            logger.trace("failed to write upgrade refusal: \(error)")
+        }
+    }
+}

@@ -1,0 +1,34 @@
+import NIOCore
+
+/// Everything a node needs to serve, with defaults fit for a first try.
+public struct GatewayConfiguration: Sendable {
+    public var host: String = "127.0.0.1"
+    public var port: Int = 8080
+    /// Requests to this path with `Upgrade: websocket` become WebSocket connections.
+    public var webSocketPath: String = "/ws"
+    /// Accept connections without a token (they get no user and no `/users/…` stream).
+    public var allowAnonymous: Bool = false
+    /// Largest WebSocket frame and largest reassembled message, in bytes.
+    public var maxMessageSize: Int = 64 * 1024
+    /// Bytes a connection may have queued for writing before it is closed as a slow consumer.
+    public var maxQueueBytes: Int = 1 << 20
+    /// Seconds between server pings; a peer that did not answer the previous ping is closed.
+    public var pingInterval: Double = 30
+    /// Requests per second per connection (token bucket rate) and burst size.
+    public var requestRate: Double = 100
+    public var requestBurst: Double = 200
+    /// 429 replies in a row after which the connection is closed with 4429.
+    public var rateLimitStrikes: Int = 50
+    /// Subscriptions one connection may hold.
+    public var maxSubscriptions: Int = 100
+    /// Requests one connection may have in flight at once.
+    public var maxInFlightRequests: Int = 64
+    /// Messages read from history per batch when resuming.
+    public var replayBatchSize: Int = 256
+    /// Seconds to wait for the peer's close frame before dropping the socket.
+    public var closeTimeout: Double = 3
+    /// Node id, unique in a cluster; random when nil.
+    public var nodeID: String?
+
+    public init() {}
+}

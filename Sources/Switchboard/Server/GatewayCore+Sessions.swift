@@ -1,0 +1,54 @@
+import NIOCore
+import SwitchboardWire
+
+/// Built-in streams: every connection has its session's, its user's and the broadcast stream.
+enum BuiltinAuthorization {
+    case allowed, forbidden, notBuiltin
+}
+
+extension GatewayCore {
+    static let broadcastStream = "/broadcast"
+
+    static func userStream(_ user: String) -> String { "/users/" + PathSegment.encode(user) }
+    static func sessionStream(_ session: String) -> String { "/sessions/" + PathSegment.encode(session) }
+
+    func personalStreams(session: String, user: String?) -> [String] {
+        var streams = [Self.sessionStream(session), Self.broadcastStream]
+        if let user { streams.append(Self.userStream(user)) }
+        return streams
+    }
+
+    func isBuiltinStream(_ stream: String) -> Bool {
+        stream == Self.broadcastStream || stream.hasPrefix("/users/") || stream.hasPrefix("/sessions/")
+    }
+
+    func authorizeBuiltin(stream: String, session: String, user: String?) -> BuiltinAuthorization {
+        if stream == Self.broadcastStream { return .allowed }
+        if stream.hasPrefix("/users/") { return user.map { Self.userStream($0) == stream } == true ? .allowed : .forbidden }
+        if stream.hasPrefix("/sessions/") { return Self.sessionStream(session) == stream ? .allowed : .forbidden }
+        return .notBuiltin
+    }
+
+    /// A connection is up: it becomes its session's live connection (closing an older one).
+    func connectionOpened(_ handle: ConnectionHandle) {
+        if let old = self.hub.claimSession(handle.session, by: handle), old.id != handle.id {
+            old.close(code: .sessionTakenOver, reason: "session resumed by a newer connection")
+        }
+        let engine = self.engine
+        Task { try? await engine.touchSession(handle.session, connected: true) }
+    }
+
+    func connectionClosed(_ handle: ConnectionHandle, streams: [String]) {
+        self.hub.releaseSession(handle.session, by: handle)
+        let engine = self.engine
+        let member = PresenceMember(user: handle.user, session: handle.session)
+        let builtin = streams.map { self.isBuiltinStream($0) }
+        Task {
+            for (stream, isBuiltin) in zip(streams, builtin) {
+                await engine.unsubscribe(stream)
+                if !isBuiltin { try? await engine.presenceLeave(stream, member: member) }
+            }
+            try? await engine.touchSession(handle.session, connected: false)
+        }
+    }
+}

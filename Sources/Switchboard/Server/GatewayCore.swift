@@ -1,0 +1,56 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import SwitchboardWire
+
+/// What every connection of a node shares: configuration, engine, hub, router, keys.
+final class GatewayCore: Sendable {
+    let configuration: GatewayConfiguration
+    let engine: any SwitchboardEngine
+    let hub: Hub
+    let responder: ErasedResponder
+    let verifier: TokenVerifier?
+    let logger: Logger
+    let nodeID: String
+    let allocator = ByteBufferAllocator()
+    private let nextID = NIOLockedValueBox<UInt64>(0)
+    private let draining = NIOLockedValueBox(false)
+
+    init(
+        configuration: GatewayConfiguration,
+        engine: any SwitchboardEngine,
+        hub: Hub,
+        responder: ErasedResponder,
+        verifier: TokenVerifier?,
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.engine = engine
+        self.hub = hub
+        self.responder = responder
+        self.verifier = verifier
+        self.logger = logger
+        self.nodeID = configuration.nodeID ?? Self.randomID(length: 10)
+    }
+
+    func makeConnectionID() -> UInt64 {
+        self.nextID.withLockedValue {
+            $0 += 1
+            return $0
+        }
+    }
+
+    var isDraining: Bool {
+        get { self.draining.withLockedValue { $0 } }
+    }
+
+    func startDraining() { self.draining.withLockedValue { $0 = true } }
+
+    static func randomID(length: Int) -> String {
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
+        return String((0..<length).map { _ in alphabet.randomElement()! })
+    }
+
+    /// Session ids are 15 characters so Swift stores them inline, without a heap allocation.
+    static func newSessionID() -> String { randomID(length: 15) }
+}

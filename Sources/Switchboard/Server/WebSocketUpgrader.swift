@@ -1,0 +1,137 @@
+import Crypto
+import Foundation
+import HTTPTypes
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+import NIOWebSocket
+
+/// How an upgrade ended, for the child channel to act on.
+enum UpgradeOutcome: Sendable {
+    /// The connection now speaks WebSocket; its handler lives in the pipeline.
+    case webSocket
+    /// A plain HTTP request.
+    case http(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+    /// An upgrade was asked for and refused: answer `status` with `reason` and close.
+    case refused(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, HTTPResponse.Status, String)
+}
+
+/// What the upgrade decided about one connection, carried from the handshake to the pipeline.
+struct AcceptedUpgrade {
+    var identity: Identity?
+    var session: String
+    var resumedCursors: [String: Int64]?
+}
+
+/// RFC 6455 upgrade that authenticates before accepting and installs a
+/// `ConnectionHandler` (not an async channel): the connection then costs no task.
+/// Frames are decoded by NIO's decoder; the handler frames its own output so a
+/// push is framed once for all sockets.
+struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
+    typealias UpgradeResult = UpgradeOutcome
+
+    let core: GatewayCore
+    /// Set when the handshake was refused, read by the not-upgrading path.
+    let refusal: NIOLockedValueBox<(HTTPResponse.Status, String)?>
+    let accepted: NIOLockedValueBox<AcceptedUpgrade?>
+
+    var supportedProtocol: String { "websocket" }
+    var requiredUpgradeHeaders: [String] { [] }
+
+    static let magicGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+    static let subprotocol = "switchboard.v1"
+
+    struct Refused: Error {}
+
+    func buildUpgradeResponse(channel: any Channel, upgradeRequest: HTTPRequestHead, initialResponseHeaders: HTTPHeaders) -> EventLoopFuture<HTTPHeaders> {
+        let promise = channel.eventLoop.makePromise(of: HTTPHeaders.self)
+        promise.completeWithTask {
+            try await self.decide(upgradeRequest, headers: initialResponseHeaders)
+        }
+        return promise.futureResult
+    }
+
+    private func refuse(_ status: HTTPResponse.Status, _ reason: String) -> Refused {
+        self.refusal.withLockedValue { $0 = (status, reason) }
+        return Refused()
+    }
+
+    private func decide(_ head: HTTPRequestHead, headers initial: HTTPHeaders) async throws -> HTTPHeaders {
+        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        guard path == self.core.configuration.webSocketPath else {
+            throw self.refuse(.notFound, "no WebSocket endpoint at \(path); use \(self.core.configuration.webSocketPath)")
+        }
+        guard head.method == .GET else { throw self.refuse(.badRequest, "WebSocket upgrades use GET") }
+        guard head.headers["sec-websocket-version"].first == "13",
+            let key = head.headers["sec-websocket-key"].first, Data(base64Encoded: key)?.count == 16
+        else {
+            throw self.refuse(.badRequest, "bad WebSocket handshake (Sec-WebSocket-Key / Version 13)")
+        }
+        guard !self.core.isDraining else {
+            throw self.refuse(.serviceUnavailable, "node is draining; connect to another node")
+        }
+        let request = try HTTPRequest(head, secure: false, splitCookie: false)
+
+        // Auth before anything else: a refused upgrade never sees an application frame.
+        var identity: Identity? = nil
+        if let verifier = self.core.verifier, let token = TokenExtractor.token(from: request) {
+            do {
+                identity = try await verifier.verify(token)
+            } catch {
+                throw self.refuse(.unauthorized, error.description)
+            }
+        } else if !self.core.configuration.allowAnonymous {
+            throw self.refuse(.unauthorized, self.core.verifier == nil ? "this node accepts no anonymous connections and verifies no tokens" : "missing token")
+        }
+
+        // Resume the session named by the client, if it is still alive and belongs to this user.
+        let query = head.uri.split(separator: "?", maxSplits: 1).dropFirst().first ?? ""
+        let requested = QueryString.value(of: "sid", in: query) ?? head.headers["switchboard-session"].first
+        var accepted = AcceptedUpgrade(identity: identity, session: GatewayCore.newSessionID(), resumedCursors: nil)
+        do {
+            if let requested, let record = try await self.core.engine.loadSession(requested) {
+                if record.user == identity?.user {
+                    accepted.session = record.id
+                    accepted.resumedCursors = record.cursors
+                }
+            }
+            if accepted.resumedCursors == nil {
+                try await self.core.engine.saveSession(SessionRecord(id: accepted.session, user: identity?.user))
+            }
+        } catch {
+            throw self.refuse(.serviceUnavailable, "session store unavailable: \(error)")
+        }
+        self.accepted.withLockedValue { $0 = accepted }
+
+        var headers = initial
+        var sha = Insecure.SHA1()
+        sha.update(data: Data((key + Self.magicGUID).utf8))
+        headers.replaceOrAdd(name: "Upgrade", value: "websocket")
+        headers.replaceOrAdd(name: "Connection", value: "upgrade")
+        headers.add(name: "Sec-WebSocket-Accept", value: Data(sha.finalize()).base64EncodedString())
+        // Browsers fail a connection whose offered subprotocols get no answer, so echo
+        // ours when offered; the token entry (`bearer.…`) is never echoed.
+        let offered = head.headers["sec-websocket-protocol"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }
+        if offered.contains(Self.subprotocol) {
+            headers.add(name: "Sec-WebSocket-Protocol", value: Self.subprotocol)
+        }
+        return headers
+    }
+
+    func upgrade(channel: any Channel, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<UpgradeOutcome> {
+        channel.eventLoop.makeCompletedFuture {
+            guard let accepted = self.accepted.withLockedValue({ $0 }) else { throw Refused() }
+            try channel.pipeline.syncOperations.addHandler(
+                ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: self.core.configuration.maxMessageSize))
+            )
+            let handler = ConnectionHandler(
+                core: self.core, loopHub: self.core.hub.loopHub(for: channel.eventLoop),
+                session: accepted.session, identity: accepted.identity, resumedCursors: accepted.resumedCursors
+            )
+            try channel.pipeline.syncOperations.addHandler(handler)
+            return .webSocket
+        }
+    }
+}

@@ -1,0 +1,205 @@
+import RESP
+
+/// The Lua scripts of `RedisEngine`. Every script touches keys of ONE slot only (a
+/// stream's keys share the hash tag `{<stream>}`, a session is one key), so they run
+/// unchanged on Redis Cluster.
+///
+/// Per stream P (prefix `sb`):
+/// - `sb:{P}:meta`  hash: `epoch`, `top` (offset of the newest message, 0 when empty)
+/// - `sb:{P}:log`   Redis stream; entry id `<offset>-0`, fields `t` (publish time, ms, Redis
+///   TIME) and `d` (body)
+/// - `sb:{P}:acks`  sorted set session → acked offset (a sorted set rather than a hash so the
+///   minimum is O(log n) on every ack)
+/// - `sb:{P}:ackt`  sorted set session → time of its last ack (ms); sessions that have not
+///   acked for `staleAfter` are dropped from `acks`, so expired sessions stop holding history
+/// - `sb:{P}:idem:<key>` string `<offset>,<epoch>` with a TTL
+/// - `sb:{P}:presence` hash member → expiry (ms, Redis TIME)
+/// - channel `sb:{P}` carries `<offset>,<epoch>,<body>`
+///
+/// Age trimming: offsets are not timestamps, so each entry carries its publish time `t`.
+/// Entries are appended in time order, so the scripts drop entries from the head while
+/// they are older than `historyAge` (a look at the head entry when nothing is due, at most
+/// 16 × 128 entries per call otherwise), then `XTRIM MINID` the first one to keep. It runs
+/// on every publish and every read, so a reader never sees an expired entry.
+enum RedisScripts {
+    static let prelude = """
+    local function now_ms()
+      local t = redis.call('TIME')
+      return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    local function offset_of(id)
+      return tonumber(string.match(id, '^(%d+)'))
+    end
+    local function trim_age(log, cutoff)
+      local head = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+      if #head == 0 or tonumber(head[1][2][2]) >= cutoff then return end
+      for _ = 1, 16 do
+        local e = redis.call('XRANGE', log, '-', '+', 'COUNT', 128)
+        if #e == 0 then return end
+        for i = 1, #e do
+          if tonumber(e[i][2][2]) >= cutoff then
+            redis.call('XTRIM', log, 'MINID', e[i][1])
+            return
+          end
+        end
+        redis.call('XTRIM', log, 'MINID', (offset_of(e[#e][1]) + 1) .. '-0')
+      end
+    end
+    local function touch_keys(ttl, a, b, c, d)
+      if tonumber(ttl) > 0 then
+        redis.call('PEXPIRE', a, ttl); redis.call('PEXPIRE', b, ttl)
+        redis.call('PEXPIRE', c, ttl); redis.call('PEXPIRE', d, ttl)
+      end
+    end
+    -- The stream's epoch and top; creates the stream (new epoch, empty history) if missing.
+    local function ensure(meta, log, acks, ackt, candidate)
+      local m = redis.call('HMGET', meta, 'epoch', 'top')
+      if m[1] then return m[1], tonumber(m[2]) end
+      redis.call('DEL', log, acks, ackt)
+      redis.call('HSET', meta, 'epoch', candidate, 'top', 0)
+      return candidate, 0
+    end
+
+    """
+
+    /// KEYS meta, log, acks, ackt[, idem]. ARGV body, candidate epoch, historySize,
+    /// historyAge ms, idempotency TTL ms, channel, sharded 0/1, approximate 0/1, stream TTL ms.
+    /// Returns {offset, epoch, duplicate 0/1}.
+    static let publish = RESPScript(source: prelude + """
+    local meta, log, acks, ackt, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+    if idem then
+      local seen = redis.call('GET', idem)
+      if seen then
+        local c = string.find(seen, ',', 1, true)
+        return {tonumber(string.sub(seen, 1, c - 1)), string.sub(seen, c + 1), 1}
+      end
+    end
+    local epoch = ensure(meta, log, acks, ackt, ARGV[2])
+    local top = redis.call('HINCRBY', meta, 'top', 1)
+    local now = now_ms()
+    local id = top .. '-0'
+    if ARGV[8] == '1' then
+      redis.call('XADD', log, 'MAXLEN', '~', ARGV[3], id, 't', now, 'd', ARGV[1])
+    else
+      redis.call('XADD', log, 'MAXLEN', ARGV[3], id, 't', now, 'd', ARGV[1])
+    end
+    trim_age(log, now - tonumber(ARGV[4]))
+    if ARGV[7] == '1' then
+      redis.call('SPUBLISH', ARGV[6], top .. ',' .. epoch .. ',' .. ARGV[1])
+    else
+      redis.call('PUBLISH', ARGV[6], top .. ',' .. epoch .. ',' .. ARGV[1])
+    end
+    if idem then redis.call('SET', idem, top .. ',' .. epoch, 'PX', ARGV[5]) end
+    touch_keys(ARGV[9], meta, log, acks, ackt)
+    return {top, epoch, 0}
+    """)
+
+    /// KEYS meta, log, acks, ackt. ARGV after, candidate epoch, limit, historyAge ms,
+    /// expected epoch ('' = any), stream TTL ms.
+    /// Returns {epoch, top, gone 0/1, offset1, body1, offset2, body2, …}.
+    static let read = RESPScript(source: prelude + """
+    local meta, log = KEYS[1], KEYS[2]
+    local epoch, top = ensure(meta, log, KEYS[3], KEYS[4], ARGV[2])
+    touch_keys(ARGV[6], meta, log, KEYS[3], KEYS[4])
+    trim_age(log, now_ms() - tonumber(ARGV[4]))
+    local after = tonumber(ARGV[1])
+    local gone = 0
+    if ARGV[5] ~= '' and ARGV[5] ~= epoch then
+      gone = 1
+    elseif after > top then
+      gone = 1
+    else
+      local head = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
+      local first = top + 1
+      if #head > 0 then first = offset_of(head[1][1]) end
+      if after + 1 < first then gone = 1 end
+    end
+    local out = {epoch, top, gone}
+    if gone == 0 and tonumber(ARGV[3]) > 0 and after < top then
+      local e = redis.call('XRANGE', log, (after + 1) .. '-0', '+', 'COUNT', ARGV[3])
+      for i = 1, #e do
+        out[#out + 1] = offset_of(e[i][1])
+        out[#out + 1] = e[i][2][4]
+      end
+    end
+    return out
+    """)
+
+    /// KEYS meta, log, acks, ackt. ARGV session, offset, staleAfter ms, stream TTL ms.
+    /// Records max(acked, min(offset, top)) and trims the log up to the lowest ack.
+    static let ack = RESPScript(source: prelude + """
+    local meta, log, acks, ackt = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+    local top = tonumber(redis.call('HGET', meta, 'top'))
+    if not top then return -1 end
+    local off = math.min(tonumber(ARGV[2]), top)
+    if off < 0 then off = 0 end
+    redis.call('ZADD', acks, 'GT', off, ARGV[1])
+    local now = now_ms()
+    redis.call('ZADD', ackt, now, ARGV[1])
+    local stale = redis.call('ZRANGEBYSCORE', ackt, '-inf', now - tonumber(ARGV[3]), 'LIMIT', 0, 100)
+    if #stale > 0 then
+      redis.call('ZREM', acks, unpack(stale))
+      redis.call('ZREM', ackt, unpack(stale))
+    end
+    local low = redis.call('ZRANGE', acks, 0, 0, 'WITHSCORES')
+    if #low > 0 then
+      local min = tonumber(low[2])
+      if min > 0 then redis.call('XTRIM', log, 'MINID', (min + 1) .. '-0') end
+    end
+    touch_keys(ARGV[4], meta, log, acks, ackt)
+    return off
+    """)
+
+    /// KEYS session. ARGV field, offset. Raises the session's cursor (if the session exists).
+    static let sessionCursor = RESPScript(source: """
+    if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+    local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+    if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+    return 1
+    """)
+
+    /// KEYS session. ARGV ttl ms, has user 0/1, user, then stream/cursor pairs.
+    /// Replaces the record, keeps the connection count `n`; without connections the key
+    /// expires after the TTL.
+    static let saveSession = RESPScript(source: """
+    local k = KEYS[1]
+    local n = tonumber(redis.call('HGET', k, 'n') or '0')
+    redis.call('DEL', k)
+    local f = {'n', n}
+    if ARGV[2] == '1' then f[#f + 1] = 'u'; f[#f + 1] = ARGV[3] end
+    for i = 4, #ARGV - 1, 2 do f[#f + 1] = 'c:' .. ARGV[i]; f[#f + 1] = ARGV[i + 1] end
+    redis.call('HSET', k, unpack(f))
+    if n == 0 then redis.call('PEXPIRE', k, ARGV[1]) end
+    return n
+    """)
+
+    /// KEYS session. ARGV delta (+1/-1), ttl ms. Returns the connection count (-1: no session).
+    static let touchSession = RESPScript(source: """
+    local k = KEYS[1]
+    if redis.call('EXISTS', k) == 0 then return -1 end
+    local n = redis.call('HINCRBY', k, 'n', ARGV[1])
+    if n < 0 then redis.call('HSET', k, 'n', 0); n = 0 end
+    if n == 0 then redis.call('PEXPIRE', k, ARGV[2]) else redis.call('PERSIST', k) end
+    return n
+    """)
+
+    /// KEYS presence. ARGV ttl ms, members… Sets each member's expiry to now + ttl.
+    static let presenceJoin = RESPScript(source: prelude + """
+    local exp = now_ms() + tonumber(ARGV[1])
+    for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], exp) end
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+    return #ARGV - 1
+    """)
+
+    /// KEYS presence. Returns live members, deletes expired ones.
+    static let presenceList = RESPScript(source: prelude + """
+    local now = now_ms()
+    local all = redis.call('HGETALL', KEYS[1])
+    local out, dead = {}, {}
+    for i = 1, #all, 2 do
+      if tonumber(all[i + 1]) > now then out[#out + 1] = all[i] else dead[#dead + 1] = all[i] end
+    end
+    if #dead > 0 then redis.call('HDEL', KEYS[1], unpack(dead)) end
+    return out
+    """)
+}

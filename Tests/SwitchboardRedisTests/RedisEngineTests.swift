@@ -1,0 +1,356 @@
+import Foundation
+import NIOCore
+import RESP
+import Switchboard
+import Testing
+@testable import SwitchboardRedis
+
+@Suite("RedisEngine", .timeLimit(.minutes(1)))
+struct RedisEngineTests {
+    @Test(.timeLimit(.minutes(1)))
+    func offsetsContiguousUnderConcurrentPublishes() async throws {
+        try await withEngines(count: 2) { _, engines, _ in
+            let results = try await withThrowingTaskGroup(of: PublishResult.self) { group in
+                for i in 0..<500 {
+                    let engine = engines[i % 2]
+                    group.addTask { try await engine.publish("/rooms/a", body: ByteBuffer(text: "m\(i)"), idempotencyKey: nil) }
+                }
+                var out: [PublishResult] = []
+                for try await r in group { out.append(r) }
+                return out
+            }
+            #expect(results.map(\.offset).sorted() == Array(1...500))
+            #expect(Set(results.map(\.epoch)).count == 1)
+            #expect(results.allSatisfy { !$0.duplicate })
+            let position = try await engines[0].position(of: "/rooms/a")
+            #expect(position == StreamPosition(epoch: results[0].epoch, top: 500))
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func idempotencyKeyReturnsFirstResult() async throws {
+        try await withEngines(count: 2) { _, engines, _ in
+            let first = try await engines[0].publish("/s", body: ByteBuffer(text: "x"), idempotencyKey: "k1")
+            _ = try await engines[0].publish("/s", body: ByteBuffer(text: "y"), idempotencyKey: nil)
+            let again = try await engines[1].publish("/s", body: ByteBuffer(text: "x"), idempotencyKey: "k1")
+            #expect(first == PublishResult(offset: 1, epoch: first.epoch, duplicate: false))
+            #expect(again == PublishResult(offset: 1, epoch: first.epoch, duplicate: true))
+            let other = try await engines[1].publish("/s", body: ByteBuffer(text: "x"), idempotencyKey: "k2")
+            #expect(other.offset == 3 && !other.duplicate)
+            // Same key on another stream is independent.
+            let elsewhere = try await engines[1].publish("/t", body: ByteBuffer(text: "x"), idempotencyKey: "k1")
+            #expect(elsewhere.offset == 1 && !elsewhere.duplicate)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)), arguments: [false, true])
+    func publishOnOneNodeIsDeliveredOnTheOtherOnce(sharded: Bool) async throws {
+        try await withEngines(count: 2, { $0.useShardedPubSub = sharded }) { _, engines, collectors in
+            let (a, b) = (engines[0], engines[1])
+            // Two local subscribers on B: still one Redis subscription, one delivery.
+            async let s1: Void = b.subscribe("/rooms/x")
+            async let s2: Void = b.subscribe("/rooms/x")
+            _ = try await (s1, s2)
+            let body = ByteBuffer(bytes: [0, 1, 2, 0x2C, 0xFF, 0x7C] + Array("héllo,|".utf8))
+            let r = try await a.publish("/rooms/x", body: body, idempotencyKey: nil)
+            _ = try await a.publish("/rooms/other", body: ByteBuffer(text: "no"), idempotencyKey: nil)
+            try await eventually { collectors[1].messages.count >= 1 }
+            try await Task.sleep(for: .milliseconds(100))
+            let got = collectors[1].messages
+            #expect(got.count == 1)
+            #expect(got.first?.stream == "/rooms/x")
+            #expect(got.first?.offset == r.offset)
+            #expect(got.first?.epoch == r.epoch)
+            #expect(got.first?.body == body)
+            #expect(collectors[0].messages.isEmpty, "A did not subscribe")
+            #expect(b.lastDelivered("/rooms/x")?.offset == 1)
+
+            // One unsubscribe keeps the other local subscriber; the second one stops delivery.
+            await b.unsubscribe("/rooms/x")
+            _ = try await a.publish("/rooms/x", body: ByteBuffer(text: "2"), idempotencyKey: nil)
+            try await eventually { collectors[1].messages.count >= 2 }
+            #expect(collectors[1].messages.map(\.offset) == [1, 2])
+            await b.unsubscribe("/rooms/x")
+            _ = try await a.publish("/rooms/x", body: ByteBuffer(text: "3"), idempotencyKey: nil)
+            try await Task.sleep(for: .milliseconds(150))
+            #expect(collectors[1].messages.count == 2)
+            #expect(b.subscribedStreams.isEmpty)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func liveMessagesArriveInOrder() async throws {
+        try await withEngines(count: 2) { _, engines, collectors in
+            try await engines[1].subscribe("/o")
+            for i in 1...200 { _ = try await engines[0].publish("/o", body: ByteBuffer(text: "\(i)"), idempotencyKey: nil) }
+            try await eventually { collectors[1].messages.count >= 200 }
+            #expect(collectors[1].messages.map(\.offset) == Array(1...200))
+            #expect(collectors[1].messages.map(\.body.text) == (1...200).map(String.init))
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func readAfterOffsetAndGone() async throws {
+        try await withEngines({ $0.historySize = 5; $0.approximateTrimming = false }) { _, engines, _ in
+            let e = engines[0]
+            // Unknown stream: empty, with an epoch that stays.
+            guard case .messages(let none, let p0) = try await e.read("/h", after: 0, epoch: nil, limit: 10) else {
+                Issue.record("fresh stream should read empty"); return
+            }
+            #expect(none.isEmpty && p0.top == 0)
+            #expect(try await e.position(of: "/h") == p0)
+            var epoch = ""
+            for i in 1...3 { epoch = try await e.publish("/h", body: ByteBuffer(text: "m\(i)"), idempotencyKey: nil).epoch }
+            #expect(epoch == p0.epoch, "publish keeps the epoch created by read")
+            guard case .messages(let msgs, let p) = try await e.read("/h", after: 1, epoch: epoch, limit: 10) else {
+                Issue.record("expected messages"); return
+            }
+            #expect(msgs.map(\.offset) == [2, 3])
+            #expect(msgs.map(\.body.text) == ["m2", "m3"])
+            #expect(msgs.allSatisfy { $0.epoch == epoch && $0.stream == "/h" })
+            #expect(p == StreamPosition(epoch: epoch, top: 3))
+            // limit
+            guard case .messages(let one, _) = try await e.read("/h", after: 0, epoch: nil, limit: 1) else {
+                Issue.record("expected messages"); return
+            }
+            #expect(one.map(\.offset) == [1])
+            // at the top: nothing, not gone
+            guard case .messages(let empty, _) = try await e.read("/h", after: 3, epoch: epoch, limit: 10) else {
+                Issue.record("expected messages"); return
+            }
+            #expect(empty.isEmpty)
+            // beyond the top / other epoch: gone
+            guard case .gone(let g1) = try await e.read("/h", after: 4, epoch: nil, limit: 10) else {
+                Issue.record("after > top must be gone"); return
+            }
+            #expect(g1.top == 3)
+            guard case .gone = try await e.read("/h", after: 1, epoch: "other", limit: 10) else {
+                Issue.record("epoch mismatch must be gone"); return
+            }
+            // trimmed by count: 10 published, 5 kept (6…10)
+            for i in 4...10 { _ = try await e.publish("/h", body: ByteBuffer(text: "m\(i)"), idempotencyKey: nil) }
+            guard case .gone = try await e.read("/h", after: 4, epoch: epoch, limit: 10) else {
+                Issue.record("trimmed history must be gone"); return
+            }
+            guard case .messages(let kept, _) = try await e.read("/h", after: 5, epoch: epoch, limit: 10) else {
+                Issue.record("after 5 is still covered"); return
+            }
+            #expect(kept.map(\.offset) == [6, 7, 8, 9, 10])
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func historyAgeTrims() async throws {
+        try await withEngines({ $0.historyAge = 0.3 }) { _, engines, _ in
+            let e = engines[0]
+            _ = try await e.publish("/age", body: ByteBuffer(text: "old"), idempotencyKey: nil)
+            try await Task.sleep(for: .milliseconds(500))
+            _ = try await e.publish("/age", body: ByteBuffer(text: "new"), idempotencyKey: nil)
+            guard case .gone = try await e.read("/age", after: 0, epoch: nil, limit: 10) else {
+                Issue.record("aged-out history must be gone"); return
+            }
+            guard case .messages(let m, _) = try await e.read("/age", after: 1, epoch: nil, limit: 10) else {
+                Issue.record("expected the young message"); return
+            }
+            #expect(m.map(\.body.text) == ["new"])
+            try await Task.sleep(for: .milliseconds(500))
+            // Nothing published since: the read itself applies the age.
+            guard case .gone = try await e.read("/age", after: 1, epoch: nil, limit: 10) else {
+                Issue.record("read must apply age trimming"); return
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func acksTrimHistory() async throws {
+        try await withEngines { _, engines, _ in
+            let e = engines[0]
+            try await e.saveSession(SessionRecord(id: "s1", user: "ann"))
+            for i in 1...10 { _ = try await e.publish("/ack", body: ByteBuffer(text: "\(i)"), idempotencyKey: nil) }
+            try await e.ack(session: "s1", stream: "/ack", offset: 0)
+            try await e.ack(session: "s2", stream: "/ack", offset: 0)
+            try await e.ack(session: "s1", stream: "/ack", offset: 6)
+            guard case .messages(let all, _) = try await e.read("/ack", after: 0, epoch: nil, limit: 100) else {
+                Issue.record("s2 acked nothing: history kept"); return
+            }
+            #expect(all.count == 10)
+            try await e.ack(session: "s2", stream: "/ack", offset: 4)
+            try await e.ack(session: "s2", stream: "/ack", offset: 2) // never goes back
+            guard case .gone = try await e.read("/ack", after: 3, epoch: nil, limit: 100) else {
+                Issue.record("acked by all must be trimmed"); return
+            }
+            guard case .messages(let rest, _) = try await e.read("/ack", after: 4, epoch: nil, limit: 100) else {
+                Issue.record("not acked by s2 must stay"); return
+            }
+            #expect(rest.map(\.offset) == Array(5...10))
+            // release s2: s1's ack (6) now rules
+            try await e.release(session: "s2", stream: "/ack")
+            try await e.ack(session: "s1", stream: "/ack", offset: 6)
+            guard case .gone = try await e.read("/ack", after: 5, epoch: nil, limit: 100) else {
+                Issue.record("after release s1's ack trims"); return
+            }
+            // acking beyond the top counts as acking the top
+            try await e.ack(session: "s1", stream: "/ack", offset: 1000)
+            guard case .messages(let none, let p) = try await e.read("/ack", after: 10, epoch: nil, limit: 100) else {
+                Issue.record("at the top is not gone"); return
+            }
+            #expect(none.isEmpty && p.top == 10)
+            // the session remembers its cursor
+            let s1 = try await e.loadSession("s1")
+            #expect(s1?.cursors["/ack"] == 1000)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func sessionsSaveLoadExpire() async throws {
+        try await withEngines(count: 2, { $0.sessionTTL = 0.4 }) { _, engines, _ in
+            let (a, b) = (engines[0], engines[1])
+            #expect(try await a.loadSession("nope") == nil)
+            try await a.saveSession(SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 41, "/broadcast": 7]))
+            try await a.saveSession(SessionRecord(id: "anon", user: nil))
+            #expect(try await b.loadSession("s") == SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 41, "/broadcast": 7]))
+            #expect(try await b.loadSession("anon") == SessionRecord(id: "anon", user: nil))
+            try await a.touchSession("s", connected: true)
+            try await Task.sleep(for: .milliseconds(700))
+            #expect(try await b.loadSession("s") != nil, "connected sessions do not expire")
+            #expect(try await b.loadSession("anon") == nil, "never-connected session expired")
+            // Two connections: expiry starts after the last one closes.
+            try await b.touchSession("s", connected: true)
+            try await a.touchSession("s", connected: false)
+            // Saving keeps the connection count.
+            try await b.saveSession(SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 42]))
+            try await Task.sleep(for: .milliseconds(700))
+            #expect(try await a.loadSession("s") == SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 42]))
+            try await b.touchSession("s", connected: false)
+            #expect(try await a.loadSession("s") != nil)
+            try await Task.sleep(for: .milliseconds(700))
+            #expect(try await a.loadSession("s") == nil)
+            // touching a missing session is a no-op
+            try await a.touchSession("s", connected: true)
+            #expect(try await a.loadSession("s") == nil)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func presenceJoinLeaveListAndNodeDeath() async throws {
+        try await withEngines(count: 2, { $0.presenceTTL = 0.6 }) { _, engines, _ in
+            let (a, b) = (engines[0], engines[1])
+            let ann = PresenceMember(user: "ann", session: "s1")
+            let anon = PresenceMember(user: nil, session: "s2")
+            let bob = PresenceMember(user: "bob", session: "s3")
+            try await a.presenceJoin("/p", member: ann)
+            try await a.presenceJoin("/p", member: anon)
+            try await b.presenceJoin("/p", member: bob)
+            #expect(Set(try await b.presence(of: "/p")) == [ann, anon, bob])
+            try await a.presenceLeave("/p", member: anon)
+            #expect(Set(try await a.presence(of: "/p")) == [ann, bob])
+            #expect(try await a.presence(of: "/empty").isEmpty)
+            // Heartbeats keep members alive past the TTL.
+            try await Task.sleep(for: .milliseconds(1200))
+            #expect(Set(try await a.presence(of: "/p")) == [ann, bob])
+            // Node B dies without leaving: its member disappears after the TTL.
+            await b.shutdown()
+            try await Task.sleep(for: .milliseconds(1000))
+            #expect(Set(try await a.presence(of: "/p")) == [ann])
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func redisDownAndBack() async throws {
+        try await withEngines(count: 2) { server, engines, collectors in
+            let (a, b) = (engines[0], engines[1])
+            let watcher = Task { () -> [RedisEngineEvent] in
+                var seen: [RedisEngineEvent] = []
+                for await ev in b.events {
+                    seen.append(ev)
+                    if case .reconnected = ev { break }
+                }
+                return seen
+            }
+            try await b.subscribe("/live")
+            let before = try await a.publish("/live", body: ByteBuffer(text: "1"), idempotencyKey: nil)
+            try await eventually { collectors[1].messages.count == 1 }
+            #expect(a.isAvailable)
+
+            server.stop()
+            try await eventually { !a.isAvailable && !b.isAvailable }
+            #expect(!a.isAvailable)
+            let start = ContinuousClock.now
+            await #expect(throws: EngineError.self) {
+                _ = try await a.publish("/live", body: ByteBuffer(text: "lost"), idempotencyKey: nil)
+            }
+            do {
+                _ = try await a.publish("/live", body: ByteBuffer(text: "lost"), idempotencyKey: nil)
+            } catch let e as EngineError {
+                guard case .unavailable = e else { Issue.record("wrong error \(e)"); return }
+            }
+            await #expect(throws: EngineError.self) { try await b.subscribe("/other") }
+            await #expect(throws: EngineError.self) { _ = try await b.read("/live", after: 0, epoch: nil, limit: 1) }
+            await #expect(throws: EngineError.self) { _ = try await b.loadSession("x") }
+            #expect(ContinuousClock.now - start < .milliseconds(500), "fails fast")
+
+            try await server.start()
+            #expect(try await eventually(timeout: .seconds(20)) { a.isAvailable && b.isAvailable })
+            // The pub/sub side reconnects with the command side; wait for B's event.
+            let events = await watcher.value
+            #expect(events.first == .disconnected)
+            let after = try await a.publish("/live", body: ByteBuffer(text: "2"), idempotencyKey: nil)
+            // Redis lost everything (no persistence): a new epoch starts at 1.
+            #expect(after.epoch != before.epoch && after.offset == 1)
+            try await eventually { collectors[1].messages.count == 2 }
+            #expect(collectors[1].messages.last?.epoch == after.epoch)
+            #expect(collectors[1].messages.last?.body.text == "2")
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func reconnectReportsLaggingStreams() async throws {
+        try await withEngines(count: 2) { server, engines, collectors in
+            let (a, b) = (engines[0], engines[1])
+            try await b.subscribe("/lag")
+            try await b.subscribe("/quiet")
+            _ = try await a.publish("/lag", body: ByteBuffer(text: "1"), idempotencyKey: nil)
+            _ = try await a.publish("/quiet", body: ByteBuffer(text: "1"), idempotencyKey: nil)
+            try await eventually { collectors[1].messages.count == 2 }
+            let watcher = Task { () -> [String: StreamPosition]? in
+                for await ev in b.events { if case .reconnected(let lagging) = ev { return lagging } }
+                return nil
+            }
+            server.stop()
+            try await eventually { !b.isAvailable }
+            try await server.start()
+            // Before B notices: publish from a fresh connection so B misses it.
+            try await eventually(timeout: .seconds(20)) { a.isAvailable }
+            let lagging = await watcher.value
+            // Everything was lost in Redis, so both streams have a new epoch by now.
+            #expect(Set(lagging?.keys ?? [:].keys) == ["/lag", "/quiet"])
+            let positions = try await b.positions(of: ["/lag", "/quiet"])
+            #expect(positions.count == 2)
+        }
+    }
+
+    @Test
+    func urlParsing() throws {
+        let c = try RedisEngineConfiguration.parse(url: "redis://user:p%40ss@redis.example:6380/2")
+        #expect(c.host == "redis.example" && c.port == 6380 && c.database == 2)
+        #expect(c.username == "user" && c.password == "p@ss")
+        let d = try RedisEngineConfiguration.parse(url: "redis://:secret@[::1]")
+        #expect(d.host == "::1" && d.port == 6379 && d.username == nil && d.password == "secret")
+        let e = try RedisEngineConfiguration.parse(url: "redis://localhost")
+        #expect(e.host == "localhost" && e.port == 6379 && e.database == 0 && e.password == nil)
+        #expect(throws: RedisEngineConfiguration.URLError.self) { try RedisEngineConfiguration.parse(url: "http://x") }
+        #expect(throws: RedisEngineConfiguration.URLError.self) { try RedisEngineConfiguration.parse(url: "redis://x:99999") }
+        #expect(throws: RedisEngineConfiguration.URLError.self) { try RedisEngineConfiguration.parse(url: "redis://x/db") }
+    }
+
+    @Test
+    func decodesLivePayload() {
+        var buf = ByteBuffer(string: "xx42,abc,hello,world")
+        buf.moveReaderIndex(forwardBy: 2)
+        let m = RedisEngine.decode(stream: "/s", payload: buf)
+        #expect(m?.offset == 42 && m?.epoch == "abc" && m?.body.text == "hello,world")
+        #expect(RedisEngine.decode(stream: "/s", payload: ByteBuffer(string: "4a,b,c")) == nil)
+        #expect(RedisEngine.decode(stream: "/s", payload: ByteBuffer(string: "4,b")) == nil)
+        #expect(RedisEngine.decode(stream: "/s", payload: ByteBuffer(string: "4,b,"))?.body.readableBytes == 0)
+    }
+}
