@@ -42,10 +42,9 @@ extension ConnectionHandler {
             guard let offset = frame.meta[MetaKey.offset].flatMap({ Int64($0) }), offset >= 0 else {
                 return self.replyError(status: 400, method: .ack, target: target, requestID: requestID, error: "bad_ack", reason: "ACK needs id=<offset>")
             }
-            guard self.acknowledge(target, offset: offset) else {
+            guard self.acknowledge(target, offset: offset, requestID: requestID) else {
                 return self.replyError(status: 404, method: .ack, target: target, requestID: requestID, error: "not_subscribed", reason: "not subscribed to \(target)")
             }
-            if let requestID { self.writeFrame(method: .ack, status: 200, target: target, meta: [MetaKey.requestID: requestID]) }
         case .auth:
             self.handleAuth(token: frame.bodyString.trimmingCharacters(in: .whitespacesAndNewlines), requestID: requestID)
         case .hello, .push, .error:

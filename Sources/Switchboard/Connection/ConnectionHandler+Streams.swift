@@ -239,12 +239,25 @@ extension ConnectionHandler {
         }
     }
 
-    func acknowledge(_ stream: String, offset: Int64) -> Bool {
+    /// Record an ACK; `requestID` gets ACK200 once the engine recorded it.
+    func acknowledge(_ stream: String, offset: Int64, requestID: String?) -> Bool {
         guard let cursor = self.streams[stream] else { return false }
         let engine = self.core.engine
         let session = self.session
         let upTo = min(offset, cursor.last)
-        Task { try? await engine.ack(session: session, stream: stream, offset: upTo) }
+        let loop = self.loopHub.loop
+        Task {
+            do {
+                try await engine.ack(session: session, stream: stream, offset: upTo)
+                if let requestID {
+                    loop.execute { self.writeFrame(method: .ack, status: 200, target: stream, meta: [MetaKey.requestID: requestID]) }
+                }
+            } catch {
+                loop.execute {
+                    self.replyError(status: 503, method: .ack, target: stream, requestID: requestID, error: "ack_failed", reason: "\(error)")
+                }
+            }
+        }
         return true
     }
 }

@@ -1,0 +1,196 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// Memory and CPU of a process, from /proc (Linux).
+struct ProcStat {
+    var rssBytes: Int
+    var cpuSeconds: Double
+
+    static func read(pid: Int32) throws -> ProcStat {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let rssLine = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        let rssKiB = Int(rssLine.split(separator: " ").dropFirst().first ?? "0") ?? 0
+        let stat = try String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)
+        // Fields after the command name (which may contain spaces) start after ") ".
+        let fields = stat[stat.range(of: ") ")!.upperBound...].split(separator: " ")
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        let utime = Double(fields[11]) ?? 0
+        let stime = Double(fields[12]) ?? 0
+        return ProcStat(rssBytes: rssKiB * 1024, cpuSeconds: (utime + stime) / ticks)
+    }
+}
+
+/// The worker processes of a bench run.
+final class WorkerPool: @unchecked Sendable {
+    struct Child {
+        let process: Process
+        let stdin: Pipe
+        let lines: AsyncStream<String>
+    }
+
+    let children: [Child]
+    let total: Int
+
+    private init(children: [Child], total: Int) {
+        self.children = children
+        self.total = total
+    }
+
+    static func start(common: Bench.Common, mode: String, total: Int, extra: [String]) throws -> WorkerPool {
+        let executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        let processes = max(1, common.processes)
+        var children: [Child] = []
+        for i in 0..<processes {
+            let share = total / processes + (i < total % processes ? 1 : 0)
+            let process = Process()
+            process.executableURL = executable
+            // Each worker uses its own loopback source address, so ports never run out.
+            process.arguments = ["bench", "worker", "--url", common.url, "--mode", mode, "--count", String(share), "--source", "127.0.0.\(2 + i)"] + extra
+            let stdin = Pipe()
+            let stdout = Pipe()
+            process.standardInput = stdin
+            process.standardOutput = stdout
+            let (lines, continuation) = AsyncStream.makeStream(of: String.self)
+            let reader = LineReader()
+            stdout.fileHandleForReading.readabilityHandler = { handle in
+                let data = handle.availableData
+                if data.isEmpty {
+                    continuation.finish()
+                    handle.readabilityHandler = nil
+                    return
+                }
+                for line in reader.feed(data) { continuation.yield(line) }
+            }
+            try process.run()
+            children.append(Child(process: process, stdin: stdin, lines: lines))
+        }
+        return WorkerPool(children: children, total: total)
+    }
+
+    /// Wait until every worker printed READY; returns how many connections are ready.
+    func waitReady(progress: @escaping @Sendable (Int) -> Void) async throws -> Int {
+        let counts = NIOLockedValueBox([Int](repeating: 0, count: self.children.count))
+        return try await withThrowingTaskGroup(of: Int.self) { group in
+            for (i, child) in self.children.enumerated() {
+                group.addTask {
+                    for await line in child.lines {
+                        let parts = line.split(separator: " ")
+                        guard parts.count == 2, let n = Int(parts[1]) else { continue }
+                        let sum = counts.withLockedValue { c in
+                            c[i] = n
+                            return c.reduce(0, +)
+                        }
+                        progress(sum)
+                        if parts[0] == "READY" { return n }
+                    }
+                    throw BenchError("worker \(i) exited before it was ready")
+                }
+            }
+            var ready = 0
+            for try await n in group { ready += n }
+            return ready
+        }
+    }
+
+    /// Tell the workers to report and exit.
+    func finish() {
+        for child in self.children { try? child.stdin.fileHandleForWriting.close() }
+    }
+
+    func results() async throws -> [WorkerResult] {
+        var results: [WorkerResult] = []
+        for child in self.children {
+            for await line in child.lines where line.hasPrefix("RESULT ") {
+                results.append(try JSONDecoder().decode(WorkerResult.self, from: Data(line.dropFirst(7).utf8)))
+            }
+            child.process.waitUntilExit()
+        }
+        return results
+    }
+}
+
+final class LineReader: @unchecked Sendable {
+    private var pending = Data()
+    private let lock = NIOLock()
+
+    func feed(_ data: Data) -> [String] {
+        self.lock.withLock {
+            self.pending.append(data)
+            var lines: [String] = []
+            while let newline = self.pending.firstIndex(of: 0x0A) {
+                lines.append(String(decoding: self.pending[self.pending.startIndex..<newline], as: UTF8.self))
+                self.pending = Data(self.pending[self.pending.index(after: newline)...])
+            }
+            return lines
+        }
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The publishing side of the fan-out scenario: requests over one WebSocket, each body
+/// starting with its send time (uptime nanoseconds, the same clock in every process).
+final class Publisher: @unchecked Sendable {
+    let connection: BenchConnection
+    let loop: any EventLoop
+    private let replies = NIOLockedValueBox(0)
+
+    private init(connection: BenchConnection, loop: any EventLoop) {
+        self.connection = connection
+        self.loop = loop
+    }
+
+    static func connect(host: String, port: Int, path: String) async throws -> Publisher {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let opened = group.next().makePromise(of: Void.self)
+        let replies = NIOLockedValueBox(0)
+        let connection = try await BenchConnection.connect(host: host, port: port, path: path, source: nil, group: group) { c in
+            c.onOpen = { opened.succeed() }
+            c.onText = { text in
+                if text.readableBytesView.starts(with: Array("POST".utf8)) { replies.withLockedValue { $0 += 1 } }
+            }
+        }.get()
+        try await opened.futureResult.get()
+        let publisher = Publisher(connection: connection, loop: connection.loop!)
+        publisher.replyCounter = replies
+        return publisher
+    }
+
+    private var replyCounter = NIOLockedValueBox(0)
+
+    /// Publish for `duration` seconds at `rate` per second (0: flat out with `window` in flight).
+    func run(stream: String, rate: Double, duration: Double, size: Int, window: Int, progress: @Sendable (Int) -> Void) async throws -> Int {
+        let end = ContinuousClock.now + .seconds(duration)
+        var sent = 0
+        let padding = String(repeating: "x", count: max(0, size - 21))
+        let interval = rate > 0 ? Duration.seconds(1.0 / rate) : .zero
+        var next = ContinuousClock.now
+        while ContinuousClock.now < end {
+            if rate > 0 {
+                next += interval
+                if next > ContinuousClock.now { try await Task.sleep(until: next) }
+            } else {
+                while sent - self.replyCounter.withLockedValue({ $0 }) >= window {
+                    try await Task.sleep(for: .microseconds(50))
+                }
+            }
+            sent += 1
+            let body = "\(NIODeadline.now().uptimeNanoseconds) \(padding)"
+            let frame = ByteBuffer(string: "POST|\(stream)|r=\(sent)|\(body)")
+            let connection = self.connection
+            self.loop.execute { connection.sendText(frame) }
+            if sent % 1000 == 0 { progress(sent) }
+        }
+        // Wait (bounded) for every publish to be acknowledged.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while self.replyCounter.withLockedValue({ $0 }) < sent, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return sent
+    }
+}
