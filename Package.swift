@@ -98,6 +98,7 @@ let package = Package(
             name: "switchboard",
             dependencies: [
                 "Switchboard",
+                "SwitchboardRedis",
                 "SwitchboardWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),

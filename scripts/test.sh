@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v redis-server >/dev/null || { echo "redis-server is needed (apt-get install redis-server)"; exit 1; }
 swift build --build-tests
-swift test --skip-build
-node --test Clients/js/test/
+# Every test bounds its own time; these outer bounds make a hang fail the run instead of stalling it.
+timeout --kill-after=30 900 swift test --skip-build
+timeout --kill-after=10 300 node --test Clients/js/test/

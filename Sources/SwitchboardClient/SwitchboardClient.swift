@@ -260,10 +260,7 @@ public final class SwitchboardClient: Sendable {
             var reason = ""
             var failure: (any Error)?
             do {
-                let closeFrame = try await WebSocketClient.connect(url: url, configuration: wsConfiguration, logger: self.logger) {
-                    inbound, outbound, _ in
-                    await self.runConnection(connectionID, inbound: inbound, outbound: outbound)
-                }
+                let closeFrame = try await self.connectBounded(connectionID, url: url, configuration: wsConfiguration)
                 if let closeFrame {
                     code = UInt16(webSocketErrorCode: closeFrame.closeCode)
                     reason = closeFrame.reason ?? ""
@@ -280,6 +277,60 @@ public final class SwitchboardClient: Sendable {
             }
             guard let delay else { return }
             do { try await Task.sleep(for: delay) } catch { return }
+        }
+    }
+
+    /// One WebSocket connection, run to its end; fails with `.timeout` when the upgrade has not
+    /// completed within `connectTimeout`. The WebSocket library waits for the upgrade without
+    /// honouring cancellation, so an attempt that times out is abandoned, and closed at once if
+    /// its upgrade completes later.
+    func connectBounded(_ connectionID: UInt64, url: String, configuration: WebSocketClientConfiguration) async throws -> WebSocketCloseFrame? {
+        enum Attempt { case pending, upgraded, abandoned }
+        let attemptState = LockedBox(Attempt.pending)
+        let attempt = Task {
+            try await WebSocketClient.connect(url: url, configuration: configuration, logger: self.logger) { inbound, outbound, _ in
+                let run = attemptState.withLock { state -> Bool in
+                    guard state == .pending else { return false }
+                    state = .upgraded
+                    return true
+                }
+                if run {
+                    await self.runConnection(connectionID, inbound: inbound, outbound: outbound)
+                } else {
+                    try? await outbound.close(.goingAway, reason: "connect timed out")
+                }
+            }
+        }
+        let timeout = self.configuration.connectTimeout
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<WebSocketCloseFrame?, any Error>) in
+                let once = LockedBox<CheckedContinuation<WebSocketCloseFrame?, any Error>?>(continuation)
+                let resume: @Sendable (Result<WebSocketCloseFrame?, any Error>) -> Void = { result in
+                    once.withLock { c in
+                        c?.resume(with: result)
+                        c = nil
+                    }
+                }
+                let watchdog = Task {
+                    do { try await Task.sleep(for: timeout) } catch { return }
+                    let abandoned = attemptState.withLock { state -> Bool in
+                        guard state == .pending else { return false }
+                        state = .abandoned
+                        return true
+                    }
+                    if abandoned {
+                        attempt.cancel()
+                        resume(.failure(SwitchboardClientError.timeout))
+                    }
+                }
+                Task {
+                    let result = await attempt.result
+                    watchdog.cancel()
+                    resume(result)
+                }
+            }
+        } onCancel: {
+            attempt.cancel()
         }
     }
 

@@ -13,6 +13,8 @@ public struct SwitchboardClientConfiguration: Sendable {
     public var ackInterval: Duration = .seconds(1)
     /// Default timeout of ``SwitchboardClient/request(_:_:body:timeout:idempotencyKey:)`` and subscriptions.
     public var requestTimeout: Duration = .seconds(10)
+    /// How long one connection attempt (TCP connect and upgrade) may take before it is abandoned.
+    public var connectTimeout: Duration = .seconds(10)
     /// Largest WebSocket message accepted from the server.
     public var maxMessageSize: Int = 1 << 20
     public init() {}

@@ -1,10 +1,19 @@
 import ArgumentParser
 import Logging
 import Switchboard
+import SwitchboardRedis
 
-/// Builds the cluster engine for `--redis`.
+/// Builds the cluster engine for `--redis`, with the same history and session limits.
 enum RedisEngineFactory {
     static func make(url: String, history: MemoryEngine.Configuration, logger: Logger) throws -> any SwitchboardEngine {
-        throw ValidationError("--redis: this build has no Redis engine yet (issue 4)")
+        do {
+            let configuration = try RedisEngineConfiguration(
+                url: url, historySize: history.historySize, historyAge: history.historyAge,
+                sessionTTL: history.sessionTTL, idempotencyTTL: history.idempotencyTTL
+            )
+            return RedisEngine(configuration: configuration, logger: logger)
+        } catch {
+            throw ValidationError("--redis \(url): \(error)")
+        }
     }
 }

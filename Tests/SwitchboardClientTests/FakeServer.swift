@@ -95,7 +95,7 @@ final class FakeServer: Sendable {
             .childChannelInitializer { channel in
                 let upgrader = NIOWebSocketServerUpgrader(
                     shouldUpgrade: { channel, _ in
-                        channel.eventLoop.makeSucceededFuture(server.refuseStatus.current == nil ? HTTPHeaders() : nil)
+                        return channel.eventLoop.makeSucceededFuture(server.refuseStatus.current == nil ? HTTPHeaders() : nil)
                     },
                     upgradePipelineHandler: { channel, head in
                         let connection = server.connections.withLock { list in
@@ -154,8 +154,9 @@ final class FakeServer: Sendable {
                 self.server.closeCodes.withLock { $0.append(code) }
                 var reply = ByteBuffer()
                 reply.writeInteger(code)
+                let channel = context.channel
                 context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: reply))).whenComplete { _ in
-                    context.close(promise: nil)
+                    channel.close(promise: nil)
                 }
             case .ping:
                 context.writeAndFlush(self.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
@@ -166,7 +167,7 @@ final class FakeServer: Sendable {
     }
 
     /// Answers HTTP requests that were not upgraded (refused upgrades).
-    final class RefuseHandler: ChannelInboundHandler {
+    final class RefuseHandler: ChannelInboundHandler, RemovableChannelHandler {
         typealias InboundIn = HTTPServerRequestPart
         typealias OutboundOut = HTTPServerResponsePart
         let status: HTTPResponseStatus
@@ -180,7 +181,8 @@ final class FakeServer: Sendable {
             headers.add(name: "Connection", value: "close")
             context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: self.status, headers: headers))), promise: nil)
             context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+            let channel = context.channel
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
         }
     }
 }

@@ -90,9 +90,7 @@ func subReply(_ connection: FakeConnection, _ frame: Frame, top: Int64 = 0, epoc
             onFrame: { _, _ in }
         )
         try await server.start()
-        var logger = Logger(label: "t"); logger.logLevel = .trace
-        let client = SwitchboardClient(url: server.url, token: { "tok-1" }, configuration: testConfiguration(), logger: logger)
-        print("connecting", server.url)
+        let client = SwitchboardClient(url: server.url, token: { "tok-1" }, configuration: testConfiguration())
         let log = EventLog(client)
         try await client.connect()
         #expect(client.session == "S1")

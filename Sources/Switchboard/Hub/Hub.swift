@@ -48,7 +48,7 @@ final class Hub: EngineDelivery, @unchecked Sendable {
         guard mask != 0 else { return }
         let frame = Self.pushFrame(message, allocator: self.allocator)
         for hub in self.loops where mask & (1 << UInt64(hub.index)) != 0 {
-            hub.loop.execute { hub.deliver(message, frame: frame) }
+            hub.enqueue(message, frame: frame)
         }
     }
 

@@ -1,10 +1,11 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import SwitchboardWire
 
 /// The connections of one event loop and what they subscribe to. Touched only on
 /// its loop, so it needs no lock; the `Hub` routes each message to the loops that
 /// want it and each loop writes the same frame bytes to its subscribers.
-final class LoopHub {
+final class LoopHub: @unchecked Sendable {
     let loop: any EventLoop
     let index: Int
     unowned let hub: Hub
@@ -14,6 +15,13 @@ final class LoopHub {
     private var dirty: [ConnectionHandler] = []
     private var flushScheduled = false
     private var pingTask: RepeatedTask?
+    /// Live messages handed over from other threads, delivered in one loop task.
+    private let inbox = NIOLockedValueBox(Inbox())
+
+    struct Inbox {
+        var messages: [(StreamMessage, ByteBuffer)] = []
+        var scheduled = false
+    }
 
     init(loop: any EventLoop, index: Int, hub: Hub) {
         self.loop = loop
@@ -59,12 +67,33 @@ final class LoopHub {
 
     func subscriberCount(_ stream: String) -> Int { self.subscribers[stream]?.count ?? 0 }
 
-    /// Hand one live message to every local subscriber: the frame is already encoded.
-    func deliver(_ message: StreamMessage, frame: ByteBuffer) {
-        guard let list = self.subscribers[message.stream] else { return }
-        for connection in list {
-            connection.deliverLive(message, frame: frame)
+    /// Queue a live message for this loop (any thread). Messages that arrive while the
+    /// loop is busy are delivered together, and each socket is flushed once per batch:
+    /// under load batches grow and writes coalesce; when idle a message goes at once.
+    func enqueue(_ message: StreamMessage, frame: ByteBuffer) {
+        let schedule = self.inbox.withLockedValue { inbox in
+            inbox.messages.append((message, frame))
+            defer { inbox.scheduled = true }
+            return !inbox.scheduled
         }
+        if schedule {
+            self.loop.execute { self.deliverInbox() }
+        }
+    }
+
+    private func deliverInbox() {
+        let batch = self.inbox.withLockedValue { inbox in
+            inbox.scheduled = false
+            defer { inbox.messages.removeAll(keepingCapacity: true) }
+            return inbox.messages
+        }
+        for (message, frame) in batch {
+            guard let list = self.subscribers[message.stream] else { continue }
+            for connection in list {
+                connection.deliverLive(message, frame: frame)
+            }
+        }
+        self.flushDirty()
     }
 
     /// Frames queued for a socket in one loop tick go out in one write: a connection
@@ -73,12 +102,14 @@ final class LoopHub {
         self.dirty.append(connection)
         if !self.flushScheduled {
             self.flushScheduled = true
-            self.loop.execute { self.flushDirty() }
+            self.loop.execute {
+                self.flushScheduled = false
+                self.flushDirty()
+            }
         }
     }
 
     private func flushDirty() {
-        self.flushScheduled = false
         let list = self.dirty
         self.dirty.removeAll(keepingCapacity: true)
         for connection in list {

@@ -36,6 +36,11 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             // mark the consumer is too slow and is closed (it can resume).
             let limit = self.core.configuration.maxQueueBytes
             try channel.syncOptions?.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: limit / 2, high: limit))
+            // Most reads of an idle connection are pings and small frames: start with a
+            // small receive buffer (it grows when traffic needs it).
+            try channel.syncOptions?.setOption(
+                ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536)
+            )
             let refusal = NIOLockedValueBox<(HTTPResponse.Status, String)?>(nil)
             let upgrader = SwitchboardWebSocketUpgrader(core: self.core, refusal: refusal, accepted: NIOLockedValueBox(nil))
             let configuration = NIOTypedHTTPServerUpgradeConfiguration<UpgradeOutcome>(
