@@ -99,6 +99,7 @@ let package = Package(
             dependencies: [
                 "Switchboard",
                 "SwitchboardRedis",
+                "RESP",
                 "SwitchboardWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -130,3 +131,18 @@ let package = Package(
         ),
     ]
 )
+
+// libFuzzer targets for the parsers of untrusted input (frames, RESP replies). Every module
+// they use must be built with `--sanitize=fuzzer`, so they only exist when asked for:
+//   SWITCHBOARD_FUZZ=1 swift build --scratch-path .build-fuzz --sanitize=fuzzer --product FuzzFrameParser
+// scripts/fuzz.sh runs them (a short smoke run in the tests, a long run on demand).
+if Context.environment["SWITCHBOARD_FUZZ"] != nil {
+    package.targets += [
+        .executableTarget(name: "FuzzFrameParser", dependencies: ["SwitchboardWire", .product(name: "NIOCore", package: "swift-nio")], path: "Fuzz/Sources/FuzzFrameParser"),
+        .executableTarget(name: "FuzzRESPParser", dependencies: ["RESP", .product(name: "NIOCore", package: "swift-nio")], path: "Fuzz/Sources/FuzzRESPParser"),
+    ]
+    package.products += [
+        .executable(name: "FuzzFrameParser", targets: ["FuzzFrameParser"]),
+        .executable(name: "FuzzRESPParser", targets: ["FuzzRESPParser"]),
+    ]
+}

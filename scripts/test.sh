@@ -8,3 +8,5 @@ swift build --build-tests
 # Every test bounds its own time; these outer bounds make a hang fail the run instead of stalling it.
 timeout --kill-after=30 900 swift test --skip-build
 timeout --kill-after=10 300 node --test Clients/js/test/
+# A short libFuzzer run of each parser of untrusted input (frames, RESP replies).
+timeout --kill-after=10 900 bash scripts/fuzz.sh

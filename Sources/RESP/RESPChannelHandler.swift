@@ -12,6 +12,37 @@ struct RESPRequest {
     let pushKind: String?
 }
 
+/// Replies of a pipelined batch, collected in order; one promise for the whole batch instead
+/// of one per command. Only touched on the connection's event loop (hence unchecked Sendable).
+final class RESPBatch: @unchecked Sendable {
+    let promise: EventLoopPromise<[Result<RESPValue, RESPError>]>
+    private var results: [Result<RESPValue, RESPError>] = []
+    private let expected: Int
+
+    init(expected: Int, promise: EventLoopPromise<[Result<RESPValue, RESPError>]>) {
+        self.expected = expected
+        self.promise = promise
+        self.results.reserveCapacity(expected)
+    }
+
+    func complete(_ result: Result<RESPValue, RESPError>) {
+        guard self.results.count < self.expected else { return }
+        self.results.append(result)
+        if self.results.count == self.expected { self.promise.succeed(self.results) }
+    }
+
+    /// The rest of the batch fails with `error` (connection lost, timeout).
+    func failRemaining(_ error: RESPError) {
+        while self.results.count < self.expected { self.complete(.failure(error)) }
+    }
+}
+
+/// What the connection writes into the pipeline: one command, or a batch in one write.
+enum RESPOutbound {
+    case single(RESPRequest)
+    case batch([RESPCommand], RESPBatch)
+}
+
 /// Pipelining handler: FIFO of pending promises, flush coalescing (one flush per event-loop
 /// tick), push frames routed to `onPush`.
 ///
@@ -19,11 +50,31 @@ struct RESPRequest {
 /// (failed), so the late reply completes nothing and is discarded.
 final class RESPChannelHandler: ChannelDuplexHandler {
     typealias InboundIn = RESPValue
-    typealias OutboundIn = RESPRequest
+    typealias OutboundIn = RESPOutbound
     typealias OutboundOut = ByteBuffer
 
+    /// Who is waiting for a reply.
+    private enum Waiter {
+        case promise(EventLoopPromise<RESPValue>)
+        case batch(RESPBatch)
+
+        func succeed(_ value: RESPValue) {
+            switch self {
+            case .promise(let p): p.succeed(value)
+            case .batch(let b): b.complete(.success(value))
+            }
+        }
+
+        func fail(_ error: RESPError) {
+            switch self {
+            case .promise(let p): p.fail(error)
+            case .batch(let b): b.complete(.failure(error))
+            }
+        }
+    }
+
     private struct Pending {
-        let promise: EventLoopPromise<RESPValue>
+        let promise: Waiter
         var remainingPushes: Int
         let pushKind: String?
         var collected: [RESPValue]
@@ -46,16 +97,28 @@ final class RESPChannelHandler: ChannelDuplexHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let request = unwrapOutboundIn(data)
+        let outbound = unwrapOutboundIn(data)
         if closed {
-            request.promise.fail(failure ?? RESPError.connectionClosed)
+            let error = failure ?? RESPError.connectionClosed
+            switch outbound {
+            case .single(let request): request.promise.fail(error)
+            case .batch(_, let batch): batch.failRemaining(error)
+            }
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        pending.append(Pending(promise: request.promise, remainingPushes: request.expectedPushes,
-                               pushKind: request.pushKind, collected: []))
         if outBuffer == nil { outBuffer = context.channel.allocator.buffer(capacity: 512) }
-        request.command.encode(into: &outBuffer!)
+        switch outbound {
+        case .single(let request):
+            pending.append(Pending(promise: .promise(request.promise), remainingPushes: request.expectedPushes,
+                                   pushKind: request.pushKind, collected: []))
+            request.command.encode(into: &outBuffer!)
+        case .batch(let commands, let batch):
+            for command in commands {
+                pending.append(Pending(promise: .batch(batch), remainingPushes: 0, pushKind: nil, collected: []))
+                command.encode(into: &outBuffer!)
+            }
+        }
         promise?.succeed(())
         if !flushScheduled {
             flushScheduled = true

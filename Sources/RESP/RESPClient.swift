@@ -96,6 +96,14 @@ public final class RESPClient: RESPCommandExecutor, Sendable {
         return try await conn.send(command, timeout: timeout)
     }
 
+    /// Several commands in one write (see `RESPConnection.pipeline`).
+    public func pipeline(_ commands: [RESPCommand], timeout: Duration? = nil) async throws -> [Result<RESPValue, RESPError>] {
+        guard let conn = state.withLock({ $0.connection }), conn.isActive else {
+            throw state.withLock({ $0.shutdown }) ? RESPError.shutdown : RESPError.notConnected
+        }
+        return try await conn.pipeline(commands, timeout: timeout)
+    }
+
     /// Stream-based subscription (see `RESPSubscriber`).
     public func subscribe(_ channels: [String], kind: RESPSubscriptionKind = .channel) async throws -> RESPSubscription {
         try await subscriber.subscribe(channels, kind: kind)

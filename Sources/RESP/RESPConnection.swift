@@ -163,7 +163,7 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
                         pushKind: String? = nil, closeReason: LockedBox<RESPError?>) -> EventLoopPromise<RESPValue> {
         let promise = channel.eventLoop.makePromise(of: RESPValue.self)
         let request = RESPRequest(command: command, promise: promise, expectedPushes: expectedPushes, pushKind: pushKind)
-        channel.write(request).whenFailure { _ in
+        channel.write(RESPOutbound.single(request)).whenFailure { _ in
             promise.fail(closeReason.withLock { $0 } ?? RESPError.connectionClosed)
         }
         return promise
@@ -190,6 +190,33 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
                      closeReason: LockedBox<RESPError?>) async throws -> RESPValue {
         if Task.isCancelled { throw CancellationError() }
         return try await wait(enqueue(on: channel, command, closeReason: closeReason), timeout: timeout)
+    }
+
+    /// Sends `commands` back to back in one write and returns their replies in order, each as a
+    /// `Result` (a Redis error reply fails only its own command). One suspension for the batch,
+    /// where `send` costs one per command: this is `redis-benchmark -P` for callers that have
+    /// several commands at hand.
+    public func pipeline(_ commands: [RESPCommand], timeout: Duration? = nil) async throws -> [Result<RESPValue, RESPError>] {
+        if Task.isCancelled { throw CancellationError() }
+        guard !commands.isEmpty else { return [] }
+        let loop = channel.eventLoop
+        let promise = loop.makePromise(of: [Result<RESPValue, RESPError>].self)
+        let batch = RESPBatch(expected: commands.count, promise: promise)
+        let closeReason = self.closeReason
+        channel.write(RESPOutbound.batch(commands, batch)).whenFailure { _ in
+            batch.failRemaining(closeReason.withLock { $0 } ?? RESPError.connectionClosed)
+        }
+        var scheduled: Scheduled<Void>?
+        if let timeout = timeout ?? configuration.commandTimeout {
+            // Late replies then complete nothing: the batch keeps its FIFO slots, so pairing holds.
+            scheduled = loop.scheduleTask(in: TimeAmount(timeout)) { batch.failRemaining(.timeout) }
+        }
+        defer { scheduled?.cancel() }
+        return try await withTaskCancellationHandler {
+            try await promise.futureResult.get()
+        } onCancel: {
+            loop.execute { batch.failRemaining(.cancelled) }
+        }
     }
 
     public var isActive: Bool { channel.isActive }

@@ -7,6 +7,8 @@ public enum RESPError: Error, Sendable, Equatable, CustomStringConvertible {
     case server(code: String, message: String)
     /// The command did not get a reply within its timeout (the late reply is discarded).
     case timeout
+    /// The caller's task was cancelled before the reply came.
+    case cancelled
     /// The connection was closed before the reply arrived (or while writing).
     case connectionClosed
     /// `RESPClient` is currently disconnected; commands fail fast and are not buffered.
@@ -21,6 +23,7 @@ public enum RESPError: Error, Sendable, Equatable, CustomStringConvertible {
         case .protocolError(let s): return "RESP protocol error: \(s)"
         case .server(let c, let m): return "Redis error \(c): \(m)"
         case .timeout: return "RESP command timed out"
+        case .cancelled: return "RESP command cancelled"
         case .connectionClosed: return "RESP connection closed"
         case .notConnected: return "RESP client not connected"
         case .shutdown: return "RESP client shut down"
