@@ -25,6 +25,10 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("max-queue-bytes"), help: "Outbound bytes per connection before a slow-consumer close (env SWITCHBOARD_MAX_QUEUE_BYTES).") var maxQueueBytes: Int?
     @Option(name: .customLong("max-message-size"), help: "Largest inbound message in bytes (env SWITCHBOARD_MAX_MESSAGE_SIZE).") var maxMessageSize: Int?
     @Option(name: .customLong("ping-interval"), help: "Seconds between pings (env SWITCHBOARD_PING_INTERVAL).") var pingInterval: Double?
+    @Option(name: .customLong("request-rate"), help: "Messages per second per connection, token-bucket rate (env SWITCHBOARD_REQUEST_RATE).") var requestRate: Double?
+    @Option(name: .customLong("request-burst"), help: "Token-bucket burst per connection (env SWITCHBOARD_REQUEST_BURST).") var requestBurst: Double?
+    @Option(name: .customLong("max-subscriptions"), help: "Subscriptions per connection (env SWITCHBOARD_MAX_SUBSCRIPTIONS).") var maxSubscriptions: Int?
+    @Option(name: .customLong("max-in-flight"), help: "Requests in flight per connection (env SWITCHBOARD_MAX_IN_FLIGHT).") var maxInFlight: Int?
     @Option(name: .customLong("drain-window"), help: "Seconds over which a draining node closes its clients (env SWITCHBOARD_DRAIN_WINDOW).") var drainWindow: Double?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (env SWITCHBOARD_LOG_LEVEL).") var logLevel: String?
 
@@ -47,6 +51,16 @@ struct Serve: AsyncParsableCommand {
         configuration.maxQueueBytes = try self.maxQueueBytes ?? env.int("MAX_QUEUE_BYTES") ?? configuration.maxQueueBytes
         configuration.maxMessageSize = try self.maxMessageSize ?? env.int("MAX_MESSAGE_SIZE") ?? configuration.maxMessageSize
         configuration.pingInterval = try self.pingInterval ?? env.double("PING_INTERVAL") ?? configuration.pingInterval
+        configuration.requestRate = try self.requestRate ?? env.double("REQUEST_RATE") ?? configuration.requestRate
+        configuration.requestBurst = try self.requestBurst ?? env.double("REQUEST_BURST") ?? configuration.requestBurst
+        configuration.maxSubscriptions = try self.maxSubscriptions ?? env.int("MAX_SUBSCRIPTIONS") ?? configuration.maxSubscriptions
+        configuration.maxInFlightRequests = try self.maxInFlight ?? env.int("MAX_IN_FLIGHT") ?? configuration.maxInFlightRequests
+        guard configuration.requestRate > 0, configuration.requestBurst >= 1 else {
+            throw ValidationError("--request-rate must be positive and --request-burst at least 1")
+        }
+        guard configuration.maxSubscriptions > 0, configuration.maxInFlightRequests > 0, configuration.pingInterval > 0 else {
+            throw ValidationError("--max-subscriptions, --max-in-flight and --ping-interval must be positive")
+        }
         guard configuration.webSocketPath.hasPrefix("/") else { throw ValidationError("--ws-path must start with '/'") }
         guard (0...65535).contains(configuration.port) else { throw ValidationError("--port must be 0-65535") }
 

@@ -42,9 +42,13 @@ public struct AuthError: Error, Sendable, CustomStringConvertible {
 /// Unsigned (`alg: none`) tokens are always refused: no key accepts them.
 public struct TokenVerifier: Sendable {
     public let keys: JWTKeyCollection
+    /// The key ids in `keys`. A token naming another kid is refused, instead of being tried
+    /// against the collection's default key as jwt-kit would. Nil: any kid (or none).
+    public let kids: Set<String>?
 
-    public init(keys: JWTKeyCollection) {
+    public init(keys: JWTKeyCollection, kids: Set<String>? = nil) {
         self.keys = keys
+        self.kids = kids
     }
 
     /// A verifier for one shared HS256 secret (at least 32 bytes, as RFC 7518 §3.2 requires).
@@ -52,17 +56,49 @@ public struct TokenVerifier: Sendable {
         guard secret.utf8.count >= 32 else { throw AuthError("an HS256 secret must be at least 32 bytes long") }
         let keys = JWTKeyCollection()
         await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256, kid: kid.map { JWKIdentifier(string: $0) })
-        return TokenVerifier(keys: keys)
+        return TokenVerifier(keys: keys, kids: kid.map { [$0] })
     }
 
     /// A verifier for a JSON Web Key Set (any mix of RSA, EC, OKP and oct keys with `kid`s).
     public static func jwks(json: String) async throws -> TokenVerifier {
+        // jwt-kit reads RSA, EC and OKP keys from a JWKS but not shared secrets (`kty: oct`):
+        // those are taken out here and added as HMAC keys under their kid.
+        guard let root = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+            let entries = root["keys"] as? [[String: Any]]
+        else { throw AuthError("a JSON Web Key Set is an object with a \"keys\" array") }
         let keys = JWTKeyCollection()
-        try await keys.add(jwksJSON: json)
-        return TokenVerifier(keys: keys)
+        var others: [[String: Any]] = []
+        var kids = Set<String>()
+        for entry in entries {
+            guard let kid = entry["kid"] as? String, !kid.isEmpty else { throw AuthError("every key of the set needs a \"kid\"") }
+            guard kids.insert(kid).inserted else { throw AuthError("kid \(kid) appears twice in the key set") }
+            guard entry["kty"] as? String == "oct" else {
+                others.append(entry)
+                continue
+            }
+            guard let k = entry["k"] as? String, let secret = Data(base64URL: k), secret.count >= 32 else {
+                throw AuthError("an oct key needs \"k\": a base64url secret of at least 32 bytes")
+            }
+            let digest: DigestAlgorithm
+            switch entry["alg"] as? String ?? "HS256" {
+            case "HS256": digest = .sha256
+            case "HS384": digest = .sha384
+            case "HS512": digest = .sha512
+            case let alg: throw AuthError("oct key with unsupported alg \(alg)")
+            }
+            await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: digest, kid: JWKIdentifier(string: kid))
+        }
+        if !others.isEmpty {
+            let rest = try JSONSerialization.data(withJSONObject: ["keys": others])
+            try await keys.add(jwksJSON: String(decoding: rest, as: UTF8.self))
+        }
+        return TokenVerifier(keys: keys, kids: kids)
     }
 
     public func verify(_ token: String) async throws(AuthError) -> Identity {
+        if let kids = self.kids, let kid = Self.kid(of: token), !kids.contains(kid) {
+            throw AuthError("unknown key id (kid)")
+        }
         do {
             let claims = try await self.keys.verify(token, as: SwitchboardClaims.self)
             guard !claims.sub.value.isEmpty else { throw AuthError("token has an empty subject") }
@@ -74,6 +110,14 @@ public struct TokenVerifier: Sendable {
         } catch {
             throw AuthError("invalid token")
         }
+    }
+
+    /// The `kid` in a token's header, if it has one (the header is not trusted, only read).
+    static func kid(of token: String) -> String? {
+        guard let header = token.split(separator: ".", maxSplits: 1).first, let data = Data(base64URL: String(header)),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        else { return nil }
+        return object["kid"] as? String
     }
 
     static func reason(_ error: JWTError) -> String {
@@ -125,5 +169,14 @@ enum QueryString {
             }
         }
         return nil
+    }
+}
+
+extension Data {
+    /// Decodes base64url (RFC 4648 §5), with or without padding.
+    init?(base64URL string: String) {
+        var base64 = string.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        base64 += String(repeating: "=", count: (4 - base64.count % 4) % 4)
+        self.init(base64Encoded: base64)
     }
 }

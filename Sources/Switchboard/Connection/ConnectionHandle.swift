@@ -7,16 +7,16 @@ public final class ConnectionHandle: Sendable, Hashable, CustomStringConvertible
     public let user: String?
     public let node: String
     let loop: any EventLoop
-    // Only dereferenced on `loop`.
-    nonisolated(unsafe) weak var handler: ConnectionHandler?
+    // Only touched on `loop`. A strong reference the connection clears when it closes
+    // (a weak one would give every connection a side table and slow its retains).
+    nonisolated(unsafe) var handler: ConnectionHandler?
 
-    init(id: UInt64, session: String, user: String?, node: String, loop: any EventLoop, handler: ConnectionHandler) {
+    init(id: UInt64, session: String, user: String?, node: String, loop: any EventLoop) {
         self.id = id
         self.session = session
         self.user = user
         self.node = node
         self.loop = loop
-        self.handler = handler
     }
 
     /// Close the connection with `code` (see `CloseCode`).

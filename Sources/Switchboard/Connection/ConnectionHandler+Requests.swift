@@ -7,8 +7,7 @@ extension ConnectionHandler {
     /// First thing on a new connection: greet with the session, then subscribe the
     /// streams every connection has (its session, its user, broadcast).
     func start() {
-        guard let handle = self.handle else { return }
-        self.core.connectionOpened(handle)
+        self.core.connectionOpened(self.handle)
         let resumed = self.resumedCursors
         var meta = Meta()
         meta[MetaKey.session] = self.session
@@ -101,12 +100,12 @@ extension ConnectionHandler {
         guard self.inFlight < self.configuration.maxInFlightRequests else {
             return self.replyError(status: 429, method: frame.method, target: frame.target, requestID: requestID, error: "too_many_requests", reason: "at most \(self.configuration.maxInFlightRequests) requests in flight per connection")
         }
-        guard let method = HTTPRequest.Method(frameMethod: frame.method), let handle = self.handle else {
+        guard let method = HTTPRequest.Method(frameMethod: frame.method) else {
             return self.replyError(status: 400, method: frame.method, target: frame.target, requestID: requestID, error: "bad_frame", reason: "unsupported method")
         }
         self.inFlight += 1
         let source = SwitchboardContextSource(
-            logger: self.logger, transport: .webSocket(handle), identity: self.identity, meta: frame.meta, gateway: self.core
+            logger: self.logger, transport: .webSocket(self.handle), identity: self.identity, meta: frame.meta, gateway: self.core
         )
         let request = Request(
             head: HTTPRequest(method: method, scheme: nil, authority: nil, path: frame.target),

@@ -1,26 +1,6 @@
 import NIOCore
 import SwitchboardWire
 
-/// Where a connection stands in one stream it subscribes to.
-struct StreamCursor {
-    enum Mode {
-        /// Live messages are written as they come, in offset order.
-        case live
-        /// History is being replayed; live messages wait here (bounded) until it is done.
-        case catchingUp(buffer: [StreamMessage], overflowed: Bool)
-    }
-
-    /// Highest offset written to this connection.
-    var last: Int64
-    /// Empty until the stream's epoch is known.
-    var epoch: String
-    var mode: Mode
-    /// Bumped on every (re)subscription, so a replay started for an older one stops.
-    var generation: UInt32
-
-    static let maxBuffered = 1024
-}
-
 extension ConnectionHandler {
     /// Subscribe to `stream`: live from now when `since` is nil, else replay what
     /// came after `since` (in `epoch`), then go live without gap or duplicate.
@@ -33,7 +13,7 @@ extension ConnectionHandler {
         let isNew = self.streams[stream] == nil
         let generation = (self.streams[stream]?.generation ?? 0) &+ 1
         self.streams[stream] = StreamCursor(
-            last: since ?? 0, epoch: epoch ?? "", mode: .catchingUp(buffer: [], overflowed: false), generation: generation
+            stream: stream, last: since ?? 0, epoch: epoch ?? "", mode: .catchingUp(buffer: [], overflowed: false), generation: generation
         )
         self.loopHub.addSubscriber(stream, self)
         let core = self.core
@@ -188,10 +168,10 @@ extension ConnectionHandler {
     /// A live message from the hub (the frame is shared by every local subscriber).
     /// Hot path: one hash lookup, then the cursor is mutated in place.
     func deliverLive(_ message: StreamMessage, frame: ByteBuffer) {
-        guard case .open = self.state, let index = self.streams.index(forKey: message.stream) else { return }
-        switch self.streams.values[index].mode {
+        guard case .open = self.state, let index = self.streams.index(of: message.stream) else { return }
+        switch self.streams[at: index].mode {
         case .live:
-            if message.epoch != self.streams.values[index].epoch {
+            if message.epoch != self.streams[at: index].epoch {
                 // The stream's history was lost and it restarted: tell the client, then follow the new epoch.
                 let position = StreamPosition(epoch: message.epoch, top: message.offset - 1)
                 self.writeFrame(
@@ -199,13 +179,13 @@ extension ConnectionHandler {
                     meta: Self.subscriptionMeta(requestID: nil, position: position, recovered: false),
                     body: JSONBody.error("epoch_changed", reason: "the stream's history was lost")
                 )
-                self.streams.values[index].epoch = message.epoch
-                self.streams.values[index].last = message.offset - 1
+                self.streams[at: index].epoch = message.epoch
+                self.streams[at: index].last = message.offset - 1
             }
-            let last = self.streams.values[index].last
+            let last = self.streams[at: index].last
             if message.offset <= last { return }
             if message.offset > last + 1 {
-                self.streams.values[index].mode = .catchingUp(buffer: [message], overflowed: false)
+                self.streams[at: index].mode = .catchingUp(buffer: [message], overflowed: false)
                 self.startReplay(message.stream, after: last)
                 return
             }
@@ -213,21 +193,21 @@ extension ConnectionHandler {
                 return self.close(code: .slowConsumer, reason: "outbound queue over \(self.configuration.maxQueueBytes) bytes; resume to continue")
             }
             self.writeRaw(frame)
-            self.streams.values[index].last = message.offset
+            self.streams[at: index].last = message.offset
         case .catchingUp(var buffer, let overflowed):
             if overflowed { return }
-            self.streams.values[index].mode = .live  // drop the array's second reference before appending
+            self.streams[at: index].mode = .live  // drop the array's second reference before appending
             if buffer.count < StreamCursor.maxBuffered {
                 buffer.append(message)
-                self.streams.values[index].mode = .catchingUp(buffer: buffer, overflowed: false)
+                self.streams[at: index].mode = .catchingUp(buffer: buffer, overflowed: false)
             } else {
-                self.streams.values[index].mode = .catchingUp(buffer: [], overflowed: true)
+                self.streams[at: index].mode = .catchingUp(buffer: [], overflowed: true)
             }
         }
     }
 
     func unsubscribe(_ stream: String) {
-        guard self.streams.removeValue(forKey: stream) != nil else { return }
+        guard self.streams.remove(stream) != nil else { return }
         self.loopHub.removeSubscriber(stream, self)
         let engine = self.core.engine
         let session = self.session

@@ -1,7 +1,6 @@
 import Foundation
 import Logging
 import NIOCore
-import NIOWebSocket
 import SwitchboardWire
 
 /// One WebSocket connection, living as a channel handler on its event loop: no task
@@ -9,7 +8,7 @@ import SwitchboardWire
 /// its channel. All state is touched on the channel's loop only; work that has to
 /// await (router, engine) runs in a task and hops back with `loop.execute`.
 final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = WebSocketFrame
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     enum State {
@@ -19,41 +18,47 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         case closed
     }
 
-    /// A text message split over several frames, while it is being reassembled.
+    /// A message split over several frames, while it is being reassembled.
     struct Fragments {
-        var opcode: WebSocketOpcode
+        var opcode: UInt8
         var data: ByteBuffer
     }
 
     let core: GatewayCore
     let loopHub: LoopHub
-    private(set) var handle: ConnectionHandle!
-    let session: String
+    let handle: ConnectionHandle
     var identity: Identity?
     var state: State = .open
     var context: ChannelHandlerContext?
+    private var reader: WebSocketFrameReader
     private var fragments: Fragments?
     /// Subscribed streams and where this connection stands in each.
-    var streams: [String: StreamCursor] = [:]
+    var streams = StreamCursors()
     private var needsFlush = false
-    private var bucket: TokenBucket
-    private var strikes = 0
     private var pingOutstanding = false
+    private var strikes = 0
     var inFlight = 0
+    private var bucket: TokenBucket
     /// Tasks waiting for the socket to drain (history replay pacing); nil when none.
     var writabilityWaiters: [EventLoopPromise<Void>]?
     /// Acked offsets of a resumed session, used once by `start()`.
     var resumedCursors: [String: Int64]?
+    /// Position in the loop hub's connection list (kept by the hub).
+    var slot = -1
 
     init(core: GatewayCore, loopHub: LoopHub, session: String, identity: Identity?, resumedCursors: [String: Int64]?) {
         self.core = core
         self.loopHub = loopHub
-        self.session = session
+        self.handle = ConnectionHandle(
+            id: core.makeConnectionID(), session: session, user: identity?.user, node: core.nodeID, loop: loopHub.loop
+        )
         self.identity = identity
         self.resumedCursors = resumedCursors
+        self.reader = WebSocketFrameReader(maxFrameSize: core.configuration.maxMessageSize)
         self.bucket = TokenBucket(burst: core.configuration.requestBurst)
     }
 
+    var session: String { self.handle.session }
     var logger: Logger { self.core.logger }
     var configuration: GatewayConfiguration { self.core.configuration }
 
@@ -61,10 +66,7 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.handle = ConnectionHandle(
-            id: self.core.makeConnectionID(), session: self.session, user: self.identity?.user,
-            node: self.core.nodeID, loop: context.eventLoop, handler: self
-        )
+        self.handle.handler = self
         self.loopHub.register(self)
         if context.channel.isActive {
             self.start()
@@ -90,47 +92,58 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         if case .closed = self.state { return }
         self.state = .closed
         self.loopHub.unregister(self)
-        let streams = Array(self.streams.keys)
+        let streams = self.streams.names
         for stream in streams {
             self.loopHub.removeSubscriber(stream, self)
         }
         self.streams.removeAll()
+        self.fragments = nil
         self.failWritabilityWaiters()
+        // The handle may outlive the connection (routes, the server API): it must not keep it.
+        self.handle.handler = nil
         self.core.connectionClosed(self.handle, streams: streams)
     }
 
     // MARK: inbound WebSocket frames
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = self.unwrapInboundIn(data)
-        guard case .open = self.state else {
-            if case .closing = self.state, frame.opcode == .connectionClose {
-                context.close(promise: nil)
+        if case .closed = self.state { return }
+        do throws(WebSocketFrameReader.Failure) {
+            try self.reader.read(self.unwrapInboundIn(data), allocator: context.channel.allocator) { frame in
+                self.frameReceived(frame, context: context)
+                if case .closed = self.state { return false }
+                return true
             }
+        } catch {
+            switch error {
+            case .tooBig: self.close(code: .messageTooBig, reason: "frame larger than \(self.configuration.maxMessageSize) bytes")
+            case .protocolError(let reason): self.close(code: .protocolError, reason: reason)
+            }
+        }
+    }
+
+    private func frameReceived(_ frame: WebSocketFrameReader.Frame, context: ChannelHandlerContext) {
+        guard case .open = self.state else {
+            // Closing: only the peer's close frame matters now.
+            if frame.opcode == WebSocketFrameReader.close { context.close(promise: nil) }
             return
         }
-        // RFC 6455 §5.1: client frames are masked; no extension is negotiated, so RSV bits are 0.
-        guard frame.maskKey != nil else { return self.close(code: .protocolError, reason: "client frames must be masked") }
-        guard !frame.rsv1, !frame.rsv2, !frame.rsv3 else {
-            return self.close(code: .protocolError, reason: "reserved bits set without an extension")
-        }
         switch frame.opcode {
-        case .text, .binary:
+        case WebSocketFrameReader.text, WebSocketFrameReader.binary:
             guard self.fragments == nil else {
                 return self.close(code: .protocolError, reason: "new message before the previous one finished")
             }
-            let data = frame.unmaskedData
             if frame.fin {
-                self.message(opcode: frame.opcode, data: data)
+                self.message(opcode: frame.opcode, data: frame.payload)
             } else {
-                self.fragments = Fragments(opcode: frame.opcode, data: data)
+                self.fragments = Fragments(opcode: frame.opcode, data: frame.payload)
             }
-        case .continuation:
+        case WebSocketFrameReader.continuation:
             guard var fragments = self.fragments else {
                 return self.close(code: .protocolError, reason: "continuation frame without a message")
             }
             self.fragments = nil
-            var data = frame.unmaskedData
+            var data = frame.payload
             guard fragments.data.readableBytes + data.readableBytes <= self.configuration.maxMessageSize else {
                 return self.close(code: .messageTooBig, reason: "message larger than \(self.configuration.maxMessageSize) bytes")
             }
@@ -140,27 +153,16 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             } else {
                 self.fragments = fragments
             }
-        case .ping:
-            self.writeRaw(WebSocketFraming.control(opcode: WebSocketFraming.pongOpcode, payload: frame.unmaskedData, allocator: context.channel.allocator))
-        case .pong:
+        case WebSocketFrameReader.ping:
+            self.writeRaw(WebSocketFraming.control(opcode: WebSocketFraming.pongOpcode, payload: frame.payload, allocator: context.channel.allocator))
+        case WebSocketFrameReader.pong:
             self.pingOutstanding = false
-        case .connectionClose:
-            self.receivedClose(frame.unmaskedData)
-        default:
-            self.close(code: .protocolError, reason: "reserved opcode")
+        default:  // close; the reader lets no other opcode through
+            self.receivedClose(frame.payload)
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let error = error as? NIOWebSocketError {
-            switch error {
-            case .invalidFrameLength:
-                self.close(code: .messageTooBig, reason: "frame larger than \(self.configuration.maxMessageSize) bytes")
-            default:
-                self.close(code: .protocolError, reason: "WebSocket protocol error")
-            }
-            return
-        }
         self.logger.debug("connection error", metadata: ["error": "\(error)"])
         context.close(promise: nil)
     }
@@ -203,8 +205,8 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     /// A whole message arrived.
-    private func message(opcode: WebSocketOpcode, data: ByteBuffer) {
-        guard opcode == .text else {
+    private func message(opcode: UInt8, data: ByteBuffer) {
+        guard opcode == WebSocketFrameReader.text else {
             return self.close(code: .unsupportedData, reason: "binary messages are not supported; send text frames")
         }
         guard UTF8Validation.isValid(data) else {
@@ -308,7 +310,7 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         }
         if self.pingOutstanding {
             // No pong since the last ping: the peer is gone.
-            self.logger.debug("closing dead peer", metadata: ["connection": "\(self.handle?.id ?? 0)"])
+            self.logger.debug("closing dead peer", metadata: ["connection": "\(self.handle.id)"])
             context.close(promise: nil)
             return
         }

@@ -57,6 +57,10 @@ public final class MemoryEngine: SwitchboardEngine {
     }
 
     public let configuration: Configuration
+    /// The epoch of every stream of this engine: its history lives exactly as long as the
+    /// process, so one epoch per engine says when it was lost. A stream that was never
+    /// published to needs no state of its own (a subscriber learns this epoch and top 0).
+    public let epoch = MemoryEngine.newEpoch()
     private let state = NIOLockedValueBox(State())
     private let sweeper = NIOLockedValueBox<Task<Void, Never>?>(nil)
 
@@ -82,39 +86,42 @@ public final class MemoryEngine: SwitchboardEngine {
     public func publish(_ stream: String, body: ByteBuffer, idempotencyKey: String?) async throws -> PublishResult {
         let now = NIODeadline.now()
         return self.state.withLockedValue { state in
-            var s = state.streams[stream] ?? StreamState(epoch: Self.newEpoch())
-            if let key = idempotencyKey, let seen = s.idempotency[key], seen.expires > now {
-                var result = seen.result
-                result.duplicate = true
+            let delivery = state.delivery
+            // In place: a copy of the stream state would copy its whole history.
+            return Self.inPlace(&state.streams[stream, default: StreamState(epoch: self.epoch)]) { s in
+                if let key = idempotencyKey, let seen = s.idempotency[key], seen.expires > now {
+                    var result = seen.result
+                    result.duplicate = true
+                    return result
+                }
+                s.top += 1
+                s.log.append(Entry(offset: s.top, time: now, body: body))
+                self.trim(&s, now: now)
+                let result = PublishResult(offset: s.top, epoch: s.epoch, duplicate: false)
+                if let key = idempotencyKey {
+                    s.idempotency[key] = (result, now + .nanoseconds(Int64(self.configuration.idempotencyTTL * 1e9)))
+                }
+                delivery?.deliver(StreamMessage(stream: stream, offset: s.top, epoch: s.epoch, body: body))
                 return result
             }
-            s.top += 1
-            let message = StreamMessage(stream: stream, offset: s.top, epoch: s.epoch, body: body)
-            s.log.append(Entry(offset: s.top, time: now, body: body))
-            self.trim(&s, now: now)
-            let result = PublishResult(offset: s.top, epoch: s.epoch, duplicate: false)
-            if let key = idempotencyKey {
-                s.idempotency[key] = (result, now + .nanoseconds(Int64(self.configuration.idempotencyTTL * 1e9)))
-            }
-            state.streams[stream] = s
-            state.delivery?.deliver(message)
-            return result
         }
+    }
+
+    /// Runs `body` on `value` where it is (`&dictionary[key, default: …]` is not copied out).
+    private static func inPlace<T, R>(_ value: inout T, _ body: (inout T) -> R) -> R {
+        body(&value)
     }
 
     public func read(_ stream: String, after offset: Int64, epoch: String?, limit: Int) async throws -> HistoryRead {
         let now = NIODeadline.now()
         return self.state.withLockedValue { state in
-            guard var s = state.streams[stream] else {
-                // Never published here: an empty stream, nothing missed unless the
-                // reader knows an epoch (then history it had is gone).
-                let fresh = StreamState(epoch: Self.newEpoch())
-                state.streams[stream] = fresh
-                let position = StreamPosition(epoch: fresh.epoch, top: 0)
-                return (epoch == nil && offset == 0) ? .messages([], position) : .gone(position)
+            guard state.streams[stream] != nil else {
+                // Never published to: empty, so only a reader at 0 in this epoch is covered.
+                let position = StreamPosition(epoch: self.epoch, top: 0)
+                return (epoch ?? self.epoch) == self.epoch && offset == 0 ? .messages([], position) : .gone(position)
             }
-            self.trim(&s, now: now)
-            state.streams[stream] = s
+            self.trim(&state.streams[stream]!, now: now)
+            let s = state.streams[stream]!
             let position = StreamPosition(epoch: s.epoch, top: s.top)
             if let epoch, epoch != s.epoch { return .gone(position) }
             if offset > s.top { return .gone(position) }
@@ -133,10 +140,7 @@ public final class MemoryEngine: SwitchboardEngine {
 
     public func position(of stream: String) async throws -> StreamPosition {
         self.state.withLockedValue { state in
-            if let s = state.streams[stream] { return StreamPosition(epoch: s.epoch, top: s.top) }
-            let fresh = StreamState(epoch: Self.newEpoch())
-            state.streams[stream] = fresh
-            return StreamPosition(epoch: fresh.epoch, top: 0)
+            state.streams[stream].map { StreamPosition(epoch: $0.epoch, top: $0.top) } ?? StreamPosition(epoch: self.epoch, top: 0)
         }
     }
 
@@ -196,7 +200,7 @@ public final class MemoryEngine: SwitchboardEngine {
 
     public func presenceJoin(_ stream: String, member: PresenceMember) async throws {
         self.state.withLockedValue { state in
-            var s = state.streams[stream] ?? StreamState(epoch: Self.newEpoch())
+            var s = state.streams[stream] ?? StreamState(epoch: self.epoch)
             s.presence.insert(member)
             state.streams[stream] = s
         }
@@ -231,15 +235,17 @@ public final class MemoryEngine: SwitchboardEngine {
                 // Nobody can resume this session any more: its own stream goes with it.
                 state.streams[GatewayCore.sessionStream(s.record.id)] = nil
             }
-            for key in Array(state.streams.keys) {
-                guard var st = state.streams[key] else { continue }
-                self.trim(&st, now: now)
-                self.trimAcked(&st)
-                st.idempotency = st.idempotency.filter { $0.value.expires > now }
-                if !expired.isEmpty {
-                    st.presence = st.presence.filter { m in !expired.contains { $0.record.id == m.session } }
+            let gone = Set(expired.map(\.record.id))
+            for index in state.streams.indices {
+                // In place, through the dictionary's values: no copy of any history.
+                self.trim(&state.streams.values[index], now: now)
+                self.trimAcked(&state.streams.values[index])
+                if !state.streams.values[index].idempotency.isEmpty {
+                    state.streams.values[index].idempotency = state.streams.values[index].idempotency.filter { $0.value.expires > now }
                 }
-                state.streams[key] = st
+                if !gone.isEmpty, !state.streams.values[index].presence.isEmpty {
+                    state.streams.values[index].presence = state.streams.values[index].presence.filter { !gone.contains($0.session) }
+                }
             }
         }
     }

@@ -9,8 +9,9 @@ final class LoopHub: @unchecked Sendable {
     let loop: any EventLoop
     let index: Int
     unowned let hub: Hub
-    private(set) var connections: [ObjectIdentifier: ConnectionHandler] = [:]
-    private var subscribers: [String: [ConnectionHandler]] = [:]
+    /// Every connection of the loop; each knows its slot, so removal is O(1).
+    private(set) var connections: [ConnectionHandler] = []
+    private var subscribers: [String: Subscribers] = [:]
     /// Connections written to since the last flush pass.
     private var dirty: [ConnectionHandler] = []
     private var flushScheduled = false
@@ -31,37 +32,41 @@ final class LoopHub: @unchecked Sendable {
 
     func register(_ connection: ConnectionHandler) {
         self.loop.preconditionInEventLoop()
-        self.connections[ObjectIdentifier(connection)] = connection
+        connection.slot = self.connections.count
+        self.connections.append(connection)
     }
 
     func unregister(_ connection: ConnectionHandler) {
         self.loop.preconditionInEventLoop()
-        self.connections[ObjectIdentifier(connection)] = nil
+        let slot = connection.slot
+        guard slot >= 0, slot < self.connections.count, self.connections[slot] === connection else { return }
+        let last = self.connections.removeLast()
+        if last !== connection {
+            self.connections[slot] = last
+            last.slot = slot
+        }
+        connection.slot = -1
     }
 
     /// Returns true when this is the loop's first subscriber of `stream`.
     @discardableResult
     func addSubscriber(_ stream: String, _ connection: ConnectionHandler) -> Bool {
         self.loop.preconditionInEventLoop()
-        if self.subscribers[stream, default: []].contains(where: { $0 === connection }) { return false }
-        self.subscribers[stream, default: []].append(connection)
-        if self.subscribers[stream]!.count == 1 {
+        guard self.subscribers[stream] != nil else {
+            self.subscribers[stream] = .one(connection)
             self.hub.addInterest(stream, loop: self.index)
             return true
         }
+        // In place: a copy of the list would make every insert O(subscribers).
+        _ = self.subscribers[stream]!.insert(connection)
         return false
     }
 
     func removeSubscriber(_ stream: String, _ connection: ConnectionHandler) {
         self.loop.preconditionInEventLoop()
-        guard var list = self.subscribers[stream], let i = list.firstIndex(where: { $0 === connection }) else { return }
-        list.swapAt(i, list.count - 1)
-        list.removeLast()
-        if list.isEmpty {
+        if self.subscribers[stream]?.remove(connection) == .empty {
             self.subscribers[stream] = nil
             self.hub.removeInterest(stream, loop: self.index)
-        } else {
-            self.subscribers[stream] = list
         }
     }
 
@@ -88,9 +93,13 @@ final class LoopHub: @unchecked Sendable {
             return inbox.messages
         }
         for (message, frame) in batch {
-            guard let list = self.subscribers[message.stream] else { continue }
-            for connection in list {
+            switch self.subscribers[message.stream] {
+            case .one(let connection):
                 connection.deliverLive(message, frame: frame)
+            case .many(let list):
+                for connection in list { connection.deliverLive(message, frame: frame) }
+            case nil:
+                continue
             }
         }
         self.flushDirty()
@@ -122,7 +131,7 @@ final class LoopHub: @unchecked Sendable {
         self.pingTask = self.loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
             guard let self else { return }
             let now = NIODeadline.now()
-            for connection in self.connections.values {
+            for connection in self.connections {
                 connection.heartbeat(now: now)
             }
         }
@@ -131,5 +140,50 @@ final class LoopHub: @unchecked Sendable {
     func stopPinging() {
         self.pingTask?.cancel()
         self.pingTask = nil
+    }
+}
+
+/// The subscribers of one stream on one loop. Most streams (a session's, a user's) have a
+/// single local subscriber, which then costs no array.
+enum Subscribers {
+    case one(ConnectionHandler)
+    case many([ConnectionHandler])
+
+    enum Removal { case notFound, empty, removed }
+
+    var count: Int {
+        switch self {
+        case .one: 1
+        case .many(let list): list.count
+        }
+    }
+
+    /// Adds `connection`; false if it was already there.
+    mutating func insert(_ connection: ConnectionHandler) -> Bool {
+        switch self {
+        case .one(let existing):
+            if existing === connection { return false }
+            self = .many([existing, connection])
+        case .many(var list):
+            if list.contains(where: { $0 === connection }) { return false }
+            self = .one(connection)  // drop the second reference so the append does not copy
+            list.append(connection)
+            self = .many(list)
+        }
+        return true
+    }
+
+    mutating func remove(_ connection: ConnectionHandler) -> Removal {
+        switch self {
+        case .one(let existing):
+            return existing === connection ? .empty : .notFound
+        case .many(var list):
+            guard let i = list.firstIndex(where: { $0 === connection }) else { return .notFound }
+            self = .one(connection)
+            list.swapAt(i, list.count - 1)
+            list.removeLast()
+            self = list.count == 1 ? .one(list[0]) : .many(list)
+            return .removed
+        }
     }
 }

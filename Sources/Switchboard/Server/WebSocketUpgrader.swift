@@ -6,7 +6,6 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
-import NIOWebSocket
 
 /// How an upgrade ended, for the child channel to act on.
 enum UpgradeOutcome: Sendable {
@@ -27,8 +26,8 @@ struct AcceptedUpgrade {
 
 /// RFC 6455 upgrade that authenticates before accepting and installs a
 /// `ConnectionHandler` (not an async channel): the connection then costs no task.
-/// Frames are decoded by NIO's decoder; the handler frames its own output so a
-/// push is framed once for all sockets.
+/// The handler reads and writes WebSocket frames itself: no decoder handler per
+/// connection, and a push is framed once for all sockets.
 struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
     typealias UpgradeResult = UpgradeOutcome
 
@@ -123,9 +122,6 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
     func upgrade(channel: any Channel, upgradeRequest: HTTPRequestHead) -> EventLoopFuture<UpgradeOutcome> {
         channel.eventLoop.makeCompletedFuture {
             guard let accepted = self.accepted.withLockedValue({ $0 }) else { throw Refused() }
-            try channel.pipeline.syncOperations.addHandler(
-                ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: self.core.configuration.maxMessageSize))
-            )
             let handler = ConnectionHandler(
                 core: self.core, loopHub: self.core.hub.loopHub(for: channel.eventLoop),
                 session: accepted.session, identity: accepted.identity, resumedCursors: accepted.resumedCursors

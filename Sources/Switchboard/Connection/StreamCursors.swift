@@ -1,0 +1,62 @@
+import NIOCore
+
+/// Where a connection stands in one stream it subscribes to.
+struct StreamCursor {
+    enum Mode {
+        /// Live messages are written as they come, in offset order.
+        case live
+        /// History is being replayed; live messages wait here (bounded) until it is done.
+        case catchingUp(buffer: [StreamMessage], overflowed: Bool)
+    }
+
+    let stream: String
+    /// Highest offset written to this connection.
+    var last: Int64
+    /// Empty until the stream's epoch is known.
+    var epoch: String
+    var mode: Mode
+    /// Bumped on every (re)subscription, so a replay started for an older one stops.
+    var generation: UInt32
+
+    static let maxBuffered = 1024
+}
+
+/// The streams of one connection. A connection has a handful, so a small array searched
+/// linearly costs less memory than a dictionary and no hashing on the delivery path.
+struct StreamCursors {
+    private var cursors: ContiguousArray<StreamCursor> = []
+
+    var count: Int { self.cursors.count }
+    var names: [String] { self.cursors.map(\.stream) }
+
+    func index(of stream: String) -> Int? {
+        self.cursors.firstIndex { $0.stream == stream }
+    }
+
+    subscript(stream: String) -> StreamCursor? {
+        get { self.index(of: stream).map { self.cursors[$0] } }
+        set {
+            switch (self.index(of: stream), newValue) {
+            case (let i?, let cursor?): self.cursors[i] = cursor
+            case (let i?, nil): self.cursors.swapAt(i, self.cursors.count - 1); self.cursors.removeLast()
+            case (nil, let cursor?): self.cursors.append(cursor)
+            case (nil, nil): break
+            }
+        }
+    }
+
+    /// In-place access to the cursor at `index` (from `index(of:)`).
+    subscript(at index: Int) -> StreamCursor {
+        get { self.cursors[index] }
+        _modify { yield &self.cursors[index] }
+    }
+
+    @discardableResult
+    mutating func remove(_ stream: String) -> StreamCursor? {
+        let cursor = self[stream]
+        self[stream] = nil
+        return cursor
+    }
+
+    mutating func removeAll() { self.cursors = [] }
+}
