@@ -6,7 +6,7 @@ import Testing
 @Suite("Pings, dead peers and token expiry", .timeLimit(.minutes(1)))
 struct KeepaliveTests {
     @Test func deadPeerIsClosedLivePeerStays() async throws {
-        try await TestApp.withNode({ $0.pingInterval = 1.5 }) { node in
+        try await TestApp.withNode({ $0.pingInterval = 2 }) { node in
             let (silent, _) = try await node.raw(user: "ann")
             let (alive, _) = try await node.raw(user: "bob")
             // `alive` answers every ping while `silent` never does.
@@ -33,7 +33,7 @@ struct KeepaliveTests {
     }
 
     @Test func expiredTokenCloses4401() async throws {
-        try await TestApp.withNode({ $0.pingInterval = 1.5 }) { node in
+        try await TestApp.withNode({ $0.pingInterval = 2 }) { node in
             let socket = try await RawSocket.connect(port: node.port)
             let token = try await TestTokens.make(user: "ann", expiresIn: 2, secret: node.secret)
             #expect(try await socket.upgrade(token: token).status == 101)

@@ -47,9 +47,19 @@ final class Hub: EngineDelivery, @unchecked Sendable {
         let mask = self.interest.withLockedValue { $0[message.stream] ?? 0 }
         guard mask != 0 else { return }
         let frame = Self.pushFrame(message, allocator: self.allocator)
+        var first = true
         for hub in self.loops where mask & (1 << UInt64(hub.index)) != 0 {
-            hub.enqueue(message, frame: frame)
+            // Every socket write retains the frame's storage: one copy per loop (not per
+            // socket) keeps those reference counts on one core instead of bouncing between them.
+            hub.enqueue(message, frame: first ? frame : self.copy(frame))
+            first = false
         }
+    }
+
+    private func copy(_ frame: ByteBuffer) -> ByteBuffer {
+        var copy = self.allocator.buffer(capacity: frame.readableBytes)
+        copy.writeImmutableBuffer(frame)
+        return copy
     }
 
     static func pushFrame(_ message: StreamMessage, allocator: ByteBufferAllocator) -> ByteBuffer {

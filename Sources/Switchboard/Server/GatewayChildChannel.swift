@@ -36,10 +36,11 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             // mark the consumer is too slow and is closed (it can resume).
             let limit = self.core.configuration.maxQueueBytes
             try channel.syncOptions?.setOption(ChannelOptions.writeBufferWaterMark, value: .init(low: limit / 2, high: limit))
-            // Most reads of an idle connection are pings and small frames: start with a
-            // small receive buffer (it grows when traffic needs it).
+            // An idle connection reads pongs and small frames: it keeps one small receive
+            // buffer, and larger reads use transient buffers (see CompactRecvAllocator).
+            try channel.syncOptions?.setOption(ChannelOptions.maxMessagesPerRead, value: 1)
             try channel.syncOptions?.setOption(
-                ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536)
+                ChannelOptions.recvAllocator, value: CompactRecvAllocator(maximum: max(65536, self.core.configuration.maxMessageSize + 14))
             )
             let refusal = NIOLockedValueBox<(HTTPResponse.Status, String)?>(nil)
             let upgrader = SwitchboardWebSocketUpgrader(core: self.core, refusal: refusal, accepted: NIOLockedValueBox(nil))

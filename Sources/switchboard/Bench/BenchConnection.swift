@@ -47,8 +47,14 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     func channelActive(context: ChannelHandlerContext) {
         self.context = context
         self.loop = context.eventLoop
-        let request = "GET \(self.path) HTTP/1.1\r\nHost: \(self.host)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        // The headers a browser sends (about 600 bytes), so the server's cost of reading a real
+        // handshake is part of what is measured.
+        let request = "GET \(self.path) HTTP/1.1\r\nHost: \(self.host)\r\nConnection: Upgrade\r\nPragma: no-cache\r\n"
+            + "Cache-Control: no-cache\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            + "Chrome/131.0.0.0 Safari/537.36\r\nUpgrade: websocket\r\nOrigin: http://\(self.host)\r\nSec-WebSocket-Version: 13\r\n"
+            + "Accept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-US,en;q=0.9\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            + "Sec-WebSocket-Protocol: switchboard.v1\r\n\r\n"
         context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: request)), promise: nil)
     }
 
