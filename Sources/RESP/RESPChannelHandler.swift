@@ -1,16 +1,7 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
-
-/// Outbound message understood by `RESPChannelHandler`.
-struct RESPRequest {
-    let command: RESPCommand
-    let promise: EventLoopPromise<RESPValue>
-    /// For (un)subscribe commands in RESP3: the number of push confirmations that complete it.
-    let expectedPushes: Int
-    /// Lower-case push kind that counts as a confirmation ("subscribe", "unsubscribe", ...).
-    let pushKind: String?
-}
 
 /// Replies of a pipelined batch, collected in order; one promise for the whole batch instead
 /// of one per command. Only touched on the connection's event loop (hence unchecked Sendable).
@@ -37,20 +28,34 @@ final class RESPBatch: @unchecked Sendable {
     }
 }
 
-/// What the connection writes into the pipeline: one command, or a batch in one write.
-enum RESPOutbound {
-    case single(RESPRequest)
+/// What a caller hands to the connection: one command, or a batch written back to back.
+enum RESPSubmission {
+    /// `expectedPushes`: for (un)subscribe commands in RESP3, the number of push
+    /// confirmations (of lower-case kind `pushKind`) that complete it.
+    case single(RESPCommand, EventLoopPromise<RESPValue>, expectedPushes: Int, pushKind: String?)
     case batch([RESPCommand], RESPBatch)
+
+    func fail(_ error: RESPError) {
+        switch self {
+        case .single(_, let promise, _, _): promise.fail(error)
+        case .batch(_, let batch): batch.failRemaining(error)
+        }
+    }
 }
 
-/// Pipelining handler: FIFO of pending promises, flush coalescing (one flush per event-loop
-/// tick), push frames routed to `onPush`.
+/// One connection's pipeline, as a state machine on its event loop: a FIFO of who waits for
+/// which reply, the parser, and the outbound buffer.
+///
+/// Callers on any thread `submit` into a locked inbox; the first submission of a tick schedules
+/// one loop task that encodes everything submitted meanwhile into one buffer and writes it with
+/// one flush. Concurrent callers therefore share writes (and syscalls), and commands reach the
+/// handler without the per-message boxing of the channel pipeline. Replies are parsed straight
+/// from the received bytes (no decoder handler in between). Push frames go to `onPush`.
 ///
 /// Timed-out or cancelled requests keep their FIFO slot: their promise is already completed
 /// (failed), so the late reply completes nothing and is discarded.
-final class RESPChannelHandler: ChannelDuplexHandler {
-    typealias InboundIn = RESPValue
-    typealias OutboundIn = RESPOutbound
+final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     /// Who is waiting for a reply.
@@ -74,135 +79,193 @@ final class RESPChannelHandler: ChannelDuplexHandler {
     }
 
     private struct Pending {
-        let promise: Waiter
+        let waiter: Waiter
         var remainingPushes: Int
         let pushKind: String?
         var collected: [RESPValue]
     }
 
+    private struct Inbox {
+        var items: [RESPSubmission] = []
+        var scheduled = false
+        /// Set once the connection is gone: later submissions fail at once.
+        var closed: RESPError?
+    }
+
+    let loop: any EventLoop
+    // Loop-only state.
+    private var context: ChannelHandlerContext?
     private var pending = CircularBuffer<Pending>(initialCapacity: 64)
-    private var outBuffer: ByteBuffer?
-    private var flushScheduled = false
-    private var closed = false
+    private var parser: RESPParser
+    /// Received bytes not yet parsed into a whole value.
+    private var received: ByteBuffer?
     private var failure: RESPError?
+    // Shared with submitters.
+    private let inbox = NIOLockedValueBox(Inbox())
     /// Shared with `RESPConnection` so later sends report why the connection closed.
     private let closeReason: LockedBox<RESPError?>
     private let onPush: (@Sendable (RESPValue) -> Void)?
     private let logger: Logger
 
-    init(onPush: (@Sendable (RESPValue) -> Void)?, closeReason: LockedBox<RESPError?>, logger: Logger) {
+    init(loop: any EventLoop, parser: RESPParser, onPush: (@Sendable (RESPValue) -> Void)?, closeReason: LockedBox<RESPError?>, logger: Logger) {
+        self.loop = loop
+        self.parser = parser
         self.onPush = onPush
         self.closeReason = closeReason
         self.logger = logger
     }
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let outbound = unwrapOutboundIn(data)
-        if closed {
-            let error = failure ?? RESPError.connectionClosed
-            switch outbound {
-            case .single(let request): request.promise.fail(error)
-            case .batch(_, let batch): batch.failRemaining(error)
-            }
-            promise?.fail(ChannelError.ioOnClosedChannel)
+    // MARK: submissions (any thread)
+
+    func submit(_ submission: RESPSubmission) {
+        let outcome = self.inbox.withLockedValue { inbox -> (schedule: Bool, closed: RESPError?) in
+            if let closed = inbox.closed { return (false, closed) }
+            inbox.items.append(submission)
+            defer { inbox.scheduled = true }
+            return (!inbox.scheduled, nil)
+        }
+        if let closed = outcome.closed {
+            submission.fail(closed)
+        } else if outcome.schedule {
+            self.loop.execute { self.drainInbox() }
+        }
+    }
+
+    /// Encodes every waiting submission into one buffer: one write, one flush.
+    private func drainInbox() {
+        let items = self.inbox.withLockedValue { inbox in
+            inbox.scheduled = false
+            defer { inbox.items.removeAll(keepingCapacity: true) }
+            return inbox.items
+        }
+        guard let context = self.context, self.failure == nil else {
+            let error = self.failure ?? .connectionClosed
+            for item in items { item.fail(error) }
             return
         }
-        if outBuffer == nil { outBuffer = context.channel.allocator.buffer(capacity: 512) }
-        switch outbound {
-        case .single(let request):
-            pending.append(Pending(promise: .promise(request.promise), remainingPushes: request.expectedPushes,
-                                   pushKind: request.pushKind, collected: []))
-            request.command.encode(into: &outBuffer!)
-        case .batch(let commands, let batch):
-            for command in commands {
-                pending.append(Pending(promise: .batch(batch), remainingPushes: 0, pushKind: nil, collected: []))
-                command.encode(into: &outBuffer!)
+        var buffer = context.channel.allocator.buffer(capacity: 256 * items.count)
+        for item in items {
+            switch item {
+            case .single(let command, let promise, let pushes, let kind):
+                self.pending.append(Pending(waiter: .promise(promise), remainingPushes: pushes, pushKind: kind, collected: []))
+                command.encode(into: &buffer)
+            case .batch(let commands, let batch):
+                for command in commands {
+                    self.pending.append(Pending(waiter: .batch(batch), remainingPushes: 0, pushKind: nil, collected: []))
+                    command.encode(into: &buffer)
+                }
             }
         }
-        promise?.succeed(())
-        if !flushScheduled {
-            flushScheduled = true
-            context.eventLoop.assumeIsolated().execute { self.flushNow(context: context) }
-        }
+        context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
     }
 
-    func flush(context: ChannelHandlerContext) {
-        flushNow(context: context)
-    }
+    // MARK: channel events (loop)
 
-    private func flushNow(context: ChannelHandlerContext) {
-        flushScheduled = false
-        guard !closed, let buffer = outBuffer else { return }
-        outBuffer = nil
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let value = unwrapInboundIn(data)
+        var input = self.unwrapInboundIn(data)
+        if self.received != nil {
+            self.received!.writeBuffer(&input)
+        } else {
+            self.received = input
+        }
+        do {
+            while self.failure == nil, let value = try self.parser.parse(&self.received!) {
+                self.replyReceived(value, context: context)
+            }
+        } catch let error as RESPError {
+            return self.fail(context: context, error: error)
+        } catch {
+            return self.fail(context: context, error: .protocolError("\(error)"))
+        }
+        if self.received?.readableBytes == 0 { self.received = nil }
+    }
+
+    private func replyReceived(_ value: RESPValue, context: ChannelHandlerContext) {
         if case .push(let items) = value {
-            if !pending.isEmpty, pending[pending.startIndex].remainingPushes > 0,
-               let kind = items.first?.string?.lowercased(), kind == pending[pending.startIndex].pushKind {
-                let i = pending.startIndex
-                pending[i].remainingPushes -= 1
-                pending[i].collected.append(value)
-                if pending[i].remainingPushes == 0 {
-                    let entry = pending.removeFirst()
-                    entry.promise.succeed(.array(entry.collected))
+            if let first = self.pending.first, first.remainingPushes > 0,
+                let kind = items.first?.string?.lowercased(), kind == first.pushKind
+            {
+                let i = self.pending.startIndex
+                self.pending[i].remainingPushes -= 1
+                self.pending[i].collected.append(value)
+                if self.pending[i].remainingPushes == 0 {
+                    let entry = self.pending.removeFirst()
+                    entry.waiter.succeed(.array(entry.collected))
                 }
                 return
             }
-            onPush?(value)
+            self.onPush?(value)
             return
         }
-        guard let entry = pending.popFirst() else {
-            fail(context: context, error: .protocolError("unexpected reply with no pending command: \(value)"))
-            return
+        guard let entry = self.pending.popFirst() else {
+            return self.fail(context: context, error: .protocolError("unexpected reply with no pending command: \(value)"))
         }
         switch value {
         case .simpleError(let b), .blobError(let b):
-            entry.promise.fail(RESPError.fromServer(b))
+            entry.waiter.fail(RESPError.fromServer(b))
         default:
-            entry.promise.succeed(value)
+            entry.waiter.succeed(value)
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         let respError: RESPError
-        if let e = error as? RESPError { respError = e } else {
+        if let e = error as? RESPError {
+            respError = e
+        } else {
             if let ssl = error as? NIOSSLError, case .uncleanShutdown = ssl {
-                logger.debug("RESP TLS unclean shutdown")
+                self.logger.debug("RESP TLS unclean shutdown")
             } else {
-                logger.warning("RESP connection error: \(error)")
+                self.logger.warning("RESP connection error: \(error)")
             }
             respError = .connectionClosed
         }
-        fail(context: context, error: respError)
+        self.fail(context: context, error: respError)
     }
 
     private func fail(context: ChannelHandlerContext, error: RESPError) {
-        if failure == nil {
-            failure = error
-            closeReason.withLock { if $0 == nil { $0 = error } }
+        if self.failure == nil {
+            self.failure = error
+            self.closeReason.withLock { if $0 == nil { $0 = error } }
         }
-        if case .protocolError(let msg) = error { logger.warning("RESP protocol error: \(msg)") }
-        failAll(error)
-        closed = true
+        if case .protocolError(let msg) = error { self.logger.warning("RESP protocol error: \(msg)") }
+        self.closeInbox(error)
+        self.failAll(error)
         context.close(promise: nil)
     }
 
+    /// No more submissions: those still waiting fail, and so do later ones.
+    private func closeInbox(_ error: RESPError) {
+        let items = self.inbox.withLockedValue { inbox in
+            if inbox.closed == nil { inbox.closed = error }
+            defer { inbox.items.removeAll() }
+            return inbox.items
+        }
+        for item in items { item.fail(error) }
+    }
+
     private func failAll(_ error: RESPError) {
-        while let entry = pending.popFirst() { entry.promise.fail(error) }
+        while let entry = self.pending.popFirst() { entry.waiter.fail(error) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        closed = true
-        outBuffer = nil
-        failAll(failure ?? .connectionClosed)
+        let error = self.failure ?? .connectionClosed
+        if self.failure == nil { self.failure = error }
+        self.received = nil
+        self.closeInbox(error)
+        self.failAll(error)
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        closed = true
-        failAll(failure ?? .connectionClosed)
+        let error = self.failure ?? .connectionClosed
+        if self.failure == nil { self.failure = error }
+        self.closeInbox(error)
+        self.failAll(error)
+        self.context = nil
     }
 }

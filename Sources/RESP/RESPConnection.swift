@@ -68,11 +68,13 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
     public let protocolVersion: Int
     public let configuration: RESPConfiguration
     let logger: Logger
+    private let handler: RESPChannelHandler
     private let closeReason: LockedBox<RESPError?>
 
-    private init(channel: any Channel, protocolVersion: Int, configuration: RESPConfiguration, logger: Logger,
-                 closeReason: LockedBox<RESPError?>) {
+    private init(channel: any Channel, handler: RESPChannelHandler, protocolVersion: Int, configuration: RESPConfiguration,
+                 logger: Logger, closeReason: LockedBox<RESPError?>) {
         self.channel = channel
+        self.handler = handler
         self.closeReason = closeReason
         self.protocolVersion = protocolVersion
         self.configuration = configuration
@@ -91,32 +93,42 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
         let serverName = configuration.tlsServerName ?? (isIPAddress(configuration.host) ? nil : configuration.host)
         let closeReason = LockedBox<RESPError?>(nil)
         let parser = RESPParser(maxDepth: configuration.maxNestingDepth, maxBlobSize: configuration.maxBlobSize)
+        let installed = LockedBox<RESPChannelHandler?>(nil)
         let bootstrap = ClientBootstrap(group: eventLoopGroup)
             .connectTimeout(TimeAmount(configuration.connectTimeout))
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations
                     if let sslContext {
                         try ops.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: serverName))
                     }
-                    try ops.addHandler(ByteToMessageHandler(RESPDecoder(parser: parser)))
-                    try ops.addHandler(RESPChannelHandler(onPush: onPush, closeReason: closeReason, logger: logger))
+                    let handler = RESPChannelHandler(loop: channel.eventLoop, parser: parser, onPush: onPush, closeReason: closeReason, logger: logger)
+                    try ops.addHandler(handler)
+                    installed.withLock { $0 = handler }
                 }
             }
         let channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+        guard let handler = installed.withLock({ $0 }) else {
+            try? await channel.close()
+            throw RESPError.connectionClosed
+        }
+        let connection = RESPConnection(channel: channel, handler: handler, protocolVersion: 2, configuration: configuration,
+                                        logger: logger, closeReason: closeReason)
         do {
-            let version = try await handshake(channel: channel, configuration: configuration, closeReason: closeReason)
+            let version = try await connection.handshake()
             logger.debug("RESP connected to \(configuration.host):\(configuration.port) (RESP\(version))")
-            return RESPConnection(channel: channel, protocolVersion: version, configuration: configuration, logger: logger,
-                                  closeReason: closeReason)
+            return RESPConnection(channel: channel, handler: handler, protocolVersion: version, configuration: configuration,
+                                  logger: logger, closeReason: closeReason)
         } catch {
             try? await channel.close()
             throw error
         }
     }
 
-    private static func handshake(channel: any Channel, configuration c: RESPConfiguration,
-                                  closeReason: LockedBox<RESPError?>) async throws -> Int {
+    /// HELLO 3 (with AUTH and SETNAME), falling back to RESP2 commands; then SELECT.
+    private func handshake() async throws -> Int {
+        let c = self.configuration
         let t = c.commandTimeout ?? c.connectTimeout
         var version = 2
         if c.protocolVersion >= 3 {
@@ -126,7 +138,7 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
             }
             if let name = c.clientName { hello.append("SETNAME", .string(name)) }
             do {
-                _ = try await send(on: channel, hello, timeout: t, closeReason: closeReason)
+                _ = try await self.send(hello, timeout: t)
                 version = 3
             } catch RESPError.server(let code, let message) where !["WRONGPASS", "NOAUTH", "NOPERM"].contains(code) {
                 _ = message // HELLO unsupported (old server / NOPROTO): fall back to RESP2 below.
@@ -135,37 +147,30 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
         if version == 2 {
             if let pw = c.password {
                 if let user = c.username {
-                    _ = try await send(on: channel, RESPCommand("AUTH", .string(user), .string(pw)), timeout: t, closeReason: closeReason)
+                    _ = try await self.send(RESPCommand("AUTH", .string(user), .string(pw)), timeout: t)
                 } else {
-                    _ = try await send(on: channel, RESPCommand("AUTH", .string(pw)), timeout: t, closeReason: closeReason)
+                    _ = try await self.send(RESPCommand("AUTH", .string(pw)), timeout: t)
                 }
             }
             if let name = c.clientName {
-                _ = try await send(on: channel, RESPCommand("CLIENT", "SETNAME", .string(name)), timeout: t, closeReason: closeReason)
+                _ = try await self.send(RESPCommand("CLIENT", "SETNAME", .string(name)), timeout: t)
             }
         }
         if c.database != 0 {
-            _ = try await send(on: channel, RESPCommand("SELECT", .int(c.database)), timeout: t, closeReason: closeReason)
+            _ = try await self.send(RESPCommand("SELECT", .int(c.database)), timeout: t)
         }
         return version
     }
 
     public func send(_ command: RESPCommand, timeout: Duration?) async throws -> RESPValue {
-        try await Self.send(on: channel, command, timeout: timeout ?? configuration.commandTimeout, closeReason: closeReason)
+        if Task.isCancelled { throw CancellationError() }
+        return try await Self.wait(self.enqueue(command), timeout: timeout ?? self.configuration.commandTimeout)
     }
 
-    /// Enqueues without awaiting (used to keep wire order under a lock).
+    /// Submits without awaiting (callers that need wire order submit under their own lock).
     func enqueue(_ command: RESPCommand, expectedPushes: Int = 0, pushKind: String? = nil) -> EventLoopPromise<RESPValue> {
-        Self.enqueue(on: channel, command, expectedPushes: expectedPushes, pushKind: pushKind, closeReason: closeReason)
-    }
-
-    static func enqueue(on channel: any Channel, _ command: RESPCommand, expectedPushes: Int = 0,
-                        pushKind: String? = nil, closeReason: LockedBox<RESPError?>) -> EventLoopPromise<RESPValue> {
-        let promise = channel.eventLoop.makePromise(of: RESPValue.self)
-        let request = RESPRequest(command: command, promise: promise, expectedPushes: expectedPushes, pushKind: pushKind)
-        channel.write(RESPOutbound.single(request)).whenFailure { _ in
-            promise.fail(closeReason.withLock { $0 } ?? RESPError.connectionClosed)
-        }
+        let promise = self.channel.eventLoop.makePromise(of: RESPValue.self)
+        self.handler.submit(.single(command, promise, expectedPushes: expectedPushes, pushKind: pushKind))
         return promise
     }
 
@@ -186,12 +191,6 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
         }
     }
 
-    static func send(on channel: any Channel, _ command: RESPCommand, timeout: Duration?,
-                     closeReason: LockedBox<RESPError?>) async throws -> RESPValue {
-        if Task.isCancelled { throw CancellationError() }
-        return try await wait(enqueue(on: channel, command, closeReason: closeReason), timeout: timeout)
-    }
-
     /// Sends `commands` back to back in one write and returns their replies in order, each as a
     /// `Result` (a Redis error reply fails only its own command). One suspension for the batch,
     /// where `send` costs one per command: this is `redis-benchmark -P` for callers that have
@@ -202,10 +201,7 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
         let loop = channel.eventLoop
         let promise = loop.makePromise(of: [Result<RESPValue, RESPError>].self)
         let batch = RESPBatch(expected: commands.count, promise: promise)
-        let closeReason = self.closeReason
-        channel.write(RESPOutbound.batch(commands, batch)).whenFailure { _ in
-            batch.failRemaining(closeReason.withLock { $0 } ?? RESPError.connectionClosed)
-        }
+        self.handler.submit(.batch(commands, batch))
         var scheduled: Scheduled<Void>?
         if let timeout = timeout ?? configuration.commandTimeout {
             // Late replies then complete nothing: the batch keeps its FIFO slots, so pairing holds.
