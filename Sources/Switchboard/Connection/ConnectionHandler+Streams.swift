@@ -189,7 +189,7 @@ extension ConnectionHandler {
                 self.startReplay(message.stream, after: last)
                 return
             }
-            guard self.context?.channel.isWritable ?? false else {
+            guard self.isWritable else {
                 return self.close(code: .slowConsumer, reason: "outbound queue over \(self.configuration.maxQueueBytes) bytes; resume to continue")
             }
             self.writeRaw(frame)

@@ -35,6 +35,8 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     /// Subscribed streams and where this connection stands in each.
     var streams = StreamCursors()
     private var needsFlush = false
+    /// The channel's writability, kept from its events so the delivery path needs no lookup.
+    private(set) var isWritable = true
     private var pingOutstanding = false
     private var strikes = 0
     var inFlight = 0
@@ -260,7 +262,8 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, let waiters = self.writabilityWaiters {
+        self.isWritable = context.channel.isWritable
+        if self.isWritable, let waiters = self.writabilityWaiters {
             self.writabilityWaiters = nil
             for w in waiters { w.succeed() }
         }

@@ -82,14 +82,17 @@ struct Bench: AsyncParsableCommand {
             }
             let elapsed = (ContinuousClock.now - start).seconds
             FileHandle.standardError.write(Data("\n".utf8))
-            try await Task.sleep(for: .seconds(2))  // let deliveries finish
+            // Let queued deliveries arrive (until all did, or none arrived for a while).
+            try await workers.waitDelivered(UInt64(sent * subscribers))
             let after = try common.serverPID.map { try ProcStat.read(pid: $0) }
             workers.finish()
             var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
             var delivered: UInt64 = 0
+            var closes: [String: Int] = [:]
             for result in try await workers.results() {
                 delivered += result.received
                 if let h = result.histogram { histogram.add(h) }
+                closes.merge(result.closes, uniquingKeysWith: +)
             }
             var summary: [String: Double] = [
                 "subscribers": Double(subscribers), "published": Double(sent), "delivered": Double(delivered),
@@ -97,7 +100,11 @@ struct Bench: AsyncParsableCommand {
                 "expectedDeliveries": Double(sent * subscribers),
                 "latencyP50Micros": Double(histogram.valueAtPercentile(50)), "latencyP99Micros": Double(histogram.valueAtPercentile(99)),
                 "latencyP999Micros": Double(histogram.valueAtPercentile(99.9)), "latencyMaxMicros": Double(histogram.max),
+                "closedConnections": Double(closes.values.reduce(0, +)),
             ]
+            if !closes.isEmpty {
+                FileHandle.standardError.write(Data("connections closed by the server during the run: \(closes)\n".utf8))
+            }
             if let before, let after {
                 let cpu = after.cpuSeconds - before.cpuSeconds
                 summary["serverCPUSeconds"] = cpu
@@ -132,6 +139,9 @@ struct Bench: AsyncParsableCommand {
                 pending.append(BenchConnection.connect(host: endpoint.host, port: endpoint.port, path: endpoint.path, source: source, group: group) { c in
                     c.onOpen = {
                         if fanout { c.sendText(subscribeFrame) } else { state.withLockedValue { $0.ready += 1 } }
+                    }
+                    c.onClose = { code in
+                        state.withLockedValue { $0.closes[code.map(String.init) ?? "no close frame", default: 0] += 1 }
                     }
                     c.onText = { text in
                         guard fanout else { return }
@@ -172,9 +182,20 @@ struct Bench: AsyncParsableCommand {
             }
             print("READY \(state.withLockedValue { $0.ready })")
             fflush(nil)
+            // Report deliveries while the run lasts, so the parent sees when they stop.
+            let reporter = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(200))
+                    print("RECEIVED \(state.withLockedValue { $0.received })")
+                    fflush(nil)
+                }
+            }
             // Hold until the parent closes our stdin.
             await Task.detached { while let _ = readLine() {} }.value
-            let result = state.withLockedValue { WorkerResult(received: $0.received, histogram: fanout ? $0.histogram : nil) }
+            reporter.cancel()
+            let result = state.withLockedValue {
+                WorkerResult(received: $0.received, histogram: fanout ? $0.histogram : nil, closes: $0.closes)
+            }
             let json = try JSONEncoder().encode(result)
             print("RESULT " + String(decoding: json, as: UTF8.self))
             fflush(nil)
@@ -195,12 +216,15 @@ struct Bench: AsyncParsableCommand {
 struct WorkerState {
     var ready = 0
     var received: UInt64 = 0
+    /// Connections the server closed during the run, by close code.
+    var closes: [String: Int] = [:]
     var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
 }
 
 struct WorkerResult: Codable {
     var received: UInt64
     var histogram: Histogram<UInt64>?
+    var closes: [String: Int]
 }
 
 extension Duration {

@@ -18,7 +18,9 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Called on the event loop for every text message, after the upgrade.
     var onText: ((ByteBuffer) -> Void)?
     var onOpen: (() -> Void)?
-    var onClose: (() -> Void)?
+    /// Called once when the connection ends, with the server's close code (nil: no close frame).
+    var onClose: ((UInt16?) -> Void)?
+    private var closeCode: UInt16?
     /// The channel's event loop, once connected.
     private(set) var loop: (any EventLoop)?
 
@@ -60,7 +62,7 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         self.state = .closed
-        self.onClose?()
+        self.onClose?(self.closeCode)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -103,7 +105,9 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
             switch b0 & 0x0F {
             case 0x1: self.onText?(payload)
             case 0x9: self.sendFrame(opcode: 0xA, payload: payload)
-            case 0x8: context.close(promise: nil)
+            case 0x8:
+                self.closeCode = payload.getInteger(at: payload.readerIndex, as: UInt16.self)
+                context.close(promise: nil)
             default: break
             }
         }

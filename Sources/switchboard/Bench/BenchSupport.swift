@@ -22,25 +22,37 @@ struct ProcStat {
     }
 }
 
-/// The worker processes of a bench run.
+/// The worker processes of a bench run. Each prints `PROGRESS n` while connecting, `READY n`,
+/// `RECEIVED n` while it runs, and `RESULT {json}` when its stdin closes.
 final class WorkerPool: @unchecked Sendable {
     struct Child {
         let process: Process
         let stdin: Pipe
-        let lines: AsyncStream<String>
+    }
+
+    /// What a worker reported last.
+    struct Report {
+        var connected = 0
+        var ready: Int?
+        var received: UInt64 = 0
+        var result: WorkerResult?
+        var exited = false
     }
 
     let children: [Child]
     let total: Int
+    private let reports: NIOLockedValueBox<[Report]>
 
-    private init(children: [Child], total: Int) {
+    private init(children: [Child], total: Int, reports: NIOLockedValueBox<[Report]>) {
         self.children = children
         self.total = total
+        self.reports = reports
     }
 
     static func start(common: Bench.Common, mode: String, total: Int, extra: [String]) throws -> WorkerPool {
         let executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         let processes = max(1, common.processes)
+        let reports = NIOLockedValueBox([Report](repeating: Report(), count: processes))
         var children: [Child] = []
         for i in 0..<processes {
             let share = total / processes + (i < total % processes ? 1 : 0)
@@ -52,45 +64,68 @@ final class WorkerPool: @unchecked Sendable {
             let stdout = Pipe()
             process.standardInput = stdin
             process.standardOutput = stdout
-            let (lines, continuation) = AsyncStream.makeStream(of: String.self)
             let reader = LineReader()
             stdout.fileHandleForReading.readabilityHandler = { handle in
                 let data = handle.availableData
                 if data.isEmpty {
-                    continuation.finish()
                     handle.readabilityHandler = nil
+                    reports.withLockedValue { $0[i].exited = true }
                     return
                 }
-                for line in reader.feed(data) { continuation.yield(line) }
-            }
-            try process.run()
-            children.append(Child(process: process, stdin: stdin, lines: lines))
-        }
-        return WorkerPool(children: children, total: total)
-    }
-
-    /// Wait until every worker printed READY; returns how many connections are ready.
-    func waitReady(progress: @escaping @Sendable (Int) -> Void) async throws -> Int {
-        let counts = NIOLockedValueBox([Int](repeating: 0, count: self.children.count))
-        return try await withThrowingTaskGroup(of: Int.self) { group in
-            for (i, child) in self.children.enumerated() {
-                group.addTask {
-                    for await line in child.lines {
-                        let parts = line.split(separator: " ")
-                        guard parts.count == 2, let n = Int(parts[1]) else { continue }
-                        let sum = counts.withLockedValue { c in
-                            c[i] = n
-                            return c.reduce(0, +)
-                        }
-                        progress(sum)
-                        if parts[0] == "READY" { return n }
-                    }
-                    throw BenchError("worker \(i) exited before it was ready")
+                for line in reader.feed(data) {
+                    reports.withLockedValue { Self.apply(line, to: &$0[i]) }
                 }
             }
-            var ready = 0
-            for try await n in group { ready += n }
-            return ready
+            try process.run()
+            children.append(Child(process: process, stdin: stdin))
+        }
+        return WorkerPool(children: children, total: total, reports: reports)
+    }
+
+    private static func apply(_ line: String, to report: inout Report) {
+        if line.hasPrefix("RESULT ") {
+            report.result = try? JSONDecoder().decode(WorkerResult.self, from: Data(line.dropFirst(7).utf8))
+            return
+        }
+        let parts = line.split(separator: " ")
+        guard parts.count == 2, let n = UInt64(parts[1]) else { return }
+        switch parts[0] {
+        case "PROGRESS": report.connected = Int(n)
+        case "READY": report.ready = Int(n)
+        case "RECEIVED": report.received = n
+        default: break
+        }
+    }
+
+    /// Waits until every worker printed READY; returns how many connections are ready.
+    func waitReady(progress: @escaping @Sendable (Int) -> Void) async throws -> Int {
+        while true {
+            let (ready, connected, exited) = self.reports.withLockedValue { r in
+                (r.allSatisfy { $0.ready != nil } ? r.reduce(0) { $0 + $1.ready! } : nil, r.reduce(0) { $0 + $1.connected },
+                 r.contains { $0.exited && $0.ready == nil })
+            }
+            if let ready { return ready }
+            if exited { throw BenchError("a worker exited before it was ready") }
+            progress(connected)
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    /// Messages received so far by all workers.
+    var received: UInt64 { self.reports.withLockedValue { $0.reduce(0) { $0 + $1.received } } }
+
+    /// Waits until `expected` messages arrived, or nothing arrived for `quiet` (bounded by `limit`).
+    func waitDelivered(_ expected: UInt64, quiet: Duration = .seconds(2), limit: Duration = .seconds(60)) async throws {
+        let deadline = ContinuousClock.now + limit
+        var last = self.received
+        var lastChange = ContinuousClock.now
+        while self.received < expected, ContinuousClock.now < deadline, ContinuousClock.now - lastChange < quiet {
+            try await Task.sleep(for: .milliseconds(100))
+            let now = self.received
+            if now != last {
+                last = now
+                lastChange = .now
+            }
         }
     }
 
@@ -100,14 +135,15 @@ final class WorkerPool: @unchecked Sendable {
     }
 
     func results() async throws -> [WorkerResult] {
-        var results: [WorkerResult] = []
-        for child in self.children {
-            for await line in child.lines where line.hasPrefix("RESULT ") {
-                results.append(try JSONDecoder().decode(WorkerResult.self, from: Data(line.dropFirst(7).utf8)))
-            }
-            child.process.waitUntilExit()
+        for child in self.children { child.process.waitUntilExit() }
+        // The last lines may still be in flight from the readability handlers.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < deadline {
+            let done = self.reports.withLockedValue { r in r.allSatisfy { $0.result != nil || $0.exited } }
+            if done { break }
+            try await Task.sleep(for: .milliseconds(20))
         }
-        return results
+        return self.reports.withLockedValue { $0.compactMap(\.result) }
     }
 }
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Reproduces docs/benchmarks.md: builds the release binary, starts what each scenario needs on
+# loopback, runs the load tool and prints its JSON summaries.
+#   bash scripts/bench.sh [idle|fanout|steady|redis|all]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-all}"
+swift build -c release --product switchboard >/dev/null
+bin=.build/release/switchboard
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# A node with the in-memory engine; limits raised so the load tool measures the gateway, not them.
+node() {
+  "$bin" serve --allow-anonymous --port "$1" --log-level warning --request-rate 1000000 --request-burst 100000 \
+    --max-in-flight 1024 >/dev/null 2>&1 &
+  pids+=($!)
+  server=$!
+  sleep 1
+}
+
+if [[ $what == idle || $what == all ]]; then
+  node 18080
+  echo "# idle: 15,000 connections from 4 worker processes"
+  "$bin" bench idle --url ws://127.0.0.1:18080/ws --server-pid "$server" --connections 15000 --processes 4 2>/dev/null
+  kill "$server"
+fi
+if [[ $what == fanout || $what == all ]]; then
+  node 18081
+  for window in 32 128 512; do
+    echo "# fanout: 1,000 subscribers, flat out with $window publishes in flight"
+    "$bin" bench fanout --url ws://127.0.0.1:18081/ws --server-pid "$server" --subscribers 1000 --processes 2 \
+      --duration 15 --rate 0 --window "$window" 2>/dev/null | tail -1
+  done
+  kill "$server"
+fi
+if [[ $what == steady || $what == all ]]; then
+  node 18082
+  echo "# steady: 1,000 subscribers, 20 messages/s = 20,000 deliveries/s"
+  "$bin" bench fanout --url ws://127.0.0.1:18082/ws --server-pid "$server" --subscribers 1000 --processes 2 \
+    --duration 20 --rate 20 2>/dev/null | tail -1
+  kill "$server"
+fi
+if [[ $what == redis || $what == all ]]; then
+  port=16399
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no --loglevel warning >/dev/null &
+  pids+=($!)
+  sleep 0.5
+  echo "# redis-benchmark -P 16 -c 50"
+  redis-benchmark -p "$port" -P 16 -c 50 -n 2000000 -q -t set,get | tr '\r' '\n' | grep "per second"
+  redis-benchmark -p "$port" -P 16 -c 50 -n 2000000 -q PUBLISH bench xxx | tr '\r' '\n' | grep "per second"
+  for connections in 1 2; do
+    echo "# switchboard bench redis: 50 callers, 16 commands per batch, $connections connection(s)"
+    "$bin" bench redis --port "$port" --pipeline 16 --clients 50 --connections "$connections" --requests 2000000 | tail -1
+  done
+fi
