@@ -113,8 +113,19 @@ let package = Package(
             ]
         ),
         .testTarget(name: "SwitchboardWireTests", dependencies: ["SwitchboardWire"]),
-        .testTarget(name: "RESPTests", dependencies: ["RESP"]),
-        .testTarget(name: "SwitchboardRedisTests", dependencies: ["SwitchboardRedis", "Switchboard", "RESP"]),
+        // Real redis-server processes and Redis Clusters on loopback, for the test targets.
+        .target(
+            name: "RedisTestSupport",
+            dependencies: [
+                "RESP",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            path: "Tests/RedisTestSupport"
+        ),
+        .testTarget(name: "RESPTests", dependencies: ["RESP", "RedisTestSupport"]),
+        .testTarget(name: "SwitchboardRedisTests", dependencies: ["SwitchboardRedis", "Switchboard", "RESP", "RedisTestSupport"]),
         .testTarget(
             name: "SwitchboardClientTests",
             dependencies: ["SwitchboardClient", "SwitchboardWire", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio")]

@@ -88,8 +88,8 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     private struct Inbox {
         var items: [RESPSubmission] = []
         var scheduled = false
-        /// Set once the connection is gone: later submissions fail at once.
-        var closed: RESPError?
+        /// Set once the connection is gone: later submissions fail at once, unsent.
+        var closed = false
     }
 
     let loop: any EventLoop
@@ -118,14 +118,14 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     // MARK: submissions (any thread)
 
     func submit(_ submission: RESPSubmission) {
-        let outcome = self.inbox.withLockedValue { inbox -> (schedule: Bool, closed: RESPError?) in
-            if let closed = inbox.closed { return (false, closed) }
+        let outcome = self.inbox.withLockedValue { inbox -> (schedule: Bool, closed: Bool) in
+            if inbox.closed { return (false, true) }
             inbox.items.append(submission)
             defer { inbox.scheduled = true }
-            return (!inbox.scheduled, nil)
+            return (!inbox.scheduled, false)
         }
-        if let closed = outcome.closed {
-            submission.fail(closed)
+        if outcome.closed {
+            submission.fail(self.unsentError)
         } else if outcome.schedule {
             self.loop.execute { self.drainInbox() }
         }
@@ -139,8 +139,7 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             return inbox.items
         }
         guard let context = self.context, self.failure == nil else {
-            let error = self.failure ?? .connectionClosed
-            for item in items { item.fail(error) }
+            for item in items { item.fail(self.unsentError) }
             return
         }
         var buffer = context.channel.allocator.buffer(capacity: 256 * items.count)
@@ -233,19 +232,26 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             self.closeReason.withLock { if $0 == nil { $0 = error } }
         }
         if case .protocolError(let msg) = error { self.logger.warning("RESP protocol error: \(msg)") }
-        self.closeInbox(error)
+        self.closeInbox()
         self.failAll(error)
         context.close(promise: nil)
     }
 
-    /// No more submissions: those still waiting fail, and so do later ones.
-    private func closeInbox(_ error: RESPError) {
+    /// No more submissions: those not yet written fail (unsent), and so do later ones.
+    private func closeInbox() {
         let items = self.inbox.withLockedValue { inbox in
-            if inbox.closed == nil { inbox.closed = error }
+            inbox.closed = true
             defer { inbox.items.removeAll() }
             return inbox.items
         }
-        for item in items { item.fail(error) }
+        for item in items { item.fail(self.unsentError) }
+    }
+
+    /// Why a command was not written: the error that broke the connection (a protocol error),
+    /// else `.notConnected` (callers may safely retry elsewhere: nothing was sent).
+    private var unsentError: RESPError {
+        if case .protocolError(let reason)? = self.closeReason.withLock({ $0 }) { return .protocolError(reason) }
+        return .notConnected
     }
 
     private func failAll(_ error: RESPError) {
@@ -256,7 +262,7 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         let error = self.failure ?? .connectionClosed
         if self.failure == nil { self.failure = error }
         self.received = nil
-        self.closeInbox(error)
+        self.closeInbox()
         self.failAll(error)
         context.fireChannelInactive()
     }
@@ -264,7 +270,7 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     func handlerRemoved(context: ChannelHandlerContext) {
         let error = self.failure ?? .connectionClosed
         if self.failure == nil { self.failure = error }
-        self.closeInbox(error)
+        self.closeInbox()
         self.failAll(error)
         self.context = nil
     }

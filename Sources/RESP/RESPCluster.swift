@@ -55,10 +55,13 @@ public enum RESPClusterSlot {
     }
 }
 
-/// Minimal Redis Cluster client: slot map from `CLUSTER SLOTS`, one pipelined connection per
-/// primary, `MOVED` (updates the map, refreshes in the background, retries) and `ASK`
-/// (`ASKING` + command on the target). Routes by the first key of the command; multi-key
-/// commands must use keys of one slot (use `{tags}`). No replica reads, no pub/sub.
+/// Redis Cluster client: slot map from `CLUSTER SLOTS`, one pipelined connection per primary
+/// (concurrent callers share it), `MOVED` (updates the map, refreshes it in the background,
+/// retries) and `ASK` (`ASKING` + command on the target). `TRYAGAIN`, `CLUSTERDOWN`, `LOADING`
+/// and `MASTERDOWN` are retried with backoff, and so is a node that cannot be reached (after a
+/// topology refresh, which finds a promoted replica). The map is also refreshed periodically.
+/// Routes by the first key of the command; multi-key commands must use keys of one slot (use
+/// `{tags}`). No replica reads. Sharded pub/sub: `RESPClusterSubscriber`.
 public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     public struct Node: Sendable, Hashable, CustomStringConvertible {
         public var host: String
@@ -73,31 +76,59 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
         var seeds: [Node]
         var refreshing = false
         var shutdown = false
+        var refresher: Task<Void, Never>?
     }
 
     public let configuration: RESPConfiguration
+    /// Redirects and retries per command before it fails.
     public let maxRedirects: Int
+    /// Backoff between retries of a command (TRYAGAIN, CLUSTERDOWN, unreachable node …).
+    public let retryPolicy: RESPReconnectPolicy
     private let state: LockedBox<State>
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
 
-    init(seeds: [Node], configuration: RESPConfiguration, maxRedirects: Int, eventLoopGroup: any EventLoopGroup, logger: Logger) {
+    init(seeds: [Node], configuration: RESPConfiguration, maxRedirects: Int, retryPolicy: RESPReconnectPolicy,
+         eventLoopGroup: any EventLoopGroup, logger: Logger) {
         self.state = LockedBox(State(seeds: seeds))
         self.configuration = configuration
         self.maxRedirects = maxRedirects
+        self.retryPolicy = retryPolicy
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
     }
 
     /// Connects to a seed node and loads the slot map. `configuration.host/port` are ignored.
+    /// The map is refreshed every `refreshInterval` (and whenever a redirect or failure says
+    /// it is out of date).
     public static func connect(seeds: [Node], configuration: RESPConfiguration = RESPConfiguration(),
-                               maxRedirects: Int = 5,
+                               maxRedirects: Int = 8,
+                               retryPolicy: RESPReconnectPolicy = RESPReconnectPolicy(initialDelay: .milliseconds(20), maxDelay: .seconds(1)),
+                               refreshInterval: Duration = .seconds(15),
                                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                                logger: Logger = Logger(label: "resp.cluster")) async throws -> RESPClusterClient {
         let client = RESPClusterClient(seeds: seeds, configuration: configuration, maxRedirects: maxRedirects,
-                                       eventLoopGroup: eventLoopGroup, logger: logger)
+                                       retryPolicy: retryPolicy, eventLoopGroup: eventLoopGroup, logger: logger)
         try await client.refreshSlots()
+        let refresher = Task { [weak client] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: refreshInterval)
+                guard let client, !client.isClosed else { return }
+                try? await client.refreshSlots()
+            }
+        }
+        client.state.withLock { $0.refresher = refresher }
         return client
+    }
+
+    var isClosed: Bool { state.withLock { $0.shutdown } }
+
+    /// Every primary in the current slot map.
+    public var primaries: [Node] {
+        state.withLock { s in
+            var seen = Set<Node>()
+            return s.slots.compactMap { $0 }.filter { seen.insert($0).inserted }
+        }
     }
 
     /// Reloads the slot map with `CLUSTER SLOTS` from any known node.
@@ -183,54 +214,83 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
                        timeout: timeout)
     }
 
+    /// Replies that mean "not now": the cluster is reconfiguring, or the node is starting.
+    static let retriedErrors: Set<String> = ["TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN"]
+
     private func send(_ command: RESPCommand, slot: Int?, timeout: Duration?) async throws -> RESPValue {
-        var target: Node? = state.withLock { s in
-            if let slot { return s.slots[slot] }
-            return s.slots.first { $0 != nil } ?? s.seeds.first
-        }
+        var target = self.owner(of: slot)
         var asking = false
-        var refreshedAfterFailure = false
-        for _ in 0...maxRedirects {
+        var lastError: any Error = RESPError.unexpectedReply("too many cluster redirects for \(command.name)")
+        for attempt in 0...maxRedirects {
+            if attempt > 0, !asking, Task.isCancelled { throw CancellationError() }
             guard let node = target else {
                 try await refreshSlots()
-                target = state.withLock { s in slot.flatMap { s.slots[$0] } ?? s.seeds.first }
+                target = self.owner(of: slot)
+                if target == nil { throw RESPError.unexpectedReply("no node serves slot \(slot ?? -1)") }
                 continue
             }
             do {
                 let conn = try await connection(to: node)
                 if asking {
-                    // Enqueue ASKING and the command back to back on the same connection.
+                    // ASKING and the command back to back on the same connection.
                     let askPromise = conn.enqueue(RESPCommand("ASKING"))
                     let cmdPromise = conn.enqueue(command)
                     _ = try? await RESPConnection.wait(askPromise, timeout: timeout ?? configuration.commandTimeout)
+                    asking = false
                     return try await RESPConnection.wait(cmdPromise, timeout: timeout ?? configuration.commandTimeout)
                 }
                 return try await conn.send(command, timeout: timeout)
             } catch RESPError.server(let code, let message) where code == "MOVED" || code == "ASK" {
-                // "<slot> <host>:<port>"
-                let parts = message.split(separator: " ")
-                guard parts.count == 2, let movedSlot = Int(parts[0]), let colon = parts[1].lastIndex(of: ":"),
-                      let port = Int(parts[1][parts[1].index(after: colon)...])
-                else { throw RESPError.server(code: code, message: message) }
-                var host = String(parts[1][..<colon])
-                if host.isEmpty { host = node.host }
-                let newNode = Node(host: host, port: port)
+                guard let (movedSlot, newNode) = Self.redirect(message, from: node) else {
+                    throw RESPError.server(code: code, message: message)
+                }
                 if code == "MOVED" {
                     state.withLock { $0.slots[movedSlot] = newNode }
-                    asking = false
                     triggerBackgroundRefresh()
                 } else {
                     asking = true
                 }
                 target = newNode
-            } catch let error as RESPError where error == .connectionClosed && !refreshedAfterFailure {
-                refreshedAfterFailure = true
+            } catch RESPError.server(let code, let message) where Self.retriedErrors.contains(code) {
+                lastError = RESPError.server(code: code, message: message)
+                try await Task.sleep(for: retryPolicy.delay(attempt: attempt))
+                if code == "CLUSTERDOWN" || code == "MASTERDOWN" { try? await refreshSlots() }
+                target = self.owner(of: slot)
+            } catch let error as RESPError where error != .notConnected {
+                // A real answer, the caller's own limit, or a connection lost while the command
+                // was in flight (it may have run): no retry.
+                throw error
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch {
+                // The command was not sent: the node is unreachable, or its connection had
+                // closed. The map may be stale (a failover promoted a replica): refresh, back
+                // off, retry.
+                lastError = error
                 dropConnection(to: node)
+                try await Task.sleep(for: retryPolicy.delay(attempt: attempt))
                 try? await refreshSlots()
-                target = state.withLock { s in slot.flatMap { s.slots[$0] } ?? s.seeds.first }
+                target = self.owner(of: slot)
             }
         }
-        throw RESPError.unexpectedReply("too many cluster redirects for \(command.name)")
+        throw lastError
+    }
+
+    private func owner(of slot: Int?) -> Node? {
+        state.withLock { s in
+            if let slot { return s.slots[slot] }
+            return s.slots.first { $0 != nil } ?? s.seeds.first
+        }
+    }
+
+    /// Parses "<slot> <host>:<port>" of a MOVED or ASK reply.
+    static func redirect(_ message: String, from node: Node) -> (Int, Node)? {
+        let parts = message.split(separator: " ")
+        guard parts.count == 2, let slot = Int(parts[0]), let colon = parts[1].lastIndex(of: ":"),
+              let port = Int(parts[1][parts[1].index(after: colon)...])
+        else { return nil }
+        let host = String(parts[1][..<colon])
+        return (slot, Node(host: host.isEmpty ? node.host : host, port: port))
     }
 
     private func triggerBackgroundRefresh() {
@@ -249,6 +309,7 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     public func close() async {
         let tasks = state.withLock { s -> [Task<RESPConnection, Error>] in
             s.shutdown = true
+            s.refresher?.cancel()
             let t = Array(s.connections.values)
             s.connections = [:]
             return t

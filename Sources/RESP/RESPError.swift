@@ -11,7 +11,8 @@ public enum RESPError: Error, Sendable, Equatable, CustomStringConvertible {
     case cancelled
     /// The connection was closed before the reply arrived (or while writing).
     case connectionClosed
-    /// `RESPClient` is currently disconnected; commands fail fast and are not buffered.
+    /// Not sent: the client is disconnected or the connection had already closed. Commands
+    /// fail fast and are never buffered, so a retry cannot run one twice.
     case notConnected
     /// The client/subscriber has been shut down.
     case shutdown
@@ -29,6 +30,12 @@ public enum RESPError: Error, Sendable, Equatable, CustomStringConvertible {
         case .shutdown: return "RESP client shut down"
         case .unexpectedReply(let s): return "unexpected reply: \(s)"
         }
+    }
+
+    /// An error reply from Redis (as opposed to a failure of the connection or the client).
+    public var isServerReply: Bool {
+        if case .server = self { return true }
+        return false
     }
 
     /// Builds `.server` from an error line like "WRONGTYPE Operation against ...".

@@ -32,14 +32,16 @@ public final class RESPSubscription: Sendable {
     /// Messages for stream-based subscriptions; finishes on `unsubscribe()` or subscriber shutdown.
     /// Empty (already finished) for handler-based subscriptions.
     public let messages: AsyncStream<RESPMessage>
-    private let subscriber: RESPSubscriber
+    private let unsubscribeAction: @Sendable (UInt64) async throws -> Void
 
-    init(id: UInt64, kind: RESPSubscriptionKind, channels: [String], messages: AsyncStream<RESPMessage>, subscriber: RESPSubscriber) {
-        self.id = id; self.kind = kind; self.channels = channels; self.messages = messages; self.subscriber = subscriber
+    init(id: UInt64, kind: RESPSubscriptionKind, channels: [String], messages: AsyncStream<RESPMessage>,
+         unsubscribe: @escaping @Sendable (UInt64) async throws -> Void) {
+        self.id = id; self.kind = kind; self.channels = channels; self.messages = messages
+        self.unsubscribeAction = unsubscribe
     }
 
     public func unsubscribe() async throws {
-        try await subscriber.unsubscribe(id: id)
+        try await unsubscribeAction(id)
     }
 }
 
@@ -72,21 +74,29 @@ public final class RESPSubscriber: Sendable {
     private let logger: Logger
     /// Managed by `RESPClient`: subscribing while disconnected only registers locally.
     private let managed: Bool
+    /// The server dropped a subscribed shard channel (its slot moved to another node).
+    private let onServerUnsubscribe: (@Sendable (String) -> Void)?
 
-    init(configuration: RESPConfiguration, eventLoopGroup: any EventLoopGroup, logger: Logger, managed: Bool) {
+    init(configuration: RESPConfiguration, eventLoopGroup: any EventLoopGroup, logger: Logger, managed: Bool,
+         onServerUnsubscribe: (@Sendable (String) -> Void)? = nil) {
         var c = configuration
         c.protocolVersion = 3
         self.configuration = c
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
         self.managed = managed
+        self.onServerUnsubscribe = onServerUnsubscribe
     }
 
-    /// Opens a dedicated RESP3 connection for pub/sub.
+    /// Opens a dedicated RESP3 connection for pub/sub. `onServerUnsubscribe` is told when a
+    /// Redis Cluster node drops a shard channel because its slot moved (see
+    /// `RESPClusterSubscriber`, which then subscribes it where the slot went).
     public static func connect(configuration: RESPConfiguration,
                                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                               logger: Logger = Logger(label: "resp.subscriber")) async throws -> RESPSubscriber {
-        let s = RESPSubscriber(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger, managed: false)
+                               logger: Logger = Logger(label: "resp.subscriber"),
+                               onServerUnsubscribe: (@Sendable (String) -> Void)? = nil) async throws -> RESPSubscriber {
+        let s = RESPSubscriber(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger, managed: false,
+                               onServerUnsubscribe: onServerUnsubscribe)
         _ = try await s.connectAndResubscribe()
         return s
     }
@@ -185,7 +195,8 @@ public final class RESPSubscriber: Sendable {
             return .success((id, promise, others))
         }
         let (id, promise, others) = try result.get()
-        let subscription = RESPSubscription(id: id, kind: kind, channels: unique, messages: stream, subscriber: self)
+        let subscription = RESPSubscription(id: id, kind: kind, channels: unique, messages: stream,
+                                            unsubscribe: { [weak self] id in try await self?.unsubscribe(id: id) })
         if let promise {
             defer {
                 state.withLock { s in
@@ -199,7 +210,7 @@ public final class RESPSubscriber: Sendable {
                 _ = try await RESPConnection.wait(promise, timeout: configuration.commandTimeout)
             } catch {
                 // In managed mode a lost connection is fine: the client resubscribes on reconnect.
-                if managed, let e = error as? RESPError, e == .connectionClosed { return subscription }
+                if managed, let e = error as? RESPError, e == .connectionClosed || e == .notConnected { return subscription }
                 try? await unsubscribe(id: id)
                 throw error
             }
@@ -229,7 +240,7 @@ public final class RESPSubscriber: Sendable {
         if let promise {
             do {
                 _ = try await RESPConnection.wait(promise, timeout: configuration.commandTimeout)
-            } catch let e as RESPError where e == .connectionClosed {
+            } catch let e as RESPError where e == .connectionClosed || e == .notConnected {
                 // Connection gone: the server-side subscription is gone too.
             }
         }
@@ -257,6 +268,14 @@ public final class RESPSubscriber: Sendable {
             guard let pattern = items[1].string, let ch = items[2].string, let payload = items[3].bytes else { return }
             message = RESPMessage(kind: .pattern, channel: ch, pattern: pattern, payload: payload)
             key = Key(kind: .pattern, name: pattern)
+        case "sunsubscribe" where items.count >= 2:
+            // Not the answer to our SUNSUBSCRIBE (that one is consumed as its confirmation): the
+            // server dropped the channel because its slot moved to another node.
+            if let ch = items[1].string, state.withLock({ $0.refs[Key(kind: .shard, name: ch)] != nil }) {
+                logger.debug("shard channel \(ch) unsubscribed by the server")
+                onServerUnsubscribe?(ch)
+            }
+            return
         default:
             logger.trace("ignoring push \(value)")
             return

@@ -1,9 +1,11 @@
 import Foundation
 import NIOCore
+import RedisTestSupport
 import Testing
+
 @testable import RESP
 
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(2)))
 struct ClusterTests {
     @Test func slotHashing() {
         #expect(RESPClusterSlot.crc16(Array("123456789".utf8)) == 0x31C3)
@@ -11,92 +13,172 @@ struct ClusterTests {
         #expect(RESPClusterSlot.slot(for: "bar") == 5061)
         #expect(RESPClusterSlot.slot(for: "{user1000}.following") == RESPClusterSlot.slot(for: "{user1000}.followers"))
         #expect(RESPClusterSlot.slot(for: "{user1000}.following") == RESPClusterSlot.slot(for: "user1000"))
-        #expect(RESPClusterSlot.slot(for: "foo{}{bar}") == RESPClusterSlot.slot(for: "foo{}{bar}")) // empty tag: whole key
+        #expect(RESPClusterSlot.slot(for: "foo{}{bar}") == RESPClusterSlot.slot(for: "foo{}{bar}"))  // empty tag: whole key
         #expect(RESPClusterSlot.slot(for: "foo{{bar}}zap") == RESPClusterSlot.slot(for: "{bar"))
         #expect(RESPClusterSlot.slot(for: ByteBuffer(string: "foo")) == 12182)
         #expect(RESPClusterSlot.routingKey(RESPCommand("EVALSHA", "abc", 1, "k")).map(RESPClusterSlot.slot(for:)) == RESPClusterSlot.slot(for: "k"))
         #expect(RESPClusterSlot.routingKey(RESPCommand("PING")) == nil)
+        #expect(RESPClusterClient.redirect("3999 127.0.0.1:7001", from: .init(host: "h", port: 1))?.1 == .init(host: "127.0.0.1", port: 7001))
+        #expect(RESPClusterClient.redirect("3999 :7001", from: .init(host: "h", port: 1))?.1 == .init(host: "h", port: 7001))
+        #expect(RESPClusterClient.redirect("garbage", from: .init(host: "h", port: 1)) == nil)
     }
 
-    @Test func clusterRoutingMovedAndAsk() async throws {
-        let dir = NSTemporaryDirectory() + "resp-cluster-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        var servers: [RedisServer] = []
-        var busPorts: [Int] = []
-        defer { for s in servers { s.stop() } }
-        for i in 0..<3 {
-            let busPort = try await freePort()
-            busPorts.append(busPort)
-            servers.append(try await RedisServer(extraArgs: [
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes-\(i)-\(busPort).conf",
-                "--cluster-port", String(busPort), "--dir", dir, "--cluster-node-timeout", "5000",
-            ]))
-        }
-        var conns: [RESPConnection] = []
-        for s in servers { conns.append(try await RESPConnection.connect(configuration: s.configuration)) }
-        defer { for c in conns { Task { await c.close() } } }
-        let ranges = [(0, 5460), (5461, 10922), (10923, 16383)]
-        for (c, r) in zip(conns, ranges) { _ = try await c.send("CLUSTER", "ADDSLOTSRANGE", .int(r.0), .int(r.1)) }
-        for i in 1..<3 { _ = try await conns[0].send("CLUSTER", "MEET", "127.0.0.1", .int(servers[i].port), .int(busPorts[i])) }
-        try await eventually(timeout: .seconds(30)) {
-            for c in conns {
-                guard let info = try? await c.send("CLUSTER", "INFO").string, info.contains("cluster_state:ok"),
-                      info.contains("cluster_known_nodes:3") else { return false }
-                guard let slots = try? await c.send("CLUSTER", "SLOTS").array, slots.count == 3 else { return false }
+    @Test func routingMovedAfterMigrationAndAsk() async throws {
+        try await withRedisCluster { cluster in
+            let client = try await RESPClusterClient.connect(seeds: cluster.seeds, configuration: cluster.configuration)
+            defer { Task { await client.close() } }
+            for i in 0..<200 { try await client.set("key:\(i)", .int(i)) }
+            for i in 0..<200 { #expect(try await client.get("key:\(i)")?.text == String(i)) }
+            var total = 0
+            for server in cluster.servers {
+                let c = try await cluster.connect(server)
+                let n = try await c.send("DBSIZE").int ?? 0
+                #expect(n > 0)
+                total += n
+                await c.close()
             }
-            return true
-        }
+            #expect(total == 200)
+            for key in ["foo", "bar", "{a}b", "zzz"] {
+                let c = try await cluster.connect(cluster.servers[0])
+                #expect(try await c.send("CLUSTER", "KEYSLOT", .string(key)).int == RESPClusterSlot.slot(for: key))
+                await c.close()
+            }
+            #expect(try await client.run(RESPScript(source: "return redis.call('GET', KEYS[1])"), keys: ["key:7"]).string == "7")
 
-        let cluster = try await RESPClusterClient.connect(seeds: [.init(host: "127.0.0.1", port: servers[0].port)],
-                                                          configuration: servers[0].configuration)
-        defer { Task { await cluster.close() } }
-        for i in 0..<200 { try await cluster.set("key:\(i)", .int(i)) }
-        for i in 0..<200 { #expect(try await cluster.get("key:\(i)")?.text == String(i)) }
-        var total = 0
-        for c in conns {
-            let n = try await c.send("DBSIZE").int ?? 0
-            #expect(n > 0)
-            total += n
-        }
-        #expect(total == 200)
-        for key in ["foo", "bar", "{a}b", "zzz"] {
-            #expect(try await conns[0].send("CLUSTER", "KEYSLOT", .string(key)).int == RESPClusterSlot.slot(for: key))
-        }
-        #expect(try await cluster.run(RESPScript(source: "return redis.call('GET', KEYS[1])"), keys: ["key:7"]).string == "7")
+            // MOVED after a real migration: the slot and its keys go to another node; the client,
+            // whose map still names the old owner, follows the redirect and learns the new one.
+            let slot = RESPClusterSlot.slot(for: "key:7")
+            let source = try await cluster.server(owning: slot)
+            let target = cluster.servers.first { $0 !== source }!
+            try await cluster.migrate(slot: slot, to: target)
+            #expect(client.node(forSlot: slot)?.port == source.port)
+            #expect(try await client.get("key:7")?.text == "7")
+            #expect(client.node(forSlot: slot)?.port == target.port)
+            try await client.set("key:7", "moved")
+            let direct = try await cluster.connect(target)
+            #expect(try await direct.send("GET", "key:7").string == "moved")
+            await direct.close()
 
-        // MOVED: corrupt the map for "foo"'s slot; the client follows the redirect and fixes it.
-        let fooSlot = RESPClusterSlot.slot(for: "foo")
-        let owner = try #require(cluster.node(forSlot: fooSlot))
-        let wrong = RESPClusterClient.Node(host: "127.0.0.1", port: servers.first { $0.port != owner.port }!.port)
-        cluster.setNode(wrong, forSlot: fooSlot)
-        try await cluster.set("foo", "bar")
-        #expect(cluster.node(forSlot: fooSlot) == owner)
-        #expect(try await cluster.get("foo")?.text == "bar")
-
-        // ASK: slot of "{mig}x" is migrating from its owner to another node.
-        let migSlot = RESPClusterSlot.slot(for: "{mig}x")
-        let src = try #require(cluster.node(forSlot: migSlot))
-        let srcIndex = servers.firstIndex { $0.port == src.port }!
-        let dstIndex = (srcIndex + 1) % 3
-        let srcID = try #require(try await conns[srcIndex].send("CLUSTER", "MYID").string)
-        let dstID = try #require(try await conns[dstIndex].send("CLUSTER", "MYID").string)
-        _ = try await conns[dstIndex].send("CLUSTER", "SETSLOT", .int(migSlot), "IMPORTING", .string(srcID))
-        _ = try await conns[srcIndex].send("CLUSTER", "SETSLOT", .int(migSlot), "MIGRATING", .string(dstID))
-        try await cluster.set("{mig}x", "moved-by-ask")
-        #expect(try await conns[dstIndex].send("CLUSTER", "COUNTKEYSINSLOT", .int(migSlot)) == .integer(1))
-        #expect(try await conns[srcIndex].send("CLUSTER", "COUNTKEYSINSLOT", .int(migSlot)) == .integer(0))
-        #expect(try await cluster.get("{mig}x")?.text == "moved-by-ask")
-        #expect(cluster.node(forSlot: migSlot) == src) // ASK does not update the map
+            // ASK: "{mig}x"'s slot is half-way between two nodes; a new key lands on the target.
+            let migSlot = RESPClusterSlot.slot(for: "{mig}x")
+            let src = try await cluster.server(owning: migSlot)
+            let dst = cluster.servers.first { $0 !== src }!
+            let srcConn = try await cluster.connect(src), dstConn = try await cluster.connect(dst)
+            defer { Task { await srcConn.close(); await dstConn.close() } }
+            let srcID = try #require(try await srcConn.send("CLUSTER", "MYID").string)
+            let dstID = try #require(try await dstConn.send("CLUSTER", "MYID").string)
+            _ = try await dstConn.send("CLUSTER", "SETSLOT", .int(migSlot), "IMPORTING", .string(srcID))
+            _ = try await srcConn.send("CLUSTER", "SETSLOT", .int(migSlot), "MIGRATING", .string(dstID))
+            try await client.set("{mig}x", "moved-by-ask")
+            #expect(try await dstConn.send("CLUSTER", "COUNTKEYSINSLOT", .int(migSlot)) == .integer(1))
+            #expect(try await srcConn.send("CLUSTER", "COUNTKEYSINSLOT", .int(migSlot)) == .integer(0))
+            #expect(try await client.get("{mig}x")?.text == "moved-by-ask")
+            #expect(client.node(forSlot: migSlot)?.port == src.port)  // ASK does not change the map
+        }
     }
-}
 
-func eventually(timeout: Duration, _ condition: () async -> Bool) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if await condition() { return }
-        try await Task.sleep(for: .milliseconds(50))
+    @Test func tryAgainDuringMigrationIsRetried() async throws {
+        try await withRedisCluster { cluster in
+            let client = try await RESPClusterClient.connect(seeds: cluster.seeds, configuration: cluster.configuration)
+            defer { Task { await client.close() } }
+            try await client.set("{t}a", "1")
+            try await client.set("{t}b", "2")
+            // Start a migration and move only one of the two keys: a command on both now gets
+            // TRYAGAIN from the source until the migration finishes.
+            let slot = RESPClusterSlot.slot(for: "{t}a")
+            let src = try await cluster.server(owning: slot)
+            let dst = cluster.servers.first { $0 !== src }!
+            let srcConn = try await cluster.connect(src), dstConn = try await cluster.connect(dst)
+            defer { Task { await srcConn.close(); await dstConn.close() } }
+            let srcID = try #require(try await srcConn.send("CLUSTER", "MYID").string)
+            let dstID = try #require(try await dstConn.send("CLUSTER", "MYID").string)
+            _ = try await dstConn.send("CLUSTER", "SETSLOT", .int(slot), "IMPORTING", .string(srcID))
+            _ = try await srcConn.send("CLUSTER", "SETSLOT", .int(slot), "MIGRATING", .string(dstID))
+            _ = try await srcConn.send("MIGRATE", "127.0.0.1", .int(dst.port), "{t}a", 0, 5000)
+            await #expect(throws: RESPError.self) { _ = try await srcConn.send("MGET", "{t}a", "{t}b") }
+
+            let finisher = Task {
+                try await Task.sleep(for: .milliseconds(300))
+                try await cluster.migrate(slot: slot, to: dst)
+            }
+            let reply = try await client.send(RESPCommand("MGET", "{t}a", "{t}b"))
+            #expect(reply.array?.compactMap(\.string) == ["1", "2"])
+            try await finisher.value
+        }
     }
-    Issue.record("condition not met within \(timeout)")
-    throw RESPError.timeout
+
+    @Test func shardedPubSubFollowsItsSlot() async throws {
+        try await withRedisCluster { cluster in
+            let client = try await RESPClusterClient.connect(seeds: cluster.seeds, configuration: cluster.configuration)
+            let subscriber = RESPClusterSubscriber(cluster: client)
+            defer { Task { await subscriber.close(); await client.close() } }
+            let received = LockedBox([String: [String]]())
+            // Channels spread over every node.
+            let channels = (0..<12).map { "ch:{\($0)}" }
+            #expect(Set(channels.map { client.node(forSlot: RESPClusterSlot.slot(for: $0))! }).count == 3)
+            let subscription = try await subscriber.subscribe(channels) { message in
+                received.withLock { $0[message.channel, default: []].append(message.payload.text) }
+            }
+            let events = Task { () -> [RESPClientEvent] in
+                var seen: [RESPClientEvent] = []
+                for await event in subscriber.events {
+                    seen.append(event)
+                    if event == .reconnected { break }
+                }
+                return seen
+            }
+            for channel in channels { _ = try await client.spublish(channel, "one") }
+            #expect(try await eventually { received.withLock { $0.values.reduce(0) { $0 + $1.count } } == 12 })
+
+            // Move the slot of one channel: its node drops the subscription, which is made
+            // again on the new owner; messages published there arrive.
+            let moved = channels[0]
+            let slot = RESPClusterSlot.slot(for: moved)
+            let source = try await cluster.server(owning: slot)
+            let target = cluster.servers.first { $0 !== source }!
+            try await cluster.migrate(slot: slot, to: target)
+            #expect(try await eventually { subscriber.node(of: moved)?.port == target.port })
+            #expect(try await events.value == [.disconnected, .reconnected])
+            _ = try await client.spublish(moved, "two")
+            #expect(try await eventually { received.withLock { $0[moved] } == ["one", "two"] })
+
+            // One local unsubscribe ends delivery of all its channels.
+            try await subscription.unsubscribe()
+            #expect(subscriber.subscribedChannels.isEmpty)
+            _ = try await client.spublish(channels[1], "after")
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(received.withLock { $0[channels[1]] } == ["one"])
+        }
+    }
+
+    @Test func restartedNodeGetsItsSubscriptionsBack() async throws {
+        try await withRedisCluster { cluster in
+            let client = try await RESPClusterClient.connect(seeds: cluster.seeds, configuration: cluster.configuration)
+            let subscriber = RESPClusterSubscriber(cluster: client)
+            defer { Task { await subscriber.close(); await client.close() } }
+            let received = LockedBox([String]())
+            let channel = "restart:{x}"
+            let slot = RESPClusterSlot.slot(for: channel)
+            let owner = try await cluster.server(owning: slot)
+            _ = try await subscriber.subscribe([channel]) { message in received.withLock { $0.append(message.payload.text) } }
+            let events = Task { () -> [RESPClientEvent] in
+                var seen: [RESPClientEvent] = []
+                for await event in subscriber.events {
+                    seen.append(event)
+                    if event == .reconnected { break }
+                }
+                return seen
+            }
+            // The node crashes: its slots are unserved, commands for them fail after retrying.
+            owner.stop()
+            await #expect(throws: (any Error).self) { _ = try await client.spublish(channel, "lost") }
+            // It comes back with its node id and slots (nodes.conf); the subscription follows.
+            try await owner.start()
+            #expect(try await cluster.waitUntilOK())
+            #expect(try await events.value == [.disconnected, .reconnected])
+            #expect(try await eventually(timeout: .seconds(20)) {
+                (try? await client.spublish(channel, "back")) != nil && received.withLock { $0.contains("back") }
+            })
+        }
+    }
 }

@@ -1,3 +1,4 @@
+import RedisTestSupport
 import Foundation
 import NIOCore
 import RESP
