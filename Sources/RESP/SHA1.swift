@@ -50,30 +50,3 @@ enum SHA1 {
         return String(decoding: s, as: UTF8.self)
     }
 }
-
-/// A Lua script identified by its SHA1; `run` uses EVALSHA and loads it on NOSCRIPT.
-public struct RESPScript: Sendable, Hashable {
-    public let source: String
-    public let sha1: String
-
-    public init(source: String) {
-        self.source = source
-        self.sha1 = SHA1.hex(source.utf8)
-    }
-}
-
-extension RESPCommandExecutor {
-    /// EVALSHA; on `NOSCRIPT` does `SCRIPT LOAD` and retries once.
-    public func run(_ script: RESPScript, keys: [String] = [], args: [RESPArgument] = [],
-                    timeout: Duration? = nil) async throws -> RESPValue {
-        do {
-            return try await evalsha(script.sha1, keys: keys, args: args, timeout: timeout)
-        } catch RESPError.server(let code, _) where code == "NOSCRIPT" {
-            let loaded = try await scriptLoad(script.source, keys: keys, timeout: timeout)
-            if let sha = loaded.string, sha.lowercased() != script.sha1 {
-                throw RESPError.unexpectedReply("SCRIPT LOAD returned sha \(sha), expected \(script.sha1)")
-            }
-            return try await evalsha(script.sha1, keys: keys, args: args, timeout: timeout)
-        }
-    }
-}
