@@ -20,7 +20,7 @@ public struct RESPReconnectPolicy: Sendable {
     }
 
     /// Exponential backoff with full jitter: uniform in [0, min(max, initial * 2^attempt)].
-    func delay(attempt: Int) -> Duration {
+    public func delay(attempt: Int) -> Duration {
         let initial = Double(initialDelay.components.seconds) + Double(initialDelay.components.attoseconds) / 1e18
         let maximum = Double(maxDelay.components.seconds) + Double(maxDelay.components.attoseconds) / 1e18
         let cap = min(maximum, initial * pow2(min(attempt, 40)))

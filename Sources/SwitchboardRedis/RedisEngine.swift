@@ -4,50 +4,71 @@ import NIOCore
 import RESP
 import Switchboard
 
-/// Connection changes of a `RedisEngine`, for the gateway.
+/// Connection changes of a `RedisEngine`, for tests and operators.
 public enum RedisEngineEvent: Sendable, Equatable {
     /// Redis went away: every engine call now throws `EngineError.unavailable`.
     case disconnected
-    /// Redis is back and the live subscriptions are restored. `lagging` lists the
-    /// subscribed streams whose position moved past what this engine last delivered
-    /// (messages published while the subscription was down, or a new epoch): nothing was
-    /// delivered for them, the gateway should catch them up from history.
+    /// Redis is back and the live subscriptions are restored. `lagging` lists the subscribed
+    /// streams whose position moved past what this engine last delivered (messages published
+    /// while the subscription was down, or a new epoch); they were handed to the gateway's
+    /// `catchUp` before this event.
     case reconnected(lagging: [String: StreamPosition])
 }
 
-/// The cluster engine: streams, sessions and presence in Redis, shared by every node.
+/// The cluster engine: streams, sessions, presence and the node registry in Redis (one server
+/// or a Redis Cluster), shared by every node.
 ///
-/// Each call is one round trip (one script, see `RedisScripts`), except `ack` and `release`,
-/// which also update the session key (another slot in Redis Cluster) concurrently.
-/// Live messages arrive over pub/sub on channel `sb:{<stream>}` for streams this node
-/// subscribed to, and go to the delivery in offset order.
+/// Every stream call is one round trip (one script, see `RedisScripts`); `ack`, `release` and
+/// `touchSession` also update keys in other slots, concurrently. Live messages arrive over
+/// pub/sub on channel `sb:{<stream>}` for streams this node subscribed to, and go to the
+/// delivery in offset order. After an outage of the live channels, and whenever a periodic
+/// check finds a subscription behind the stream's top, the gateway is told to catch up.
 public final class RedisEngine: SwitchboardEngine {
     public let configuration: RedisEngineConfiguration
-    /// The underlying client (reconnecting; its `events` are consumed by the engine).
-    public let client: RESPClient
     /// Connection changes (single consumer).
     public let events: AsyncStream<RedisEngineEvent>
-    private let eventsContinuation: AsyncStream<RedisEngineEvent>.Continuation
-    private let logger: Logger
-    private let state = Locked(State())
+    let eventsContinuation: AsyncStream<RedisEngineEvent>.Continuation
+    let logger: Logger
+    let backend: any RedisBackend
+    let state = Locked(State())
 
     struct LiveStream {
         var refs: Int
         let generation: UInt64
         let task: Task<RESPSubscription, any Error>
-        /// Last message delivered (offset, epoch).
+        /// Last message delivered (offset, epoch), or the position when subscribed.
         var lastOffset: Int64?
         var lastEpoch: String?
+        /// A top seen by the live check while this stream was behind it; still behind at the
+        /// next check means the subscription lost messages.
+        var suspect: Int64?
+    }
+
+    enum Availability: Equatable {
+        case available
+        /// Redis away since the first failure; calls fail fast.
+        case unavailable
+        /// Back, and live subscriptions are being caught up.
+        case catchingUp
     }
 
     struct State {
+        var node = ""
+        var address: String?
+        var startedAt = Date().timeIntervalSince1970
         var delivery: (any EngineDelivery)?
         var live: [String: LiveStream] = [:]
         var nextGeneration: UInt64 = 1
         /// Presence members joined through this engine (stream → encoded members), refreshed
         /// by the heartbeat.
         var presence: [String: Set<String>] = [:]
+        /// Sessions with a live connection on this node (and their user), re-registered after
+        /// an outage.
+        var sessions: [String: String?] = [:]
+        var control: Task<RESPSubscription, any Error>?
         var tasks: [Task<Void, Never>] = []
+        var availability = Availability.unavailable
+        var lastRoundTrip: Duration?
         var started = false
         var shutdown = false
     }
@@ -55,7 +76,11 @@ public final class RedisEngine: SwitchboardEngine {
     public init(configuration: RedisEngineConfiguration, logger: Logger = Logger(label: "switchboard.redis")) {
         self.configuration = configuration
         self.logger = logger
-        self.client = RESPClient(configuration: configuration.redis, logger: logger)
+        if let seeds = configuration.clusterSeeds {
+            self.backend = ClusterBackend(seeds: seeds, configuration: configuration.redis, logger: logger)
+        } else {
+            self.backend = StandaloneBackend(configuration: configuration.redis, sharded: configuration.useShardedPubSub, logger: logger)
+        }
         (self.events, self.eventsContinuation) = AsyncStream<RedisEngineEvent>.makeStream(bufferingPolicy: .bufferingNewest(64))
     }
 
@@ -64,8 +89,8 @@ public final class RedisEngine: SwitchboardEngine {
         self.init(configuration: try RedisEngineConfiguration(url: url), logger: logger)
     }
 
-    /// True while connected to Redis.
-    public var isAvailable: Bool { self.client.isConnected }
+    /// True while Redis serves (caught up or not).
+    public var isAvailable: Bool { self.state.withLock { $0.availability != .unavailable } && self.backend.isConnected }
 
     /// Streams with a live subscription on this node.
     public var subscribedStreams: Set<String> { self.state.withLock { Set($0.live.keys) } }
@@ -78,77 +103,105 @@ public final class RedisEngine: SwitchboardEngine {
         }
     }
 
+    var nodeID: String { self.state.withLock { $0.node } }
+
     // MARK: lifecycle
 
-    public func start(delivery: any EngineDelivery) async throws {
+    public func start(node: String, delivery: any EngineDelivery) async throws {
         let first = self.state.withLock { s -> Bool in
+            s.node = node
             s.delivery = delivery
             defer { s.started = true }
             return !s.started
         }
         guard first else { return }
-        self.client.start()
-        let watcher = Task { [weak self, client] in
-            for await event in client.events {
+        self.backend.start()
+        let watcher = Task { [weak self, backend] in
+            for await event in backend.events {
                 guard let self else { return }
                 await self.handle(event)
             }
         }
         let heartbeat = Task { [weak self, configuration] in
-            let period = max(0.05, configuration.presenceTTL / 3)
+            let period = min(configuration.heartbeatInterval, max(0.05, configuration.presenceTTL / 3))
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(Int(period * 1000)))
                 guard let self else { return }
-                await self.refreshPresence()
+                await self.heartbeat()
             }
         }
-        self.state.withLock { $0.tasks += [watcher, heartbeat] }
+        let liveCheck = Task { [weak self, configuration] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(Int(configuration.liveCheckInterval * 1000)))
+                guard let self else { return }
+                await self.checkLiveSubscriptions()
+            }
+        }
+        self.state.withLock { $0.tasks += [watcher, heartbeat, liveCheck] }
         if self.configuration.requireConnectionAtStart {
             do {
-                try await self.client.connect(timeout: self.configuration.connectTimeout)
+                try await self.backend.waitUntilConnected(timeout: self.configuration.connectTimeout)
             } catch {
-                throw EngineError.unavailable("cannot reach Redis at \(configuration.redis.host):\(configuration.redis.port): \(error)")
+                throw EngineError.unavailable("cannot reach Redis at \(self.configuration.redis.host):\(self.configuration.redis.port): \(error)")
             }
+            self.state.withLock { if $0.availability == .unavailable { $0.availability = .available } }
+            await self.register()
         }
     }
 
+    public func announce(address: String) async {
+        self.state.withLock { $0.address = address }
+        await self.heartbeat()
+    }
+
     public func shutdown() async {
-        let (tasks, live) = self.state.withLock { s -> ([Task<Void, Never>], [LiveStream]) in
+        await self.deregister()
+        let (tasks, live, control) = self.state.withLock { s -> ([Task<Void, Never>], [LiveStream], Task<RESPSubscription, any Error>?) in
             s.shutdown = true
             let t = s.tasks, l = Array(s.live.values)
             s.tasks = []
             s.live = [:]
-            return (t, l)
+            return (t, l, s.control)
         }
+        control?.cancel()
         for l in live { l.task.cancel() }
         for t in tasks { t.cancel() }
-        await self.client.shutdown()
+        await self.backend.shutdown()
         for t in tasks { await t.value }
         self.eventsContinuation.finish()
+    }
+
+    public func health() async -> EngineHealth {
+        let (availability, lastRoundTrip) = self.state.withLock { ($0.availability, $0.lastRoundTrip) }
+        let target = self.configuration.clusterSeeds == nil
+            ? "Redis \(self.configuration.redis.host):\(self.configuration.redis.port)"
+            : "Redis Cluster (\(self.configuration.clusterSeeds!.count) seeds)"
+        switch availability {
+        case .unavailable:
+            return EngineHealth(available: false, detail: "\(target) unavailable")
+        case .catchingUp:
+            return EngineHealth(available: true, catchingUp: true, detail: "\(target): catching up live streams", roundTrip: lastRoundTrip)
+        case .available:
+            return EngineHealth(available: true, detail: target, roundTrip: lastRoundTrip)
+        }
     }
 
     private func handle(_ event: RESPClientEvent) async {
         switch event {
         case .connected:
-            break
+            self.state.withLock { if $0.availability == .unavailable { $0.availability = .available } }
+            await self.register()
         case .disconnected:
             self.logger.warning("Redis unavailable")
+            self.state.withLock { $0.availability = .unavailable }
             self.eventsContinuation.yield(.disconnected)
         case .reconnected:
-            self.logger.info("Redis available again")
-            await self.refreshPresence()
-            let known = self.state.withLock { s in s.live.mapValues { ($0.lastOffset, $0.lastEpoch) } }
-            var lagging: [String: StreamPosition] = [:]
-            if let positions = try? await self.positions(of: Array(known.keys)) {
-                for (stream, p) in positions {
-                    guard let (offset, epoch) = known[stream] else { continue }
-                    if let offset, let epoch {
-                        if epoch != p.epoch || p.top > offset { lagging[stream] = p }
-                    } else if p.top > 0 {
-                        lagging[stream] = p
-                    }
-                }
-            }
+            self.logger.info("Redis available again; catching up live streams")
+            self.state.withLock { $0.availability = .catchingUp }
+            // Re-register before anything else: a restarted Redis may have lost this node.
+            await self.register()
+            let lagging = await self.catchUpLiveStreams()
+            self.state.withLock { if $0.availability == .catchingUp { $0.availability = .available } }
             self.eventsContinuation.yield(.reconnected(lagging: lagging))
         }
     }
@@ -169,8 +222,6 @@ public final class RedisEngine: SwitchboardEngine {
                           presence: base + ":presence", channel: base, base: base)
     }
 
-    func sessionKey(_ id: String) -> String { "\(self.configuration.keyPrefix):session:\(id)" }
-
     private var ms: (Double) -> Int { { Int(($0 * 1000).rounded()) } }
     private var streamTTLms: Int { self.configuration.streamIdleTTL > 0 ? max(1, self.ms(self.configuration.streamIdleTTL)) : 0 }
 
@@ -183,7 +234,7 @@ public final class RedisEngine: SwitchboardEngine {
         let c = self.configuration
         let reply = try await self.run(RedisScripts.publish, keys: keys, args: [
             .bytes(body), .string(Self.newEpoch()), .int(max(0, c.historySize)), .int(self.ms(c.historyAge)),
-            .int(max(1, self.ms(c.idempotencyTTL))), .string(k.channel), .int(c.useShardedPubSub ? 1 : 0),
+            .int(max(1, self.ms(c.idempotencyTTL))), .string(k.channel), .int(self.backend.sharded ? 1 : 0),
             .int(c.approximateTrimming ? 1 : 0), .int(self.streamTTLms),
         ])
         guard let a = reply.array, a.count == 3, let offset = a[0].int, let epoch = a[1].string, let dup = a[2].int else {
@@ -236,27 +287,25 @@ public final class RedisEngine: SwitchboardEngine {
     // MARK: live delivery
 
     public func subscribe(_ stream: String) async throws {
-        guard self.client.isConnected else { throw EngineError.unavailable("Redis not connected") }
+        guard self.isAvailable else { throw EngineError.unavailable("Redis not connected") }
         let channel = self.keys(stream).channel
-        let kind: RESPSubscriptionKind = self.configuration.useShardedPubSub ? .shard : .channel
-        let subscriber = self.client.subscriber
-        let (generation, task) = try self.state.withLock { s -> (UInt64, Task<RESPSubscription, any Error>) in
+        let backend = self.backend
+        let (generation, task, fresh) = try self.state.withLock { s -> (UInt64, Task<RESPSubscription, any Error>, Bool) in
             if s.shutdown { throw EngineError.unavailable("engine shut down") }
             if var l = s.live[stream] {
                 l.refs += 1
                 s.live[stream] = l
-                return (l.generation, l.task)
+                return (l.generation, l.task, false)
             }
             let generation = s.nextGeneration
             s.nextGeneration += 1
-            let handler: @Sendable (RESPMessage) -> Void = { [weak self] m in
-                self?.received(stream, generation: generation, payload: m.payload)
-            }
             let task = Task<RESPSubscription, any Error> {
-                try await subscriber.subscribe([channel], kind: kind, handler: handler)
+                try await backend.subscribe(channel) { [weak self] payload in
+                    self?.received(stream, generation: generation, payload: payload)
+                }
             }
             s.live[stream] = LiveStream(refs: 1, generation: generation, task: task)
-            return (generation, task)
+            return (generation, task, true)
         }
         do {
             _ = try await task.value
@@ -266,6 +315,14 @@ public final class RedisEngine: SwitchboardEngine {
                 if s.live[stream]?.generation == generation { s.live[stream] = nil }
             }
             throw Self.map(error)
+        }
+        // Where the stream stood once live messages flow: the live check measures from here.
+        if fresh, let position = try? await self.position(of: stream) {
+            self.state.withLock { s in
+                guard s.live[stream]?.generation == generation, s.live[stream]?.lastOffset == nil else { return }
+                s.live[stream]?.lastOffset = position.top
+                s.live[stream]?.lastEpoch = position.epoch
+            }
         }
     }
 
@@ -296,6 +353,7 @@ public final class RedisEngine: SwitchboardEngine {
             guard var l = s.live[stream], l.generation == generation else { return nil }
             l.lastOffset = message.offset
             l.lastEpoch = message.epoch
+            if let suspect = l.suspect, message.offset >= suspect { l.suspect = nil }
             s.live[stream] = l
             return s.delivery
         }
@@ -318,119 +376,95 @@ public final class RedisEngine: SwitchboardEngine {
         return StreamMessage(stream: stream, offset: offset, epoch: epoch, body: body)
     }
 
-    // MARK: sessions
+    // MARK: catching up
 
-    public func saveSession(_ session: SessionRecord) async throws {
-        var args: [RESPArgument] = [.int(max(1, self.ms(self.configuration.sessionTTL)))]
-        if let user = session.user { args += [.int(1), .string(user)] } else { args += [.int(0), .string("")] }
-        for (stream, cursor) in session.cursors { args += [.string(stream), .int(Int(cursor))] }
-        _ = try await self.run(RedisScripts.saveSession, keys: [self.sessionKey(session.id)], args: args)
-    }
-
-    public func loadSession(_ id: String) async throws -> SessionRecord? {
-        let fields: [String: ByteBuffer]
-        do {
-            fields = try await self.client.hgetall(self.sessionKey(id))
-        } catch {
-            throw Self.map(error)
+    /// After an outage of the live channels: every subscribed stream whose position moved past
+    /// what was delivered is handed to the gateway to read from history. Returns those streams.
+    func catchUpLiveStreams() async -> [String: StreamPosition] {
+        let known = self.state.withLock { s in s.live.mapValues { ($0.lastOffset, $0.lastEpoch) } }
+        guard !known.isEmpty else { return [:] }
+        var lagging: [String: StreamPosition] = [:]
+        for attempt in 0..<5 {
+            guard let positions = try? await self.positions(of: Array(known.keys)) else {
+                try? await Task.sleep(for: .milliseconds(100 << attempt))
+                continue
+            }
+            for (stream, p) in positions {
+                guard let (offset, epoch) = known[stream] else { continue }
+                if let offset, let epoch {
+                    if epoch != p.epoch || p.top > offset { lagging[stream] = p }
+                } else if p.top > 0 {
+                    lagging[stream] = p
+                }
+            }
+            break
         }
-        if fields.isEmpty { return nil }
-        var record = SessionRecord(id: id, user: fields["u"].map { String(buffer: $0) })
-        for (name, value) in fields where name.hasPrefix("c:") {
-            if let cursor = Int64(String(buffer: value)) { record.cursors[String(name.dropFirst(2))] = cursor }
-        }
-        return record
+        let delivery = self.state.withLock { $0.delivery }
+        for (stream, position) in lagging { delivery?.catchUp(stream, to: position) }
+        if !lagging.isEmpty { self.logger.info("caught up \(lagging.count) live streams after an outage") }
+        return lagging
     }
 
-    public func touchSession(_ id: String, connected: Bool) async throws {
-        _ = try await self.run(RedisScripts.touchSession, keys: [self.sessionKey(id)], args: [
-            .int(connected ? 1 : -1), .int(max(1, self.ms(self.configuration.sessionTTL))),
-        ])
-    }
-
-    public func ack(session: String, stream: String, offset: Int64) async throws {
-        let k = self.keys(stream)
-        // Sessions that have not acked for this long no longer hold history back: by then
-        // their session expired, or age trimming dropped what they would protect.
-        let staleAfter = self.ms(max(self.configuration.historyAge, self.configuration.sessionTTL) * 2)
-        async let streamSide = self.run(RedisScripts.ack, keys: k.scriptKeys, args: [
-            .string(session), .int(Int(offset)), .int(max(1, staleAfter)), .int(self.streamTTLms),
-        ])
-        async let sessionSide = self.run(RedisScripts.sessionCursor, keys: [self.sessionKey(session)], args: [
-            .string("c:" + stream), .int(Int(offset)),
-        ])
-        _ = try await (streamSide, sessionSide)
-    }
-
-    public func release(session: String, stream: String) async throws {
-        let k = self.keys(stream)
-        async let a = self.send(RESPCommand("ZREM", .string(k.acks), .string(session)))
-        async let b = self.send(RESPCommand("ZREM", .string(k.ackt), .string(session)))
-        async let c = self.send(RESPCommand("HDEL", .string(self.sessionKey(session)), .string("c:" + stream)))
-        _ = try await (a, b, c)
-    }
-
-    // MARK: presence
-
-    public func presenceJoin(_ stream: String, member: PresenceMember) async throws {
-        let encoded = try Self.encode(member)
-        self.state.withLock { $0.presence[stream, default: []].insert(encoded) }
-        _ = try await self.run(RedisScripts.presenceJoin, keys: [self.keys(stream).presence], args: [
-            .int(max(1, self.ms(self.configuration.presenceTTL))), .string(encoded),
-        ])
-    }
-
-    public func presenceLeave(_ stream: String, member: PresenceMember) async throws {
-        let encoded = try Self.encode(member)
+    /// Compares each subscribed stream's top with what was delivered. A stream behind its top
+    /// twice in a row (so not just a message in flight) lost messages on a subscription that
+    /// went silently dead: the gateway catches it up, and the subscription is made again.
+    func checkLiveSubscriptions() async {
+        let known = self.state.withLock { s in s.live.compactMapValues { l in l.lastOffset.map { ($0, l.lastEpoch, l.suspect) } } }
+        guard !known.isEmpty, self.isAvailable, let positions = try? await self.positions(of: Array(known.keys)) else { return }
+        var dead: [String: StreamPosition] = [:]
         self.state.withLock { s in
-            s.presence[stream]?.remove(encoded)
-            if s.presence[stream]?.isEmpty ?? false { s.presence[stream] = nil }
-        }
-        _ = try await self.send(RESPCommand("HDEL", .string(self.keys(stream).presence), .string(encoded)))
-    }
-
-    public func presence(of stream: String) async throws -> [PresenceMember] {
-        let reply = try await self.run(RedisScripts.presenceList, keys: [self.keys(stream).presence], args: [])
-        let decoder = JSONDecoder()
-        return (reply.array ?? []).compactMap { v in
-            v.bytes.flatMap { try? decoder.decode(PresenceMember.self, from: Data($0.readableBytesView)) }
-        }
-    }
-
-    /// Re-arms the expiry of every member joined through this engine.
-    func refreshPresence() async {
-        let snapshot = self.state.withLock { $0.presence }
-        let ttl = max(1, self.ms(self.configuration.presenceTTL))
-        await withTaskGroup(of: Void.self) { group in
-            for (stream, members) in snapshot where !members.isEmpty {
-                let key = self.keys(stream).presence
-                group.addTask {
-                    _ = try? await self.run(RedisScripts.presenceJoin, keys: [key],
-                                            args: [.int(ttl)] + members.map { .string($0) })
+            for (stream, p) in positions {
+                guard let (offset, epoch, suspect) = known[stream], s.live[stream] != nil else { continue }
+                let behind = p.top > offset || (epoch != nil && epoch != p.epoch)
+                if behind, let suspect, offset < suspect {
+                    dead[stream] = p
+                    s.live[stream]?.suspect = nil
+                } else {
+                    s.live[stream]?.suspect = behind ? p.top : nil
                 }
             }
         }
+        guard !dead.isEmpty else { return }
+        self.logger.warning("live subscriptions behind their stream: \(dead.keys.sorted()); resubscribing and catching up")
+        for stream in dead.keys { await self.resubscribe(stream) }
+        let delivery = self.state.withLock { $0.delivery }
+        for (stream, position) in dead { delivery?.catchUp(stream, to: position) }
     }
 
-    static func encode(_ member: PresenceMember) throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        return String(decoding: try encoder.encode(member), as: UTF8.self)
+    /// Replaces the live subscription of `stream` with a new one (same local references).
+    private func resubscribe(_ stream: String) async {
+        let channel = self.keys(stream).channel
+        let backend = self.backend
+        let old = self.state.withLock { s -> Task<RESPSubscription, any Error>? in
+            guard var l = s.live[stream] else { return nil }
+            let generation = s.nextGeneration
+            s.nextGeneration += 1
+            let task = Task<RESPSubscription, any Error> {
+                try await backend.subscribe(channel) { [weak self] payload in
+                    self?.received(stream, generation: generation, payload: payload)
+                }
+            }
+            let previous = l.task
+            l = LiveStream(refs: l.refs, generation: generation, task: task, lastOffset: l.lastOffset, lastEpoch: l.lastEpoch)
+            s.live[stream] = l
+            return previous
+        }
+        if let old, let subscription = try? await old.value { try? await subscription.unsubscribe() }
     }
 
     // MARK: plumbing
 
-    private func run(_ script: RESPScript, keys: [String], args: [RESPArgument]) async throws -> RESPValue {
+    func run(_ script: RESPScript, keys: [String], args: [RESPArgument]) async throws -> RESPValue {
         do {
-            return try await self.client.run(script, keys: keys, args: args)
+            return try await self.backend.run(script, keys: keys, args: args)
         } catch {
             throw Self.map(error)
         }
     }
 
-    private func send(_ command: RESPCommand) async throws -> RESPValue {
+    func send(_ command: RESPCommand) async throws -> RESPValue {
         do {
-            return try await self.client.send(command, timeout: nil)
+            return try await self.backend.send(command, timeout: nil)
         } catch {
             throw Self.map(error)
         }
@@ -439,7 +473,8 @@ public final class RedisEngine: SwitchboardEngine {
     /// Every Redis failure is "unavailable" to the gateway (SUB503, publish refused).
     static func map(_ error: any Error) -> any Error {
         if let e = error as? RESPError { return EngineError.unavailable(e.description) }
-        return error
+        if error is EngineError { return error }
+        return EngineError.unavailable("\(error)")
     }
 
     static func newEpoch() -> String {

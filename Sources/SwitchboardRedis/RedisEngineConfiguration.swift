@@ -30,6 +30,15 @@ public struct RedisEngineConfiguration: Sendable {
     public var connectTimeout: Duration
     /// When false, `start` returns without waiting for Redis (the client keeps trying).
     public var requireConnectionAtStart: Bool
+    /// Redis Cluster: the seed nodes (`redis.host`/`port` are then ignored). Keys are hash-tagged
+    /// per stream and live messages use sharded pub/sub.
+    public var clusterSeeds: [RESPClusterClient.Node]?
+    /// Seconds between node heartbeats; a node silent for three of them is dead, and a
+    /// survivor releases its sessions.
+    public var heartbeatInterval: Double
+    /// Seconds between checks that every live subscription still receives what is published
+    /// (a subscription that went silently dead is found and caught up).
+    public var liveCheckInterval: Double
 
     public init(redis: RESPConfiguration = RESPConfiguration(),
                 historySize: Int = 1000, historyAge: Double = 300, sessionTTL: Double = 120,
@@ -48,6 +57,36 @@ public struct RedisEngineConfiguration: Sendable {
         self.keyPrefix = keyPrefix
         self.connectTimeout = connectTimeout
         self.requireConnectionAtStart = requireConnectionAtStart
+        self.clusterSeeds = nil
+        self.heartbeatInterval = 2
+        self.liveCheckInterval = 5
+    }
+
+    /// Redis Cluster from `redis://host:port,host:port,…` (any reachable subset of the nodes).
+    public init(clusterURL: String,
+                historySize: Int = 1000, historyAge: Double = 300, sessionTTL: Double = 120,
+                idempotencyTTL: Double = 300, presenceTTL: Double = 30, streamIdleTTL: Double = 86400,
+                approximateTrimming: Bool = true, keyPrefix: String = "sb") throws {
+        let hosts = try Self.parseSeeds(url: clusterURL)
+        self.init(redis: hosts[0], historySize: historySize, historyAge: historyAge, sessionTTL: sessionTTL,
+                  idempotencyTTL: idempotencyTTL, presenceTTL: presenceTTL, streamIdleTTL: streamIdleTTL,
+                  useShardedPubSub: true, approximateTrimming: approximateTrimming, keyPrefix: keyPrefix)
+        self.clusterSeeds = hosts.map { RESPClusterClient.Node(host: $0.host, port: $0.port) }
+    }
+
+    /// Every `host:port` of a comma-separated URL, with the credentials of the first.
+    public static func parseSeeds(url: String) throws -> [RESPConfiguration] {
+        guard let schemeEnd = url.range(of: "://") else { throw URLError(reason: "missing scheme in '\(url)'") }
+        let scheme = url[..<schemeEnd.upperBound]
+        var rest = url[schemeEnd.upperBound...]
+        var userinfo = ""
+        if let at = rest.lastIndex(of: "@") {
+            userinfo = String(rest[...at])
+            rest = rest[rest.index(after: at)...]
+        }
+        let hosts = rest.split(separator: ",", omittingEmptySubsequences: false)
+        guard !hosts.isEmpty, hosts.allSatisfy({ !$0.isEmpty }) else { throw URLError(reason: "empty host in '\(url)'") }
+        return try hosts.map { try Self.parse(url: scheme + userinfo + $0) }
     }
 
     /// `redis://[user:pass@]host[:port][/db]` (also `redis://:pass@host`, `[::1]` hosts).

@@ -173,14 +173,60 @@ enum RedisScripts {
     return n
     """)
 
-    /// KEYS session. ARGV delta (+1/-1), ttl ms. Returns the connection count (-1: no session).
+    /// KEYS session. ARGV delta (+1/-1), ttl ms, node. Counts the session's live connections
+    /// and records the node of the newest one (`o`); without connections the key expires after
+    /// the TTL. Returns the count (-1: no session).
     static let touchSession = RESPScript(source: """
     local k = KEYS[1]
     if redis.call('EXISTS', k) == 0 then return -1 end
     local n = redis.call('HINCRBY', k, 'n', ARGV[1])
     if n < 0 then redis.call('HSET', k, 'n', 0); n = 0 end
+    if tonumber(ARGV[1]) > 0 then
+      redis.call('HSET', k, 'o', ARGV[3])
+    elseif redis.call('HGET', k, 'o') == ARGV[3] then
+      redis.call('HDEL', k, 'o')
+    end
     if n == 0 then redis.call('PEXPIRE', k, ARGV[2]) else redis.call('PERSIST', k) end
     return n
+    """)
+
+    /// KEYS session. ARGV node, has user 0/1, user. A session with a live connection on `node`
+    /// after Redis came back: recreated if Redis lost it, counted again if it was released (its
+    /// node was declared dead). Returns 1 when recreated.
+    static let restoreSession = RESPScript(source: """
+    local k = KEYS[1]
+    if redis.call('EXISTS', k) == 0 then
+      redis.call('HSET', k, 'n', 1, 'o', ARGV[1])
+      if ARGV[2] == '1' then redis.call('HSET', k, 'u', ARGV[3]) end
+      return 1
+    end
+    if redis.call('HGET', k, 'o') ~= ARGV[1] then
+      redis.call('HINCRBY', k, 'n', 1)
+      redis.call('HSET', k, 'o', ARGV[1])
+      redis.call('PERSIST', k)
+    end
+    return 0
+    """)
+
+    /// KEYS nodes. ARGV node id, deadAfter ms. Records the heartbeat (Redis time, so node
+    /// clocks do not matter) and returns up to 10 nodes silent for `deadAfter`.
+    static let nodeHeartbeat = RESPScript(source: prelude + """
+    local now = now_ms()
+    redis.call('ZADD', KEYS[1], now, ARGV[1])
+    return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])), 'LIMIT', 0, 10)
+    """)
+
+    /// KEYS node. ARGV address, started ms, connections, ttl ms. Returns 1 if the entry existed.
+    static let nodeInfo = RESPScript(source: """
+    local existed = redis.call('EXISTS', KEYS[1])
+    redis.call('HSET', KEYS[1], 'address', ARGV[1], 'started', ARGV[2], 'connections', ARGV[3])
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+    return existed
+    """)
+
+    /// KEYS nodes. ARGV deadAfter ms. Returns id, heartbeat ms pairs of live nodes.
+    static let liveNodes = RESPScript(source: prelude + """
+    return redis.call('ZRANGEBYSCORE', KEYS[1], now_ms() - tonumber(ARGV[1]), '+inf', 'WITHSCORES')
     """)
 
     /// KEYS presence. ARGV ttl ms, members… Sets each member's expiry to now + ttl.

@@ -211,23 +211,23 @@ struct RedisEngineTests {
             try await a.saveSession(SessionRecord(id: "anon", user: nil))
             #expect(try await b.loadSession("s") == SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 41, "/broadcast": 7]))
             #expect(try await b.loadSession("anon") == SessionRecord(id: "anon", user: nil))
-            try await a.touchSession("s", connected: true)
+            try await a.touchSession("s", user: "ann", connected: true)
             try await Task.sleep(for: .milliseconds(2600))
             #expect(try await b.loadSession("s") != nil, "connected sessions do not expire")
             #expect(try await b.loadSession("anon") == nil, "never-connected session expired")
             // Two connections: expiry starts after the last one closes.
-            try await b.touchSession("s", connected: true)
-            try await a.touchSession("s", connected: false)
+            try await b.touchSession("s", user: "ann", connected: true)
+            try await a.touchSession("s", user: "ann", connected: false)
             // Saving keeps the connection count.
             try await b.saveSession(SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 42]))
             try await Task.sleep(for: .milliseconds(2600))
             #expect(try await a.loadSession("s") == SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 42]))
-            try await b.touchSession("s", connected: false)
+            try await b.touchSession("s", user: "ann", connected: false)
             #expect(try await a.loadSession("s") != nil)
             try await Task.sleep(for: .milliseconds(2600))
             #expect(try await a.loadSession("s") == nil)
             // touching a missing session is a no-op
-            try await a.touchSession("s", connected: true)
+            try await a.touchSession("s", user: "ann", connected: true)
             #expect(try await a.loadSession("s") == nil)
         }
     }

@@ -6,12 +6,18 @@ import Switchboard
 import SwitchboardRedis
 import RedisTestSupport
 
-/// Collects delivered messages.
+/// Collects what an engine hands to the gateway.
 final class Collector: EngineDelivery, @unchecked Sendable {
     private let lock = NSLock()
     private var _messages: [StreamMessage] = []
+    private var _catchUps: [String: StreamPosition] = [:]
+    private var _controls: [ControlMessage] = []
     func deliver(_ message: StreamMessage) { lock.withLock { _messages.append(message) } }
+    func catchUp(_ stream: String, to position: StreamPosition) { lock.withLock { _catchUps[stream] = position } }
+    func control(_ message: ControlMessage) { lock.withLock { _controls.append(message) } }
     var messages: [StreamMessage] { lock.withLock { _messages } }
+    var catchUps: [String: StreamPosition] { lock.withLock { _catchUps } }
+    var controls: [ControlMessage] { lock.withLock { _controls } }
 }
 
 func engineConfiguration(_ server: RedisServer, _ modify: (inout RedisEngineConfiguration) -> Void = { _ in }) throws -> RedisEngineConfiguration {
@@ -30,12 +36,12 @@ func withEngines<T>(count: Int = 1, _ modify: (inout RedisEngineConfiguration) -
     var engines: [RedisEngine] = []
     var collectors: [Collector] = []
     do {
-        for _ in 0..<count {
+        for i in 0..<count {
             let e = RedisEngine(configuration: try engineConfiguration(server, modify))
             let c = Collector()
             engines.append(e)
             collectors.append(c)
-            try await e.start(delivery: c)
+            try await e.start(node: "node\(i)", delivery: c)
         }
         let result = try await body(server, engines, collectors)
         for e in engines { await e.shutdown() }

@@ -7,7 +7,8 @@ extension ConnectionHandler {
     /// First thing on a new connection: greet with the session, then subscribe the
     /// streams every connection has (its session, its user, broadcast).
     func start() {
-        self.core.connectionOpened(self.handle)
+        self.core.connectionOpened(self.handle, previousNode: self.previousNode)
+        self.previousNode = nil
         let resumed = self.resumedCursors
         var meta = Meta()
         meta[MetaKey.session] = self.session

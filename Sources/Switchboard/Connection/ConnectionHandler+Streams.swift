@@ -206,6 +206,18 @@ extension ConnectionHandler {
         }
     }
 
+    /// The engine says live messages of `stream` up to `position` may have been lost on the
+    /// way (pub/sub was away): if this cursor is behind, read the gap from history. A changed
+    /// epoch is found by the read (`.gone`) and answered with SUB410.
+    func catchUp(_ stream: String, to position: StreamPosition) {
+        guard case .open = self.state, let index = self.streams.index(of: stream) else { return }
+        guard case .live = self.streams[at: index].mode else { return }  // a replay is already reading
+        let cursor = self.streams[at: index]
+        guard position.epoch != cursor.epoch || position.top > cursor.last else { return }
+        self.streams[at: index].mode = .catchingUp(buffer: [], overflowed: false)
+        self.startReplay(stream, after: cursor.last)
+    }
+
     func unsubscribe(_ stream: String) {
         guard self.streams.remove(stream) != nil else { return }
         self.loopHub.removeSubscriber(stream, self)

@@ -45,10 +45,13 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     var writabilityWaiters: [EventLoopPromise<Void>]?
     /// Acked offsets of a resumed session, used once by `start()`.
     var resumedCursors: [String: Int64]?
+    /// Node of the resumed session's previous connection, used once by `start()`.
+    var previousNode: String?
     /// Position in the loop hub's connection list (kept by the hub).
     var slot = -1
 
-    init(core: GatewayCore, loopHub: LoopHub, session: String, identity: Identity?, resumedCursors: [String: Int64]?) {
+    init(core: GatewayCore, loopHub: LoopHub, session: String, identity: Identity?, resumedCursors: [String: Int64]?,
+         previousNode: String? = nil) {
         self.core = core
         self.loopHub = loopHub
         self.handle = ConnectionHandle(
@@ -56,6 +59,7 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         )
         self.identity = identity
         self.resumedCursors = resumedCursors
+        self.previousNode = previousNode
         self.reader = WebSocketFrameReader(maxFrameSize: core.configuration.maxMessageSize)
         self.bucket = TokenBucket(burst: core.configuration.requestBurst)
     }

@@ -58,12 +58,63 @@ public struct SessionRecord: Sendable, Equatable {
     public var user: String?
     /// Streams the session is subscribed to, with the highest offset it acked on each.
     public var cursors: [String: Int64]
+    /// The node holding the session's live connection, if one is connected.
+    public var node: String?
 
-    public init(id: String, user: String?, cursors: [String: Int64] = [:]) {
+    public init(id: String, user: String?, cursors: [String: Int64] = [:], node: String? = nil) {
         self.id = id
         self.user = user
         self.cursors = cursors
+        self.node = node
     }
+}
+
+/// A gateway node as the cluster sees it (`GET /api/nodes`).
+public struct NodeInfo: Sendable, Equatable, Codable {
+    public var id: String
+    /// Where it serves (`host:port`), once it listens.
+    public var address: String?
+    /// Unix seconds.
+    public var startedAt: Double
+    /// Unix seconds of its last heartbeat.
+    public var lastSeen: Double
+    public var connections: Int
+
+    public init(id: String, address: String?, startedAt: Double, lastSeen: Double, connections: Int) {
+        self.id = id
+        self.address = address
+        self.startedAt = startedAt
+        self.lastSeen = lastSeen
+        self.connections = connections
+    }
+}
+
+/// An instruction for the node that holds a connection.
+public enum ControlMessage: Sendable, Equatable {
+    /// Close the connection of `session` (if this node has it) with `code`.
+    case closeSession(String, code: UInt16, reason: String)
+    /// Close every connection of `user` on this node.
+    case closeUser(String, code: UInt16, reason: String)
+}
+
+/// Whether the engine can serve (readiness), and what to show in `/health`.
+public struct EngineHealth: Sendable, Equatable {
+    /// Publishes, reads and subscriptions work.
+    public var available: Bool
+    /// Live subscriptions are being caught up after an outage; not ready until done.
+    public var catchingUp: Bool
+    public var detail: String
+    /// Round trip of the last health probe, when the engine has a server to probe.
+    public var roundTrip: Duration?
+
+    public init(available: Bool, catchingUp: Bool = false, detail: String, roundTrip: Duration? = nil) {
+        self.available = available
+        self.catchingUp = catchingUp
+        self.detail = detail
+        self.roundTrip = roundTrip
+    }
+
+    public var isReady: Bool { self.available && !self.catchingUp }
 }
 
 /// A member of a stream's presence set.
@@ -81,11 +132,14 @@ public enum EngineError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The engine cannot accept writes right now (Redis away): nothing was accepted.
     case unavailable(String)
     case invalidStream(String)
+    /// No live node has this id.
+    case unknownNode(String)
 
     public var description: String {
         switch self {
         case .unavailable(let why): "engine unavailable: \(why)"
         case .invalidStream(let why): "invalid stream: \(why)"
+        case .unknownNode(let id): "no live node \(id)"
         }
     }
 }
@@ -93,6 +147,11 @@ public enum EngineError: Error, Sendable, Equatable, CustomStringConvertible {
 /// Receives live messages for the streams this node subscribed to.
 public protocol EngineDelivery: AnyObject, Sendable {
     func deliver(_ message: StreamMessage)
+    /// `stream` may have missed live messages up to `position` (pub/sub was away, or a
+    /// subscription went silently dead): subscribers behind it catch up from history.
+    func catchUp(_ stream: String, to position: StreamPosition)
+    /// A control message addressed to this node.
+    func control(_ message: ControlMessage)
 }
 
 /// The boundary between the gateway and where streams live. The memory engine keeps
@@ -100,9 +159,19 @@ public protocol EngineDelivery: AnyObject, Sendable {
 /// call in one round trip (publish is one script: idempotency, epoch, offset, capped
 /// append, live publish).
 public protocol SwitchboardEngine: Sendable {
-    /// Called once before use; live messages for subscribed streams go to `delivery`.
-    func start(delivery: any EngineDelivery) async throws
+    /// Called once before use, with this node's id; live messages for subscribed streams and
+    /// control messages go to `delivery`.
+    func start(node: String, delivery: any EngineDelivery) async throws
+    /// Where this node serves, once it listens (shown by `nodes()`).
+    func announce(address: String) async
+    /// Leave the cluster (drained) and stop.
     func shutdown() async
+
+    func health() async -> EngineHealth
+    /// Live gateway nodes (this one included).
+    func nodes() async throws -> [NodeInfo]
+    /// Deliver `message` to `node` (this one included).
+    func send(_ message: ControlMessage, to node: String) async throws
 
     /// Append to a stream and deliver live. Returns the offset and epoch.
     func publish(_ stream: String, body: ByteBuffer, idempotencyKey: String?) async throws -> PublishResult
@@ -118,7 +187,8 @@ public protocol SwitchboardEngine: Sendable {
     /// Sessions outlive connections for `ttl` seconds after the last one closes.
     func saveSession(_ session: SessionRecord) async throws
     func loadSession(_ id: String) async throws -> SessionRecord?
-    func touchSession(_ id: String, connected: Bool) async throws
+    /// A connection of the session (of `user`) opened on this node, or closed.
+    func touchSession(_ id: String, user: String?, connected: Bool) async throws
     /// Record that `session` processed `stream` up to `offset`; the engine may trim
     /// messages every subscribed session has acked.
     func ack(session: String, stream: String, offset: Int64) async throws

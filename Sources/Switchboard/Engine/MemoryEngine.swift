@@ -1,3 +1,4 @@
+import Foundation
 import DequeModule
 import NIOConcurrencyHelpers
 import NIOCore
@@ -54,6 +55,7 @@ public final class MemoryEngine: SwitchboardEngine {
         var streams: [String: StreamState] = [:]
         var sessions: [String: SessionState] = [:]
         var delivery: (any EngineDelivery)?
+        var node = NodeInfo(id: "", address: nil, startedAt: 0, lastSeen: 0, connections: 0)
     }
 
     public let configuration: Configuration
@@ -68,8 +70,12 @@ public final class MemoryEngine: SwitchboardEngine {
         self.configuration = configuration
     }
 
-    public func start(delivery: any EngineDelivery) async throws {
-        self.state.withLockedValue { $0.delivery = delivery }
+    public func start(node: String, delivery: any EngineDelivery) async throws {
+        let now = Date().timeIntervalSince1970
+        self.state.withLockedValue { state in
+            state.delivery = delivery
+            state.node = NodeInfo(id: node, address: nil, startedAt: now, lastSeen: now, connections: 0)
+        }
         let task = Task { [weak self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(1))
@@ -81,6 +87,31 @@ public final class MemoryEngine: SwitchboardEngine {
 
     public func shutdown() async {
         self.sweeper.withLockedValue { $0?.cancel() }
+    }
+
+    public func announce(address: String) async {
+        self.state.withLockedValue { $0.node.address = address }
+    }
+
+    public func health() async -> EngineHealth {
+        EngineHealth(available: true, detail: "in-memory engine")
+    }
+
+    /// Just this node: the memory engine is a cluster of one.
+    public func nodes() async throws -> [NodeInfo] {
+        let now = Date().timeIntervalSince1970
+        return self.state.withLockedValue { state in
+            var node = state.node
+            node.lastSeen = now
+            node.connections = state.sessions.values.reduce(0) { $0 + $1.connections }
+            return [node]
+        }
+    }
+
+    public func send(_ message: ControlMessage, to node: String) async throws {
+        let delivery = self.state.withLockedValue { $0.node.id == node ? $0.delivery : nil }
+        guard let delivery else { throw EngineError.unknownNode(node) }
+        delivery.control(message)
     }
 
     public func publish(_ stream: String, body: ByteBuffer, idempotencyKey: String?) async throws -> PublishResult {
@@ -155,7 +186,8 @@ public final class MemoryEngine: SwitchboardEngine {
                 existing.record = session
                 state.sessions[session.id] = existing
             } else {
-                state.sessions[session.id] = SessionState(record: session, connections: 0, expires: nil)
+                let ttl = TimeAmount.nanoseconds(Int64(self.configuration.sessionTTL * 1e9))
+                state.sessions[session.id] = SessionState(record: session, connections: 0, expires: .now() + ttl)
             }
         }
     }
@@ -169,12 +201,13 @@ public final class MemoryEngine: SwitchboardEngine {
         }
     }
 
-    public func touchSession(_ id: String, connected: Bool) async throws {
+    public func touchSession(_ id: String, user: String?, connected: Bool) async throws {
         let ttl = TimeAmount.nanoseconds(Int64(self.configuration.sessionTTL * 1e9))
         self.state.withLockedValue { state in
             guard var s = state.sessions[id] else { return }
             s.connections = max(0, s.connections + (connected ? 1 : -1))
             s.expires = s.connections == 0 ? .now() + ttl : nil
+            s.record.node = s.connections == 0 ? nil : state.node.id
             state.sessions[id] = s
         }
     }

@@ -62,6 +62,24 @@ final class Hub: EngineDelivery, @unchecked Sendable {
         return copy
     }
 
+    func catchUp(_ stream: String, to position: StreamPosition) {
+        let mask = self.interest.withLockedValue { $0[stream] ?? 0 }
+        for hub in self.loops where mask & (1 << UInt64(hub.index)) != 0 {
+            hub.loop.execute { hub.catchUp(stream, to: position) }
+        }
+    }
+
+    func control(_ message: ControlMessage) {
+        switch message {
+        case .closeSession(let session, let code, let reason):
+            self.connection(ofSession: session)?.close(code: CloseCode(rawValue: code) ?? .disconnected, reason: reason)
+        case .closeUser(let user, let code, let reason):
+            for connection in self.allConnections() where connection.user == user {
+                connection.close(code: CloseCode(rawValue: code) ?? .disconnected, reason: reason)
+            }
+        }
+    }
+
     static func pushFrame(_ message: StreamMessage, allocator: ByteBufferAllocator) -> ByteBuffer {
         var meta = Meta()
         meta[MetaKey.offset] = String(message.offset)

@@ -105,6 +105,15 @@ final class LoopHub: @unchecked Sendable {
         self.flushDirty()
     }
 
+    /// Every local subscriber of `stream` that is behind `position` reads the gap from history.
+    func catchUp(_ stream: String, to position: StreamPosition) {
+        switch self.subscribers[stream] {
+        case .one(let connection): connection.catchUp(stream, to: position)
+        case .many(let list): for connection in list { connection.catchUp(stream, to: position) }
+        case nil: return
+        }
+    }
+
     /// Frames queued for a socket in one loop tick go out in one write: a connection
     /// that was written to is flushed once, after everything queued so far ran.
     func markDirty(_ connection: ConnectionHandler) {

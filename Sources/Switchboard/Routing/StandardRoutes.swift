@@ -19,6 +19,20 @@ public enum StandardRoutes {
         }
     }
 
+    struct HealthReport: Encodable {
+        struct Engine: Encodable {
+            let available: Bool
+            let catchingUp: Bool
+            let detail: String
+            let roundTripMillis: Double?
+        }
+        let status: String
+        let node: String
+        let connections: Int
+        let users: Int
+        let engine: Engine
+    }
+
     struct PublishBody: Decodable {
         let stream: String
         let data: String
@@ -34,16 +48,43 @@ public enum StandardRoutes {
 
     public static func add<Context: SwitchboardRequestContextProtocol>(to router: Router<Context>, options: Options) {
         router.get("/health/live") { _, _ in ["status": "ok"] }
+        // Not ready while draining, while the engine is unavailable (Redis away) and while it
+        // catches subscriptions up after an outage.
         router.get("/health/ready") { _, context -> Response in
-            let ready = !context.switchboard.core.isDraining
+            let core = context.switchboard.core
+            let health = await core.engine.health()
+            let status = core.isDraining ? "draining" : !health.available ? "engine_unavailable" : health.catchingUp ? "catching_up" : "ready"
             return Response(
-                status: ready ? .ok : .serviceUnavailable,
+                status: status == "ready" ? .ok : .serviceUnavailable,
                 headers: [.contentType: "application/json"],
-                body: .init(byteBuffer: ByteBuffer(string: ready ? #"{"status":"ready"}"# : #"{"status":"draining"}"#))
+                body: .init(byteBuffer: JSONBody.encode(["status": status, "engine": health.detail]))
+            )
+        }
+        router.get("/health") { _, context -> Response in
+            let core = context.switchboard.core
+            let health = await core.engine.health()
+            let connections = core.hub.allConnections()
+            let report = HealthReport(
+                status: core.isDraining ? "draining" : health.isReady ? "ready" : "not_ready", node: core.nodeID,
+                connections: connections.count, users: Set(connections.compactMap(\.user)).count,
+                engine: .init(available: health.available, catchingUp: health.catchingUp, detail: health.detail,
+                              roundTripMillis: health.roundTrip.map { Double($0.components.attoseconds) / 1e15 + Double($0.components.seconds) * 1000 })
+            )
+            return Response(
+                status: report.status == "ready" ? .ok : .serviceUnavailable,
+                headers: [.contentType: "application/json"], body: .init(byteBuffer: JSONBody.encode(report))
             )
         }
         if !options.apiKeys.isEmpty {
             let api = router.group("/api").add(middleware: APIKeyMiddleware(keys: options.apiKeys))
+            api.get("/nodes") { _, context -> Response in
+                do {
+                    let nodes = try await context.switchboard.core.engine.nodes()
+                    return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: JSONBody.encode(["nodes": nodes])))
+                } catch {
+                    throw HTTPError(.serviceUnavailable, message: "\(error)")
+                }
+            }
             api.post("/publish") { request, context -> EditedResponse<Published> in
                 let body = try await request.decode(as: PublishBody.self, context: context)
                 let result = try await Self.publish(context, body.data, to: body.stream, key: body.idempotencyKey)
@@ -77,6 +118,7 @@ public enum StandardRoutes {
             switch error {
             case .invalidStream(let why): throw HTTPError(.badRequest, message: why)
             case .unavailable(let why): throw HTTPError(.serviceUnavailable, message: why)
+            case .unknownNode(let node): throw HTTPError(.notFound, message: "no live node \(node)")
             }
         }
     }

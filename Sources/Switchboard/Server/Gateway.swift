@@ -63,7 +63,7 @@ public final class Gateway: Service, Sendable {
 
     public func run() async throws {
         let core = self.core
-        try await core.engine.start(delivery: core.hub)
+        try await core.engine.start(node: core.nodeID, delivery: core.hub)
         let interval = TimeAmount.nanoseconds(Int64(core.configuration.pingInterval * 1e9))
         for hub in core.hub.loops {
             hub.loop.execute { hub.startPinging(every: interval) }
@@ -89,6 +89,9 @@ public final class Gateway: Service, Sendable {
     }
 
     private func listening(on port: Int) {
+        let engine = self.core.engine
+        let address = "\(self.core.configuration.host):\(port)"
+        Task { await engine.announce(address: address) }
         let waiters = self.portWaiters.withLockedValue { waiters in
             self.port.withLockedValue { $0 = port }
             defer { waiters.removeAll() }

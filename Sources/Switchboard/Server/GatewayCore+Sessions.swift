@@ -29,13 +29,22 @@ extension GatewayCore {
         return .notBuiltin
     }
 
-    /// A connection is up: it becomes its session's live connection (closing an older one).
-    func connectionOpened(_ handle: ConnectionHandle) {
+    /// A connection is up: it becomes its session's live connection, closing an older one
+    /// here or, through the engine, on the node that held it.
+    func connectionOpened(_ handle: ConnectionHandle, previousNode: String?) {
         if let old = self.hub.claimSession(handle.session, by: handle), old.id != handle.id {
             old.close(code: .sessionTakenOver, reason: "session resumed by a newer connection")
         }
         let engine = self.engine
-        Task { try? await engine.touchSession(handle.session, connected: true) }
+        let takeOver = previousNode.flatMap { $0 == self.nodeID ? nil : $0 }
+        Task {
+            try? await engine.touchSession(handle.session, user: handle.user, connected: true)
+            if let takeOver {
+                let message = ControlMessage.closeSession(
+                    handle.session, code: CloseCode.sessionTakenOver.rawValue, reason: "session resumed by a newer connection")
+                try? await engine.send(message, to: takeOver)
+            }
+        }
     }
 
     func connectionClosed(_ handle: ConnectionHandle, streams: [String]) {
@@ -48,7 +57,7 @@ extension GatewayCore {
                 await engine.unsubscribe(stream)
                 if !isBuiltin { try? await engine.presenceLeave(stream, member: member) }
             }
-            try? await engine.touchSession(handle.session, connected: false)
+            try? await engine.touchSession(handle.session, user: handle.user, connected: false)
         }
     }
 }

@@ -22,6 +22,8 @@ struct AcceptedUpgrade {
     var identity: Identity?
     var session: String
     var resumedCursors: [String: Int64]?
+    /// The node that held the resumed session's connection, if any (it is told to close it).
+    var previousNode: String?
 }
 
 /// RFC 6455 upgrade that authenticates before accepting and installs a
@@ -94,6 +96,7 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
                 if record.user == identity?.user {
                     accepted.session = record.id
                     accepted.resumedCursors = record.cursors
+                    accepted.previousNode = record.node
                 }
             }
             if accepted.resumedCursors == nil {
@@ -124,7 +127,8 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
             guard let accepted = self.accepted.withLockedValue({ $0 }) else { throw Refused() }
             let handler = ConnectionHandler(
                 core: self.core, loopHub: self.core.hub.loopHub(for: channel.eventLoop),
-                session: accepted.session, identity: accepted.identity, resumedCursors: accepted.resumedCursors
+                session: accepted.session, identity: accepted.identity, resumedCursors: accepted.resumedCursors,
+                previousNode: accepted.previousNode
             )
             try channel.pipeline.syncOperations.addHandler(handler)
             return .webSocket

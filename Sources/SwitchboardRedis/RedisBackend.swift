@@ -1,0 +1,157 @@
+import Logging
+import NIOCore
+import RESP
+
+/// What the engine needs from Redis, whether one server or a Redis Cluster: commands (with
+/// scripts), live channels, and word of outages.
+protocol RedisBackend: RESPCommandExecutor {
+    /// Live messages use sharded pub/sub (SPUBLISH/SSUBSCRIBE).
+    var sharded: Bool { get }
+    var isConnected: Bool { get }
+    /// `.connected` once, then `.disconnected` / `.reconnected` around each outage of the live
+    /// channels (single consumer: the engine).
+    var events: AsyncStream<RESPClientEvent> { get }
+    /// Starts connecting in the background (and reconnecting, from then on).
+    func start()
+    /// Waits until the first connection is up.
+    func waitUntilConnected(timeout: Duration) async throws
+    /// Subscribes to `channel`; returns once the server confirmed it.
+    func subscribe(_ channel: String, handler: @escaping @Sendable (ByteBuffer) -> Void) async throws -> RESPSubscription
+    func shutdown() async
+}
+
+/// One Redis server (or a primary behind a proxy): `RESPClient` reconnects the command and
+/// pub/sub connections and restores subscriptions.
+final class StandaloneBackend: RedisBackend {
+    let client: RESPClient
+    let sharded: Bool
+
+    init(configuration: RESPConfiguration, sharded: Bool, logger: Logger) {
+        self.client = RESPClient(configuration: configuration, logger: logger)
+        self.sharded = sharded
+    }
+
+    var isConnected: Bool { self.client.isConnected }
+    var events: AsyncStream<RESPClientEvent> { self.client.events }
+    func start() { self.client.start() }
+
+    func waitUntilConnected(timeout: Duration) async throws {
+        try await self.client.connect(timeout: timeout)
+    }
+
+    func send(_ command: RESPCommand, timeout: Duration?) async throws -> RESPValue {
+        try await self.client.send(command, timeout: timeout)
+    }
+
+    func subscribe(_ channel: String, handler: @escaping @Sendable (ByteBuffer) -> Void) async throws -> RESPSubscription {
+        try await self.client.subscriber.subscribe([channel], kind: self.sharded ? .shard : .channel) { message in
+            handler(message.payload)
+        }
+    }
+
+    func shutdown() async { await self.client.shutdown() }
+}
+
+/// A Redis Cluster: commands routed by slot (`RESPClusterClient`), live channels as shard
+/// channels on the node owning their slot (`RESPClusterSubscriber`). Connecting retries until
+/// a seed answers; outages of live channels come from the subscriber's events.
+final class ClusterBackend: RedisBackend {
+    struct State {
+        var client: RESPClusterClient?
+        var subscriber: RESPClusterSubscriber?
+        var task: Task<Void, Never>?
+        var shutdown = false
+    }
+
+    let seeds: [RESPClusterClient.Node]
+    let configuration: RESPConfiguration
+    let sharded = true
+    let events: AsyncStream<RESPClientEvent>
+    private let continuation: AsyncStream<RESPClientEvent>.Continuation
+    private let state = Locked(State())
+    private let logger: Logger
+
+    init(seeds: [RESPClusterClient.Node], configuration: RESPConfiguration, logger: Logger) {
+        self.seeds = seeds
+        self.configuration = configuration
+        self.logger = logger
+        (self.events, self.continuation) = AsyncStream<RESPClientEvent>.makeStream(bufferingPolicy: .bufferingNewest(64))
+    }
+
+    var isConnected: Bool { self.state.withLock { $0.client != nil } }
+
+    func start() {
+        self.state.withLock { s in
+            guard s.task == nil, !s.shutdown else { return }
+            s.task = Task { await self.connectLoop() }
+        }
+    }
+
+    /// Until a seed answers: then the client keeps itself up to date, and the subscriber's
+    /// outages become this backend's events.
+    private func connectLoop() async {
+        let policy = RESPReconnectPolicy()
+        var attempt = 0
+        while !Task.isCancelled {
+            do {
+                let client = try await RESPClusterClient.connect(seeds: self.seeds, configuration: self.configuration, logger: self.logger)
+                let subscriber = RESPClusterSubscriber(cluster: client, logger: self.logger)
+                let installed = self.state.withLock { s -> Bool in
+                    guard !s.shutdown else { return false }
+                    s.client = client
+                    s.subscriber = subscriber
+                    return true
+                }
+                guard installed else {
+                    await client.close()
+                    return
+                }
+                self.continuation.yield(.connected)
+                for await event in subscriber.events { self.continuation.yield(event) }
+                return
+            } catch {
+                self.logger.debug("Redis Cluster not reachable yet: \(error)")
+                attempt += 1
+                try? await Task.sleep(for: policy.delay(attempt: min(attempt, 8)))
+            }
+        }
+    }
+
+    func waitUntilConnected(timeout: Duration) async throws {
+        self.start()
+        let deadline = ContinuousClock.now + timeout
+        while !self.isConnected {
+            guard ContinuousClock.now < deadline else { throw RESPError.timeout }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    private func client() throws -> RESPClusterClient {
+        guard let client = self.state.withLock({ $0.client }) else { throw RESPError.notConnected }
+        return client
+    }
+
+    func send(_ command: RESPCommand, timeout: Duration?) async throws -> RESPValue {
+        try await self.client().send(command, timeout: timeout)
+    }
+
+    func scriptLoad(_ source: String, keys: [String], timeout: Duration?) async throws -> RESPValue {
+        try await self.client().scriptLoad(source, keys: keys, timeout: timeout)
+    }
+
+    func subscribe(_ channel: String, handler: @escaping @Sendable (ByteBuffer) -> Void) async throws -> RESPSubscription {
+        guard let subscriber = self.state.withLock({ $0.subscriber }) else { throw RESPError.notConnected }
+        return try await subscriber.subscribe([channel]) { message in handler(message.payload) }
+    }
+
+    func shutdown() async {
+        let (task, client, subscriber) = self.state.withLock { s in
+            s.shutdown = true
+            return (s.task, s.client, s.subscriber)
+        }
+        task?.cancel()
+        await subscriber?.close()
+        await client?.close()
+        self.continuation.finish()
+    }
+}

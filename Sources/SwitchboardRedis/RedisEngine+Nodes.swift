@@ -1,0 +1,178 @@
+import Foundation
+import NIOCore
+import RESP
+import Switchboard
+
+/// The node registry and control messages.
+///
+/// - `sb:nodes`: sorted set node id → last heartbeat (ms, Redis `TIME`).
+/// - `sb:node:{<id>}`: hash `address`, `started`, `connections`; expires after three missed
+///   heartbeats.
+/// - `sb:node:{<id>}:sessions`: the sessions whose live connection is on that node.
+/// - channel `sb:node:{<id>}:control`: control messages for that node (JSON).
+///
+/// Every heartbeat also looks for nodes silent for three heartbeats. One survivor (holding a
+/// short lock) releases each dead node's sessions, so they start to expire and can be resumed
+/// on any node, and removes its entry. Presence entries of a dead node expire on their own.
+extension RedisEngine {
+    var nodesKey: String { "\(self.configuration.keyPrefix):nodes" }
+    func nodeKey(_ id: String) -> String { "\(self.configuration.keyPrefix):node:{\(id)}" }
+    func nodeSessionsKey(_ id: String) -> String { self.nodeKey(id) + ":sessions" }
+    func controlChannel(_ id: String) -> String { self.nodeKey(id) + ":control" }
+
+    private var heartbeatMs: Int { max(10, Int((self.configuration.heartbeatInterval * 1000).rounded())) }
+    /// A node silent this long is dead.
+    private var deadAfterMs: Int { 3 * self.heartbeatMs }
+
+    /// Joins the cluster: the first heartbeat, and the control channel.
+    func register() async {
+        self.subscribeControl()
+        await self.heartbeat()
+    }
+
+    /// One heartbeat: this node's entry, its presence members, dead nodes' cleanup.
+    func heartbeat() async {
+        let (node, address, started, connections, shutdown) = self.state.withLock {
+            ($0.node, $0.address, $0.startedAt, $0.sessions.count, $0.shutdown)
+        }
+        guard !node.isEmpty, !shutdown, self.backend.isConnected else { return }
+        self.subscribeControl()
+        let start = ContinuousClock.now
+        do {
+            async let beat = self.run(RedisScripts.nodeHeartbeat, keys: [self.nodesKey], args: [
+                .string(node), .int(self.deadAfterMs),
+            ])
+            async let info = self.run(RedisScripts.nodeInfo, keys: [self.nodeKey(node)], args: [
+                .string(address ?? ""), .int(Int(started * 1000)), .int(connections), .int(self.deadAfterMs),
+            ])
+            let (beatReply, infoReply) = try await (beat, info)
+            self.state.withLock { $0.lastRoundTrip = ContinuousClock.now - start }
+            // This node's entry was gone: Redis lost it, or others declared this node dead and
+            // released its sessions. Register them again.
+            if infoReply.int == 0 { await self.restoreSessions() }
+            let dead = (beatReply.array ?? []).compactMap(\.string).filter { $0 != node }
+            for id in dead { await self.cleanUp(deadNode: id) }
+        } catch {
+            self.logger.debug("heartbeat failed: \(error)")
+        }
+        await self.refreshPresence()
+    }
+
+    /// Releases the sessions of a dead node, unless another survivor is already doing it.
+    private func cleanUp(deadNode id: String) async {
+        do {
+            let lock = try await self.send(RESPCommand("SET", .string(self.nodeKey(id) + ":cleanup"), .string(self.nodeID),
+                                                       "NX", "PX", .int(30_000)))
+            guard lock.string == "OK" else { return }
+            let sessions = (try await self.send(RESPCommand("SMEMBERS", .string(self.nodeSessionsKey(id)))).array ?? []).compactMap(\.string)
+            await withTaskGroup(of: Void.self) { group in
+                for session in sessions {
+                    group.addTask {
+                        _ = try? await self.run(RedisScripts.touchSession, keys: [self.sessionKey(session)], args: [
+                            .int(-1), .int(max(1, Int((self.configuration.sessionTTL * 1000).rounded()))), .string(id),
+                        ])
+                    }
+                }
+            }
+            _ = try await self.send(RESPCommand("DEL", .string(self.nodeSessionsKey(id)), .string(self.nodeKey(id))))
+            _ = try await self.send(RESPCommand("ZREM", .string(self.nodesKey), .string(id)))
+            self.logger.notice("node \(id) is gone: released its \(sessions.count) sessions")
+        } catch {
+            self.logger.debug("cleanup of node \(id) failed: \(error)")
+        }
+    }
+
+    /// Leaves the cluster (on drain): the entry goes at once, sessions were closed by the drain.
+    func deregister() async {
+        let node = self.nodeID
+        guard !node.isEmpty, self.backend.isConnected else { return }
+        _ = try? await self.send(RESPCommand("ZREM", .string(self.nodesKey), .string(node)))
+        _ = try? await self.send(RESPCommand("DEL", .string(self.nodeKey(node)), .string(self.nodeSessionsKey(node))))
+    }
+
+    public func nodes() async throws -> [NodeInfo] {
+        let reply = try await self.run(RedisScripts.liveNodes, keys: [self.nodesKey], args: [.int(self.deadAfterMs)])
+        var ids: [(String, Double)] = []
+        var items = (reply.array ?? [])[...]
+        while let id = items.popFirst()?.string, let seen = items.popFirst()?.double { ids.append((id, seen / 1000)) }
+        return try await withThrowingTaskGroup(of: NodeInfo?.self) { group in
+            for (id, seen) in ids {
+                group.addTask {
+                    let fields = try await self.backend.hgetall(self.nodeKey(id))
+                    guard !fields.isEmpty else { return nil }
+                    let address = fields["address"].map { String(buffer: $0) }
+                    return NodeInfo(
+                        id: id, address: address?.isEmpty == false ? address : nil,
+                        startedAt: (fields["started"].flatMap { Double(String(buffer: $0)) } ?? 0) / 1000,
+                        lastSeen: seen, connections: fields["connections"].flatMap { Int(String(buffer: $0)) } ?? 0
+                    )
+                }
+            }
+            var out: [NodeInfo] = []
+            for try await node in group { if let node { out.append(node) } }
+            return out.sorted { $0.id < $1.id }
+        }
+    }
+
+    // MARK: control messages
+
+    struct ControlEnvelope: Codable {
+        var kind: String
+        var target: String
+        var code: UInt16
+        var reason: String
+
+        init(_ message: ControlMessage) {
+            switch message {
+            case .closeSession(let session, let code, let reason): (kind, target, self.code, self.reason) = ("closeSession", session, code, reason)
+            case .closeUser(let user, let code, let reason): (kind, target, self.code, self.reason) = ("closeUser", user, code, reason)
+            }
+        }
+
+        var message: ControlMessage? {
+            switch self.kind {
+            case "closeSession": .closeSession(self.target, code: self.code, reason: self.reason)
+            case "closeUser": .closeUser(self.target, code: self.code, reason: self.reason)
+            default: nil
+            }
+        }
+    }
+
+    public func send(_ message: ControlMessage, to node: String) async throws {
+        if node == self.nodeID {
+            self.state.withLock { $0.delivery }?.control(message)
+            return
+        }
+        let payload = String(decoding: try JSONEncoder().encode(ControlEnvelope(message)), as: UTF8.self)
+        let command = self.backend.sharded ? "SPUBLISH" : "PUBLISH"
+        let receivers = try await self.send(RESPCommand(command, .string(self.controlChannel(node)), .string(payload)))
+        guard (receivers.int ?? 0) > 0 else { throw EngineError.unknownNode(node) }
+    }
+
+    /// Subscribes to this node's control channel (once; the backend restores it after outages).
+    private func subscribeControl() {
+        let (node, start) = self.state.withLock { s -> (String, Bool) in
+            guard s.control == nil, !s.node.isEmpty, !s.shutdown else { return (s.node, false) }
+            return (s.node, true)
+        }
+        guard start else { return }
+        let backend = self.backend
+        let channel = self.controlChannel(node)
+        let task = Task<RESPSubscription, any Error> {
+            try await backend.subscribe(channel) { [weak self] payload in
+                guard let self, let envelope = try? JSONDecoder().decode(ControlEnvelope.self, from: Data(payload.readableBytesView)),
+                    let message = envelope.message
+                else { return }
+                self.state.withLock { $0.delivery }?.control(message)
+            }
+        }
+        self.state.withLock { $0.control = task }
+        Task { [weak self] in
+            if case .failure(let error) = await task.result {
+                // Try again with the next heartbeat.
+                self?.logger.debug("control channel subscription failed: \(error)")
+                self?.state.withLock { $0.control = nil }
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+import Foundation
+import NIOCore
+import RESP
+import Switchboard
+
+/// Sessions and presence. A session is one hash `sb:session:<id>`: `u` (user), `n` (live
+/// connections), `o` (node of the live connection), `c:<stream>` (acked offset). Without
+/// connections it expires after `sessionTTL`. Each node also keeps the set of sessions it
+/// holds (`sb:node:{<id>}:sessions`), so a survivor can release a dead node's sessions.
+extension RedisEngine {
+    func sessionKey(_ id: String) -> String { "\(self.configuration.keyPrefix):session:\(id)" }
+
+    private var sessionTTLms: Int { max(1, Int((self.configuration.sessionTTL * 1000).rounded())) }
+
+    public func saveSession(_ session: SessionRecord) async throws {
+        var args: [RESPArgument] = [.int(self.sessionTTLms)]
+        if let user = session.user { args += [.int(1), .string(user)] } else { args += [.int(0), .string("")] }
+        for (stream, cursor) in session.cursors { args += [.string(stream), .int(Int(cursor))] }
+        _ = try await self.run(RedisScripts.saveSession, keys: [self.sessionKey(session.id)], args: args)
+    }
+
+    public func loadSession(_ id: String) async throws -> SessionRecord? {
+        let fields: [String: ByteBuffer]
+        do {
+            fields = try await self.backend.hgetall(self.sessionKey(id))
+        } catch {
+            throw Self.map(error)
+        }
+        if fields.isEmpty { return nil }
+        var record = SessionRecord(id: id, user: fields["u"].map { String(buffer: $0) }, node: fields["o"].map { String(buffer: $0) })
+        for (name, value) in fields where name.hasPrefix("c:") {
+            if let cursor = Int64(String(buffer: value)) { record.cursors[String(name.dropFirst(2))] = cursor }
+        }
+        return record
+    }
+
+    public func touchSession(_ id: String, user: String?, connected: Bool) async throws {
+        let node = self.nodeID
+        self.state.withLock { s in
+            if connected { s.sessions[id] = user } else { s.sessions[id] = nil }
+        }
+        async let record = self.run(RedisScripts.touchSession, keys: [self.sessionKey(id)], args: [
+            .int(connected ? 1 : -1), .int(self.sessionTTLms), .string(node),
+        ])
+        async let index = self.send(RESPCommand(connected ? "SADD" : "SREM", .string(self.nodeSessionsKey(node)), .string(id)))
+        _ = try await (record, index)
+    }
+
+    /// After Redis came back (perhaps without its data): every session with a live connection
+    /// here is registered again, with this node as its owner.
+    func restoreSessions() async {
+        let (node, sessions) = self.state.withLock { ($0.node, $0.sessions) }
+        guard !sessions.isEmpty else { return }
+        await withTaskGroup(of: Void.self) { group in
+            for (id, user) in sessions {
+                group.addTask {
+                    _ = try? await self.run(RedisScripts.restoreSession, keys: [self.sessionKey(id)], args: [
+                        .string(node), .int(user == nil ? 0 : 1), .string(user ?? ""),
+                    ])
+                }
+            }
+            group.addTask {
+                var add = RESPCommand("SADD", .string(self.nodeSessionsKey(node)))
+                add.append(contentsOf: sessions.keys.map { .string($0) })
+                _ = try? await self.send(add)
+            }
+        }
+    }
+
+    public func ack(session: String, stream: String, offset: Int64) async throws {
+        let k = self.keys(stream)
+        // Sessions that have not acked for this long no longer hold history back: by then
+        // their session expired, or age trimming dropped what they would protect.
+        let staleAfter = Int((max(self.configuration.historyAge, self.configuration.sessionTTL) * 2000).rounded())
+        let streamTTL = self.configuration.streamIdleTTL > 0 ? max(1, Int((self.configuration.streamIdleTTL * 1000).rounded())) : 0
+        async let streamSide = self.run(RedisScripts.ack, keys: k.scriptKeys, args: [
+            .string(session), .int(Int(offset)), .int(max(1, staleAfter)), .int(streamTTL),
+        ])
+        async let sessionSide = self.run(RedisScripts.sessionCursor, keys: [self.sessionKey(session)], args: [
+            .string("c:" + stream), .int(Int(offset)),
+        ])
+        _ = try await (streamSide, sessionSide)
+    }
+
+    public func release(session: String, stream: String) async throws {
+        let k = self.keys(stream)
+        async let a = self.send(RESPCommand("ZREM", .string(k.acks), .string(session)))
+        async let b = self.send(RESPCommand("ZREM", .string(k.ackt), .string(session)))
+        async let c = self.send(RESPCommand("HDEL", .string(self.sessionKey(session)), .string("c:" + stream)))
+        _ = try await (a, b, c)
+    }
+
+    // MARK: presence
+
+    private var presenceTTLms: Int { max(1, Int((self.configuration.presenceTTL * 1000).rounded())) }
+
+    public func presenceJoin(_ stream: String, member: PresenceMember) async throws {
+        let encoded = try Self.encode(member)
+        self.state.withLock { $0.presence[stream, default: []].insert(encoded) }
+        _ = try await self.run(RedisScripts.presenceJoin, keys: [self.keys(stream).presence], args: [
+            .int(self.presenceTTLms), .string(encoded),
+        ])
+    }
+
+    public func presenceLeave(_ stream: String, member: PresenceMember) async throws {
+        let encoded = try Self.encode(member)
+        self.state.withLock { s in
+            s.presence[stream]?.remove(encoded)
+            if s.presence[stream]?.isEmpty ?? false { s.presence[stream] = nil }
+        }
+        _ = try await self.send(RESPCommand("HDEL", .string(self.keys(stream).presence), .string(encoded)))
+    }
+
+    public func presence(of stream: String) async throws -> [PresenceMember] {
+        let reply = try await self.run(RedisScripts.presenceList, keys: [self.keys(stream).presence], args: [])
+        let decoder = JSONDecoder()
+        return (reply.array ?? []).compactMap { v in
+            v.bytes.flatMap { try? decoder.decode(PresenceMember.self, from: Data($0.readableBytesView)) }
+        }
+    }
+
+    /// Re-arms the expiry of every member joined through this engine: members of a node that
+    /// stops doing this (it died) expire after `presenceTTL`.
+    func refreshPresence() async {
+        let snapshot = self.state.withLock { $0.presence }
+        let ttl = self.presenceTTLms
+        await withTaskGroup(of: Void.self) { group in
+            for (stream, members) in snapshot where !members.isEmpty {
+                let key = self.keys(stream).presence
+                group.addTask {
+                    _ = try? await self.run(RedisScripts.presenceJoin, keys: [key], args: [.int(ttl)] + members.map { .string($0) })
+                }
+            }
+        }
+    }
+
+    static func encode(_ member: PresenceMember) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return String(decoding: try encoder.encode(member), as: UTF8.self)
+    }
+}
