@@ -125,6 +125,14 @@ let package = Package(
             path: "Tests/RedisTestSupport"
         ),
         .testTarget(name: "RESPTests", dependencies: ["RESP", "RedisTestSupport"]),
+        // Real `switchboard serve` processes over real Redis (and Redis Cluster).
+        .testTarget(
+            name: "SwitchboardClusterTests",
+            dependencies: [
+                "RedisTestSupport", "SwitchboardClient", "SwitchboardTesting",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         .testTarget(name: "SwitchboardRedisTests", dependencies: ["SwitchboardRedis", "Switchboard", "RESP", "RedisTestSupport"]),
         .testTarget(
             name: "SwitchboardClientTests",

@@ -6,20 +6,33 @@ import SwitchboardWire
 /// Client of a Switchboard gateway: one WebSocket, reconnected with exponential backoff
 /// and full jitter, resuming every stream after the last offset handed to the application.
 public final class SwitchboardClient: Sendable {
-    let url: String
+    /// Nodes to connect to; each reconnect tries the next (a load balancer's URL works as one).
+    let urls: [String]
     let tokenProvider: (@Sendable () async -> String?)?
     let configuration: SwitchboardClientConfiguration
     let logger: Logger
     let state: LockedBox<ClientState>
     public let events: AsyncStream<ClientEvent>
 
-    public init(
+    public convenience init(
         url: String,
         token: (@Sendable () async -> String?)? = nil,
         configuration: SwitchboardClientConfiguration = .init(),
         logger: Logger = Logger(label: "switchboard.client")
     ) {
-        self.url = url
+        self.init(urls: [url], token: token, configuration: configuration, logger: logger)
+    }
+
+    /// A client that connects to `urls` in turn: the first attempt to the first, each
+    /// reconnect to the next, so it moves to another node when one goes away.
+    public init(
+        urls: [String],
+        token: (@Sendable () async -> String?)? = nil,
+        configuration: SwitchboardClientConfiguration = .init(),
+        logger: Logger = Logger(label: "switchboard.client")
+    ) {
+        precondition(!urls.isEmpty, "a client needs at least one URL")
+        self.urls = urls
         self.tokenProvider = token
         self.configuration = configuration
         self.logger = logger
@@ -234,10 +247,12 @@ public final class SwitchboardClient: Sendable {
         }
     }
 
-    func connectURL(session: String?) -> String {
-        guard let session, !session.isEmpty else { return self.url }
-        let separator = self.url.contains("?") ? "&" : "?"
-        return self.url + separator + "sid=" + PathSegment.encode(session)
+    /// The URL of connection attempt `attempt` (1, 2, …), with the session to resume.
+    func connectURL(session: String?, attempt: UInt64) -> String {
+        let url = self.urls[Int((attempt - 1) % UInt64(self.urls.count))]
+        guard let session, !session.isEmpty else { return url }
+        let separator = url.contains("?") ? "&" : "?"
+        return url + separator + "sid=" + PathSegment.encode(session)
     }
 
     /// The connection loop: connect, run, decide (§8), back off, repeat.
@@ -255,7 +270,7 @@ public final class SwitchboardClient: Sendable {
 
             var wsConfiguration = WebSocketClientConfiguration(maxFrameSize: self.configuration.maxMessageSize)
             if let token { wsConfiguration.additionalHeaders[.authorization] = "Bearer \(token)" }
-            let url = self.connectURL(session: session)
+            let url = self.connectURL(session: session, attempt: connectionID)
             var code: UInt16?
             var reason = ""
             var failure: (any Error)?

@@ -17,7 +17,8 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("jwt-jwks"), help: "JSON Web Key Set file: RS256/ES256/EdDSA/HS256 keys with kid (env SWITCHBOARD_JWT_JWKS).") var jwtJWKS: String?
     @Flag(name: .customLong("allow-anonymous"), help: "Accept connections without a token (env SWITCHBOARD_ALLOW_ANONYMOUS=1).") var allowAnonymous = false
     @Option(name: .customLong("api-key"), help: "Key for the server API (X-API-Key); repeatable (env SWITCHBOARD_API_KEYS, comma-separated).") var apiKeys: [String] = []
-    @Option(name: .customLong("redis"), help: "Redis URL for the cluster engine, e.g. redis://127.0.0.1:6379 (env SWITCHBOARD_REDIS).") var redis: String?
+    @Option(name: .customLong("redis"), help: "Redis URL for the cluster engine, e.g. redis://127.0.0.1:6379; with --redis-cluster, redis://host:port,host:port,… (env SWITCHBOARD_REDIS).") var redis: String?
+    @Flag(name: .customLong("redis-cluster"), help: "The --redis URL names Redis Cluster nodes: hash-tagged keys, sharded pub/sub (env SWITCHBOARD_REDIS_CLUSTER=1).") var redisCluster = false
     @Option(name: .customLong("node-id"), help: "Node id (env SWITCHBOARD_NODE_ID; random by default).") var nodeID: String?
     @Option(name: .customLong("history-size"), help: "Messages kept per stream (env SWITCHBOARD_HISTORY_SIZE).") var historySize: Int?
     @Option(name: .customLong("history-age"), help: "Seconds a message is kept (env SWITCHBOARD_HISTORY_AGE).") var historyAge: Double?
@@ -91,7 +92,7 @@ struct Serve: AsyncParsableCommand {
 
         let engine: any SwitchboardEngine
         if let url = self.redis ?? env["REDIS"] {
-            engine = try RedisEngineFactory.make(url: url, history: memory, logger: logger)
+            engine = try RedisEngineFactory.make(url: url, cluster: self.redisCluster || env["REDIS_CLUSTER"] == "1", history: memory, logger: logger)
         } else {
             engine = MemoryEngine(configuration: memory)
         }

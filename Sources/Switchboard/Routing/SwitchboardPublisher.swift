@@ -42,11 +42,40 @@ public struct SwitchboardPublisher: Sendable {
         try await self.core.engine.presence(of: stream)
     }
 
-    /// Close this node's connection of `session`, if it has one.
-    public func disconnect(session: String, code: CloseCode = .disconnected) -> Bool {
-        guard let handle = self.core.hub.connection(ofSession: session) else { return false }
-        handle.close(code: code, reason: "disconnected by the server")
-        return true
+    /// Messages of `stream` after `offset` (at most `limit`), or `.gone` when history no
+    /// longer reaches back that far.
+    public func history(of stream: String, after offset: Int64, limit: Int) async throws -> HistoryRead {
+        try Self.validate(stream: stream)
+        return try await self.core.engine.read(stream, after: offset, epoch: nil, limit: limit)
+    }
+
+    /// Close the connection of `session`, on whichever node holds it. False when the session
+    /// has no live connection.
+    @discardableResult
+    public func disconnect(session: String, code: CloseCode = .disconnected, reason: String = "disconnected by the server") async throws -> Bool {
+        if let handle = self.core.hub.connection(ofSession: session) {
+            handle.close(code: code, reason: reason)
+            return true
+        }
+        guard let node = try await self.core.engine.loadSession(session)?.node else { return false }
+        do {
+            try await self.core.engine.send(.closeSession(session, code: code.rawValue, reason: reason), to: node)
+            return true
+        } catch EngineError.unknownNode {
+            return false
+        }
+    }
+
+    /// Close every connection of `user`, on every node.
+    public func disconnect(user: String, code: CloseCode = .disconnected, reason: String = "disconnected by the server") async throws {
+        for node in try await self.core.engine.nodes() {
+            try? await self.core.engine.send(.closeUser(user, code: code.rawValue, reason: reason), to: node.id)
+        }
+    }
+
+    /// The live nodes of the cluster.
+    public func nodes() async throws -> [NodeInfo] {
+        try await self.core.engine.nodes()
     }
 
     /// This node's live connections.
