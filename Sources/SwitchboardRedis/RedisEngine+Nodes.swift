@@ -9,15 +9,18 @@ import Switchboard
 /// - `sb:node:{<id>}`: hash `address`, `started`, `connections`; expires after three missed
 ///   heartbeats.
 /// - `sb:node:{<id>}:sessions`: the sessions whose live connection is on that node.
+/// - `sb:node:{<id>}:presence`: the presence members joined through that node.
 /// - channel `sb:node:{<id>}:control`: control messages for that node (JSON).
 ///
 /// Every heartbeat also looks for nodes silent for three heartbeats. One survivor (holding a
 /// short lock) releases each dead node's sessions, so they start to expire and can be resumed
-/// on any node, and removes its entry. Presence entries of a dead node expire on their own.
+/// on any node, removes its presence members (publishing their leave events) and its entry.
 extension RedisEngine {
     var nodesKey: String { "\(self.configuration.keyPrefix):nodes" }
     func nodeKey(_ id: String) -> String { "\(self.configuration.keyPrefix):node:{\(id)}" }
     func nodeSessionsKey(_ id: String) -> String { self.nodeKey(id) + ":sessions" }
+    /// `<stream>\t<member>` of every presence member joined through that node.
+    func nodePresenceKey(_ id: String) -> String { self.nodeKey(id) + ":presence" }
     func controlChannel(_ id: String) -> String { self.nodeKey(id) + ":control" }
 
     private var heartbeatMs: Int { max(10, Int((self.configuration.heartbeatInterval * 1000).rounded())) }
@@ -74,6 +77,7 @@ extension RedisEngine {
                     }
                 }
             }
+            await self.removePresence(ofDeadNode: id)
             _ = try await self.send(RESPCommand("DEL", .string(self.nodeSessionsKey(id)), .string(self.nodeKey(id))))
             _ = try await self.send(RESPCommand("ZREM", .string(self.nodesKey), .string(id)))
             self.logger.notice("node \(id) is gone: released its \(sessions.count) sessions")
@@ -87,7 +91,7 @@ extension RedisEngine {
         let node = self.nodeID
         guard !node.isEmpty, self.backend.isConnected else { return }
         _ = try? await self.send(RESPCommand("ZREM", .string(self.nodesKey), .string(node)))
-        _ = try? await self.send(RESPCommand("DEL", .string(self.nodeKey(node)), .string(self.nodeSessionsKey(node))))
+        _ = try? await self.send(RESPCommand("DEL", .string(self.nodeKey(node)), .string(self.nodeSessionsKey(node)), .string(self.nodePresenceKey(node))))
     }
 
     public func nodes() async throws -> [NodeInfo] {

@@ -94,21 +94,48 @@ extension RedisEngine {
 
     private var presenceTTLms: Int { max(1, Int((self.configuration.presenceTTL * 1000).rounded())) }
 
-    public func presenceJoin(_ stream: String, member: PresenceMember) async throws {
+    @discardableResult
+    public func presenceJoin(_ stream: String, member: PresenceMember) async throws -> Bool {
         let encoded = try Self.encode(member)
         self.state.withLock { $0.presence[stream, default: []].insert(encoded) }
-        _ = try await self.run(RedisScripts.presenceJoin, keys: [self.keys(stream).presence], args: [
+        async let added = self.run(RedisScripts.presenceJoin, keys: [self.keys(stream).presence], args: [
             .int(self.presenceTTLms), .string(encoded),
         ])
+        async let indexed = self.send(RESPCommand("SADD", .string(self.nodePresenceKey(self.nodeID)), .string(stream + "\t" + encoded)))
+        let (reply, _) = try await (added, indexed)
+        return (reply.int ?? 0) > 0
     }
 
-    public func presenceLeave(_ stream: String, member: PresenceMember) async throws {
+    @discardableResult
+    public func presenceLeave(_ stream: String, member: PresenceMember) async throws -> Bool {
         let encoded = try Self.encode(member)
         self.state.withLock { s in
             s.presence[stream]?.remove(encoded)
             if s.presence[stream]?.isEmpty ?? false { s.presence[stream] = nil }
         }
-        _ = try await self.send(RESPCommand("HDEL", .string(self.keys(stream).presence), .string(encoded)))
+        async let removed = self.send(RESPCommand("HDEL", .string(self.keys(stream).presence), .string(encoded)))
+        async let indexed = self.send(RESPCommand("SREM", .string(self.nodePresenceKey(self.nodeID)), .string(stream + "\t" + encoded)))
+        let (reply, _) = try await (removed, indexed)
+        return (reply.int ?? 0) > 0
+    }
+
+    /// A dead node's members leave every stream they were in, with a leave event each.
+    func removePresence(ofDeadNode id: String) async {
+        guard let entries = try? await self.send(RESPCommand("SMEMBERS", .string(self.nodePresenceKey(id)))).array else { return }
+        let decoder = JSONDecoder()
+        await withTaskGroup(of: Void.self) { group in
+            for entry in entries.compactMap(\.string) {
+                guard let tab = entry.firstIndex(of: "\t") else { continue }
+                let stream = String(entry[..<tab]), encoded = String(entry[entry.index(after: tab)...])
+                group.addTask {
+                    guard let removed = try? await self.send(RESPCommand("HDEL", .string(self.keys(stream).presence), .string(encoded))),
+                        removed.int == 1, let member = try? decoder.decode(PresenceMember.self, from: Data(encoded.utf8))
+                    else { return }
+                    _ = try? await self.publish(PresenceEvents.stream(for: stream), body: PresenceEvents.body(.leave, member), idempotencyKey: nil)
+                }
+            }
+        }
+        _ = try? await self.send(RESPCommand("DEL", .string(self.nodePresenceKey(id))))
     }
 
     public func presence(of stream: String) async throws -> [PresenceMember] {

@@ -229,12 +229,14 @@ enum RedisScripts {
     return redis.call('ZRANGEBYSCORE', KEYS[1], now_ms() - tonumber(ARGV[1]), '+inf', 'WITHSCORES')
     """)
 
-    /// KEYS presence. ARGV ttl ms, members… Sets each member's expiry to now + ttl.
+    /// KEYS presence. ARGV ttl ms, members… Sets each member's expiry to now + ttl; returns
+    /// how many members were not there yet.
     static let presenceJoin = RESPScript(source: prelude + """
     local exp = now_ms() + tonumber(ARGV[1])
-    for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], exp) end
+    local added = 0
+    for i = 2, #ARGV do added = added + redis.call('HSET', KEYS[1], ARGV[i], exp) end
     redis.call('PEXPIRE', KEYS[1], ARGV[1])
-    return #ARGV - 1
+    return added
     """)
 
     /// KEYS presence. Returns live members, deletes expired ones.

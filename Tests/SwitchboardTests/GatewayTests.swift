@@ -135,6 +135,36 @@ struct GatewayTests {
         }
     }
 
+    @Test func presenceJoinsAndLeavesAreEventsOfTheirOwnStream() async throws {
+        try await TestApp.withNode { node in
+            let (watcher, _) = try await node.raw(user: "wendy")
+            // Whoever may subscribe to a room may follow its presence; others may not.
+            try await watcher.send("SUB|/presence/rooms/lobby|r=1|")
+            #expect(Parsed(try await watcher.nextText()).head == "SUB200")
+            try await watcher.send("SUB|/presence/rooms/secret|r=2|")
+            #expect(Parsed(try await watcher.nextText()).head == "SUB403")
+
+            let (ann, annSession) = try await node.raw(user: "ann")
+            try await ann.send("SUB|/rooms/lobby|r=1|")
+            #expect(Parsed(try await ann.nextText()).head == "SUB200")
+            let join = Parsed(try await watcher.nextText())
+            #expect(join.head == "PUSH200" && join.target == "/presence/rooms/lobby" && join.meta["id"] == "1")
+            let joined = try JSONSerialization.jsonObject(with: Data(join.body.utf8)) as? [String: String]
+            #expect(joined?["event"] == "join" && joined?["user"] == "ann" && joined?["session"] == annSession)
+            #expect(try await node.publisher.presence(of: "/rooms/lobby").map(\.user) == ["ann"])
+            // Subscribing again (a reposition) is not a second join.
+            try await ann.send("SUB|/rooms/lobby|r=2;since=0|")
+            #expect(Parsed(try await ann.nextText()).head == "SUB200")
+
+            // Closing the connection (a TCP close, no close frame) is a leave.
+            await ann.close()
+            let leave = Parsed(try await watcher.nextText())
+            #expect(leave.meta["id"] == "2")
+            #expect((try JSONSerialization.jsonObject(with: Data(leave.body.utf8)) as? [String: String])?["event"] == "leave")
+            #expect(try await node.publisher.presence(of: "/rooms/lobby").isEmpty)
+        }
+    }
+
     @Test func resumeReplaysExactlyWhatWasMissedThenLive() async throws {
         try await TestApp.withNode { node in
             let (ann, session) = try await node.raw(user: "ann")

@@ -32,6 +32,21 @@ struct KeepaliveTests {
         }
     }
 
+    @Test func aPeerThatClosesTCPWithoutACloseFrameIsGoneAtOnce() async throws {
+        // Ping interval an hour: only the FIN can tell the node.
+        try await TestApp.withNode { node in
+            let (socket, session) = try await node.raw(user: "ann")
+            #expect(node.publisher.connections.map(\.session) == [session])
+            await socket.close()
+            var gone = false
+            for _ in 0..<200 where !gone {
+                gone = node.publisher.connections.isEmpty
+                if !gone { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            #expect(gone)
+        }
+    }
+
     @Test func expiredTokenCloses4401() async throws {
         try await TestApp.withNode({ $0.pingInterval = 2 }) { node in
             let socket = try await RawSocket.connect(port: node.port)

@@ -79,7 +79,11 @@ extension ConnectionHandler {
         case .forbidden:
             self.replyError(status: 403, method: .sub, target: stream, requestID: requestID, error: "forbidden", reason: "not your stream")
         case .notBuiltin:
-            self.route(frame, requestID: requestID) { response, body in
+            // A presence stream is authorised by the route of the stream it describes.
+            let subject = PresenceEvents.subject(of: stream)
+            var routed = frame
+            if let subject { routed.target = subject }
+            self.route(routed, requestID: requestID) { response, body in
                 guard (200..<300).contains(response.status.code) else {
                     var meta = Meta()
                     if let requestID { meta[MetaKey.requestID] = requestID }
@@ -89,9 +93,11 @@ extension ConnectionHandler {
                     return self.replyError(status: 429, method: .sub, target: stream, requestID: requestID, error: "too_many_subscriptions", reason: "at most \(self.configuration.maxSubscriptions) subscriptions per connection")
                 }
                 self.subscribe(stream, since: resumeAfter, epoch: epoch, requestID: requestID)
-                let member = PresenceMember(user: self.identity?.user, session: self.session)
-                let engine = self.core.engine
-                Task { try? await engine.presenceJoin(stream, member: member) }
+                if subject == nil {
+                    let member = self.presenceMember
+                    let engine = self.core.engine
+                    Task { await PresenceEvents.record(.join, member, on: stream, engine: engine) }
+                }
             }
         }
     }

@@ -223,13 +223,18 @@ extension ConnectionHandler {
         self.loopHub.removeSubscriber(stream, self)
         let engine = self.core.engine
         let session = self.session
-        let member = PresenceMember(user: self.identity?.user, session: session)
-        let builtin = self.core.isBuiltinStream(stream)
+        let member = self.presenceMember
+        let hasPresence = self.core.hasPresence(stream)
         Task {
             await engine.unsubscribe(stream)
             try? await engine.release(session: session, stream: stream)
-            if !builtin { try? await engine.presenceLeave(stream, member: member) }
+            if hasPresence { await PresenceEvents.record(.leave, member, on: stream, engine: engine) }
         }
+    }
+
+    /// This connection as a member of a stream's presence.
+    var presenceMember: PresenceMember {
+        PresenceMember(user: self.identity?.user, session: self.session, connection: "\(self.core.nodeID)/\(self.handle.id)")
     }
 
     /// Record an ACK; `requestID` gets ACK200 once the engine recorded it.

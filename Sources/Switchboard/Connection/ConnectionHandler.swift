@@ -168,6 +168,16 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
+    /// The server accepts half-closed HTTP connections, so the peer's FIN arrives as an event,
+    /// not as a close. A WebSocket peer that stops sending without a close frame is gone.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         self.logger.debug("connection error", metadata: ["error": "\(error)"])
         context.close(promise: nil)

@@ -117,14 +117,18 @@ public struct EngineHealth: Sendable, Equatable {
     public var isReady: Bool { self.available && !self.catchingUp }
 }
 
-/// A member of a stream's presence set.
+/// A member of a stream's presence set: one connection subscribed to it. A user with two tabs
+/// is two members; a reconnect is a new member (the old one leaves when its connection closes).
 public struct PresenceMember: Sendable, Hashable, Codable {
     public var user: String?
     public var session: String
+    /// `<node>/<connection id>`: unique in the cluster.
+    public var connection: String
 
-    public init(user: String?, session: String) {
+    public init(user: String?, session: String, connection: String = "") {
         self.user = user
         self.session = session
+        self.connection = connection
     }
 }
 
@@ -195,7 +199,11 @@ public protocol SwitchboardEngine: Sendable {
     /// The session stopped consuming `stream` (acks no longer hold its history).
     func release(session: String, stream: String) async throws
 
-    func presenceJoin(_ stream: String, member: PresenceMember) async throws
-    func presenceLeave(_ stream: String, member: PresenceMember) async throws
+    /// Adds `member` to the stream's presence; true if it was not there yet.
+    @discardableResult
+    func presenceJoin(_ stream: String, member: PresenceMember) async throws -> Bool
+    /// Removes `member`; true if it was there.
+    @discardableResult
+    func presenceLeave(_ stream: String, member: PresenceMember) async throws -> Bool
     func presence(of stream: String) async throws -> [PresenceMember]
 }

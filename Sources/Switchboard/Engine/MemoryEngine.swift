@@ -231,17 +231,17 @@ public final class MemoryEngine: SwitchboardEngine {
         }
     }
 
-    public func presenceJoin(_ stream: String, member: PresenceMember) async throws {
+    @discardableResult
+    public func presenceJoin(_ stream: String, member: PresenceMember) async throws -> Bool {
         self.state.withLockedValue { state in
-            var s = state.streams[stream] ?? StreamState(epoch: self.epoch)
-            s.presence.insert(member)
-            state.streams[stream] = s
+            state.streams[stream, default: StreamState(epoch: self.epoch)].presence.insert(member).inserted
         }
     }
 
-    public func presenceLeave(_ stream: String, member: PresenceMember) async throws {
-        _ = self.state.withLockedValue { state in
-            state.streams[stream]?.presence.remove(member)
+    @discardableResult
+    public func presenceLeave(_ stream: String, member: PresenceMember) async throws -> Bool {
+        self.state.withLockedValue { state in
+            state.streams[stream]?.presence.remove(member) != nil
         }
     }
 

@@ -22,6 +22,11 @@ extension GatewayCore {
         stream == Self.broadcastStream || stream.hasPrefix("/users/") || stream.hasPrefix("/sessions/")
     }
 
+    /// Streams whose subscribers are tracked as presence: those subscribed through a route.
+    func hasPresence(_ stream: String) -> Bool {
+        !self.isBuiltinStream(stream) && PresenceEvents.subject(of: stream) == nil
+    }
+
     func authorizeBuiltin(stream: String, session: String, user: String?) -> BuiltinAuthorization {
         if stream == Self.broadcastStream { return .allowed }
         if stream.hasPrefix("/users/") { return user.map { Self.userStream($0) == stream } == true ? .allowed : .forbidden }
@@ -50,12 +55,12 @@ extension GatewayCore {
     func connectionClosed(_ handle: ConnectionHandle, streams: [String]) {
         self.hub.releaseSession(handle.session, by: handle)
         let engine = self.engine
-        let member = PresenceMember(user: handle.user, session: handle.session)
-        let builtin = streams.map { self.isBuiltinStream($0) }
+        let member = PresenceMember(user: handle.user, session: handle.session, connection: "\(self.nodeID)/\(handle.id)")
+        let presence = streams.map { self.hasPresence($0) }
         Task {
-            for (stream, isBuiltin) in zip(streams, builtin) {
+            for (stream, hasPresence) in zip(streams, presence) {
                 await engine.unsubscribe(stream)
-                if !isBuiltin { try? await engine.presenceLeave(stream, member: member) }
+                if hasPresence { await PresenceEvents.record(.leave, member, on: stream, engine: engine) }
             }
             try? await engine.touchSession(handle.session, user: handle.user, connected: false)
         }

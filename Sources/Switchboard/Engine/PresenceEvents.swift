@@ -1,0 +1,51 @@
+import Foundation
+import NIOCore
+
+/// Presence events. When a connection starts subscribing to a stream (through a `SUB` route)
+/// or stops (UNSUB, disconnect, its node died), an event goes to the stream's presence stream,
+/// `/presence` + the stream's path. It is a stream like any other: contiguous offsets, history,
+/// resume. A connection may subscribe to `/presence/<path>` if its `SUB` route for `<path>`
+/// allows it.
+public enum PresenceEvents {
+    public static let prefix = "/presence"
+
+    public enum Kind: String, Codable, Sendable {
+        case join, leave
+    }
+
+    /// The body of an event: `{"event":"join","user":"ann","session":"…","connection":"…"}`.
+    public struct Event: Codable, Sendable, Equatable {
+        public var event: Kind
+        public var user: String?
+        public var session: String
+        public var connection: String
+    }
+
+    /// The presence stream of `stream`.
+    public static func stream(for stream: String) -> String { self.prefix + stream }
+
+    /// The stream whose presence `stream` carries, if it is a presence stream.
+    public static func subject(of stream: String) -> String? {
+        guard stream.hasPrefix(self.prefix + "/") else { return nil }
+        return String(stream.dropFirst(self.prefix.count))
+    }
+
+    public static func body(_ kind: Kind, _ member: PresenceMember) -> ByteBuffer {
+        let event = Event(event: kind, user: member.user, session: member.session, connection: member.connection)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return ByteBuffer(bytes: (try? encoder.encode(event)) ?? Data())
+    }
+
+    /// Records a join (or leave) and, when it changed the presence, publishes the event.
+    static func record(_ kind: Kind, _ member: PresenceMember, on stream: String, engine: any SwitchboardEngine) async {
+        do {
+            let changed = kind == .join
+                ? try await engine.presenceJoin(stream, member: member)
+                : try await engine.presenceLeave(stream, member: member)
+            if changed { _ = try await engine.publish(self.stream(for: stream), body: self.body(kind, member), idempotencyKey: nil) }
+        } catch {
+            // Redis away: the member's entry expires with its node's heartbeat.
+        }
+    }
+}
