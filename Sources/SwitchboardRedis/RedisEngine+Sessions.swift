@@ -97,12 +97,14 @@ extension RedisEngine {
     @discardableResult
     public func presenceJoin(_ stream: String, member: PresenceMember) async throws -> Bool {
         let encoded = try Self.encode(member)
-        self.state.withLock { $0.presence[stream, default: []].insert(encoded) }
         async let added = self.run(RedisScripts.presenceJoin, keys: [self.keys(stream).presence], args: [
             .int(self.presenceTTLms), .string(encoded),
         ])
         async let indexed = self.send(RESPCommand("SADD", .string(self.nodePresenceKey(self.nodeID)), .string(stream + "\t" + encoded)))
         let (reply, _) = try await (added, indexed)
+        // Refreshed by the heartbeat from now on (not before: a refresh adding it first would
+        // make this join look like nothing new, and lose its event).
+        self.state.withLock { $0.presence[stream, default: []].insert(encoded) }
         return (reply.int ?? 0) > 0
     }
 

@@ -159,13 +159,15 @@ enum RedisScripts {
     """)
 
     /// KEYS session. ARGV ttl ms, has user 0/1, user, then stream/cursor pairs.
-    /// Replaces the record, keeps the connection count `n`; without connections the key
-    /// expires after the TTL.
+    /// Replaces the record, keeps the connection count `n` and owner node `o`; without
+    /// connections the key expires after the TTL.
     static let saveSession = RESPScript(source: """
     local k = KEYS[1]
     local n = tonumber(redis.call('HGET', k, 'n') or '0')
+    local o = redis.call('HGET', k, 'o')
     redis.call('DEL', k)
     local f = {'n', n}
+    if o then f[#f + 1] = 'o'; f[#f + 1] = o end
     if ARGV[2] == '1' then f[#f + 1] = 'u'; f[#f + 1] = ARGV[3] end
     for i = 4, #ARGV - 1, 2 do f[#f + 1] = 'c:' .. ARGV[i]; f[#f + 1] = ARGV[i + 1] end
     redis.call('HSET', k, unpack(f))

@@ -1,7 +1,7 @@
 import RedisTestSupport
 import Foundation
 import NIOCore
-import RESP
+@testable import RESP
 import Switchboard
 import Testing
 @testable import SwitchboardRedis
@@ -218,12 +218,12 @@ struct RedisEngineTests {
             // Two connections: expiry starts after the last one closes.
             try await b.touchSession("s", user: "ann", connected: true)
             try await a.touchSession("s", user: "ann", connected: false)
-            // Saving keeps the connection count.
+            // Saving keeps the connection count and the node of the live connection.
             try await b.saveSession(SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 42]))
             try await Task.sleep(for: .milliseconds(2600))
-            #expect(try await a.loadSession("s") == SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 42]))
+            #expect(try await a.loadSession("s") == SessionRecord(id: "s", user: "ann", cursors: ["/users/ann": 42], node: "node1"))
             try await b.touchSession("s", user: "ann", connected: false)
-            #expect(try await a.loadSession("s") != nil)
+            #expect(try await a.loadSession("s")?.node == nil)
             try await Task.sleep(for: .milliseconds(2600))
             #expect(try await a.loadSession("s") == nil)
             // touching a missing session is a no-op
@@ -329,6 +329,94 @@ struct RedisEngineTests {
             #expect(Set(lagging?.keys ?? [:].keys) == ["/lag", "/quiet"])
             let positions = try await b.positions(of: ["/lag", "/quiet"])
             #expect(positions.count == 2)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func nodesAreListedAndADeadNodesSessionsAndPresenceAreReleased() async throws {
+        try await withEngines(count: 2, { $0.heartbeatInterval = 0.1; $0.sessionTTL = 60 }) { server, engines, collectors in
+            let (a, b) = (engines[0], engines[1])
+            await a.announce(address: "127.0.0.1:1111")
+            #expect(try await a.nodes().map(\.id) == ["node0", "node1"])
+            #expect(try await b.nodes().first?.address == "127.0.0.1:1111")
+
+            // A node that crashed: its heartbeat is old, it held session "gone" and a member of /room.
+            let redis = try await RESPConnection.connect(configuration: server.configuration)
+            defer { Task { await redis.close() } }
+            _ = try await redis.send("ZADD", "sb:nodes", 1, "crashed")
+            _ = try await redis.send("HSET", "sb:session:gone", "n", 1, "o", "crashed", "u", "zed")
+            _ = try await redis.send("SADD", "sb:node:{crashed}:sessions", "gone")
+            let member = PresenceMember(user: "zed", session: "gone", connection: "crashed/1")
+            let encoded = try RedisEngine.encode(member)
+            _ = try await redis.send("HSET", "sb:{/room}:presence", .string(encoded), 99_999_999_999_999)
+            _ = try await redis.send("SADD", "sb:node:{crashed}:presence", .string("/room\t" + encoded))
+            try await b.subscribe("/presence/room")
+
+            // A survivor releases the session (it now expires), removes the member with a leave event.
+            #expect(try await eventually { (try? await redis.send("EXISTS", "sb:node:{crashed}:sessions").int) == 0 })
+            #expect(try await redis.send("HGET", "sb:session:gone", "n").string == "0")
+            #expect(try await redis.send("PTTL", "sb:session:gone").int ?? -1 > 0)
+            #expect(try await a.loadSession("gone")?.node == nil)
+            #expect(try await a.presence(of: "/room").isEmpty)
+            #expect(try await eventually { collectors[1].messages.contains { $0.stream == "/presence/room" } })
+            let event = try JSONDecoder().decode(PresenceEvents.Event.self, from: Data(collectors[1].messages.last!.body.readableBytesView))
+            #expect(event == PresenceEvents.Event(event: .leave, user: "zed", session: "gone", connection: "crashed/1"))
+            #expect(try await a.nodes().map(\.id) == ["node0", "node1"])
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func controlMessagesReachTheirNode() async throws {
+        try await withEngines(count: 2) { _, engines, collectors in
+            let (a, b) = (engines[0], engines[1])
+            try await a.send(.closeSession("s1", code: 4409, reason: "taken over"), to: "node1")
+            try await a.send(.closeUser("ann", code: 4403, reason: "bye"), to: "node0")  // itself
+            #expect(try await eventually { collectors[1].controls == [.closeSession("s1", code: 4409, reason: "taken over")] })
+            #expect(collectors[0].controls == [.closeUser("ann", code: 4403, reason: "bye")])
+            await #expect(throws: EngineError.unknownNode("nobody")) { try await b.send(.closeUser("x", code: 4403, reason: ""), to: "nobody") }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func messagesPublishedWhileThePubSubConnectionWasDownAreCaughtUp() async throws {
+        try await withEngines(count: 2) { server, engines, collectors in
+            let (a, b) = (engines[0], engines[1])
+            try await b.subscribe("/cut")
+            _ = try await a.publish("/cut", body: ByteBuffer(text: "1"), idempotencyKey: nil)
+            try await eventually { collectors[1].messages.count == 1 }
+            // Redis drops B's pub/sub connection (only that one); A publishes meanwhile.
+            let redis = try await RESPConnection.connect(configuration: server.configuration)
+            defer { Task { await redis.close() } }
+            let clients = try await redis.send("CLIENT", "LIST", "TYPE", "pubsub").string ?? ""
+            let id = try #require(clients.split(separator: "\n").first { $0.contains("name=node1") }?
+                .split(separator: " ").first { $0.hasPrefix("id=") }?.dropFirst(3))
+            _ = try await redis.send("CLIENT", "KILL", "ID", .string(String(id)))
+            let missed = try await a.publish("/cut", body: ByteBuffer(text: "2"), idempotencyKey: nil)
+            // B reconnects and resubscribes. Message 2 reaches the gateway either live (B was back
+            // in time) or as a catch-up to offset 2 (it was published while B was away).
+            #expect(try await eventually {
+                collectors[1].messages.contains { $0.offset == missed.offset } || (collectors[1].catchUps["/cut"]?.top ?? 0) >= missed.offset
+            })
+            #expect(try await eventually { b.isAvailable })
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aSilentlyDeadSubscriptionIsFoundAndReplaced() async throws {
+        try await withEngines(count: 2, { $0.liveCheckInterval = 0.2 }) { _, engines, collectors in
+            let (a, b) = (engines[0], engines[1])
+            try await b.subscribe("/silent")
+            // Unsubscribe behind the engine's back: Redis stops sending, nothing says so.
+            let backend = try #require(b.backend as? StandaloneBackend)
+            let connection = try #require(backend.client.subscriber.connection)
+            let unsubscribe = connection.enqueue(RESPCommand("UNSUBSCRIBE", .string(b.keys("/silent").channel)), expectedPushes: 1, pushKind: "unsubscribe")
+            _ = try await RESPConnection.wait(unsubscribe, timeout: .seconds(5))
+            let lost = try await a.publish("/silent", body: ByteBuffer(text: "lost"), idempotencyKey: nil)
+            // Two checks later the engine knows: the gateway catches up, the subscription is new.
+            #expect(try await eventually { collectors[1].catchUps["/silent"]?.top == lost.offset })
+            try await Task.sleep(for: .milliseconds(300))
+            _ = try await a.publish("/silent", body: ByteBuffer(text: "live again"), idempotencyKey: nil)
+            #expect(try await eventually { collectors[1].messages.last?.body.text == "live again" })
         }
     }
 

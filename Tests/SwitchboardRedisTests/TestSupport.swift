@@ -37,7 +37,9 @@ func withEngines<T>(count: Int = 1, _ modify: (inout RedisEngineConfiguration) -
     var collectors: [Collector] = []
     do {
         for i in 0..<count {
-            let e = RedisEngine(configuration: try engineConfiguration(server, modify))
+            var configuration = try engineConfiguration(server, modify)
+            configuration.redis.clientName = "node\(i)"
+            let e = RedisEngine(configuration: configuration)
             let c = Collector()
             engines.append(e)
             collectors.append(c)

@@ -225,7 +225,7 @@ extension ConnectionHandler {
         let session = self.session
         let member = self.presenceMember
         let hasPresence = self.core.hasPresence(stream)
-        Task {
+        self.core.bookkeeping {
             await engine.unsubscribe(stream)
             try? await engine.release(session: session, stream: stream)
             if hasPresence { await PresenceEvents.record(.leave, member, on: stream, engine: engine) }

@@ -19,6 +19,13 @@ public enum PresenceEvents {
         public var user: String?
         public var session: String
         public var connection: String
+
+        public init(event: Kind, user: String?, session: String, connection: String) {
+            self.event = event
+            self.user = user
+            self.session = session
+            self.connection = connection
+        }
     }
 
     /// The presence stream of `stream`.

@@ -80,8 +80,10 @@ public final class Gateway: Service, Sendable {
         } onGracefulShutdown: {
             core.startDraining()
         }
-        // The listener is closed; now move the WebSocket clients elsewhere.
+        // The listener is closed; now move the WebSocket clients elsewhere, and let the engine
+        // hear about every connection that closed before this node leaves the cluster.
         await self.drainConnections()
+        await core.finishBookkeeping(timeout: .seconds(5))
         for hub in core.hub.loops {
             hub.loop.execute { hub.stopPinging() }
         }

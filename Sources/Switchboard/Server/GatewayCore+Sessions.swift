@@ -57,7 +57,7 @@ extension GatewayCore {
         let engine = self.engine
         let member = PresenceMember(user: handle.user, session: handle.session, connection: "\(self.nodeID)/\(handle.id)")
         let presence = streams.map { self.hasPresence($0) }
-        Task {
+        self.bookkeeping {
             for (stream, hasPresence) in zip(streams, presence) {
                 await engine.unsubscribe(stream)
                 if hasPresence { await PresenceEvents.record(.leave, member, on: stream, engine: engine) }

@@ -15,6 +15,14 @@ final class GatewayCore: Sendable {
     let allocator = ByteBufferAllocator()
     private let nextID = NIOLockedValueBox<UInt64>(0)
     private let draining = NIOLockedValueBox(false)
+    /// Engine work a closed connection left behind (unsubscribes, presence leaves), so a
+    /// draining node finishes it before it leaves the cluster.
+    private let bookkeeping = NIOLockedValueBox(Bookkeeping())
+
+    struct Bookkeeping {
+        var next = 0
+        var tasks: [Int: Task<Void, Never>] = [:]
+    }
 
     init(
         configuration: GatewayConfiguration,
@@ -45,6 +53,32 @@ final class GatewayCore: Sendable {
     }
 
     func startDraining() { self.draining.withLockedValue { $0 = true } }
+
+    /// Runs engine bookkeeping in the background, tracked until it is done.
+    func bookkeeping(_ work: @escaping @Sendable () async -> Void) {
+        self.bookkeeping.withLockedValue { b in
+            let id = b.next
+            b.next += 1
+            b.tasks[id] = Task { [weak self] in
+                await work()
+                _ = self?.bookkeeping.withLockedValue { $0.tasks.removeValue(forKey: id) }
+            }
+        }
+    }
+
+    /// Waits (at most `timeout`) for the bookkeeping started so far.
+    func finishBookkeeping(timeout: Duration) async {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            guard let task = self.bookkeeping.withLockedValue({ $0.tasks.values.first }) else { return }
+            let timer = Task {
+                try? await Task.sleep(until: deadline)
+                task.cancel()
+            }
+            await task.value
+            timer.cancel()
+        }
+    }
 
     static func randomID(length: Int) -> String {
         let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
