@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces docs/benchmarks.md: builds the release binary, starts what each scenario needs on
 # loopback, runs the load tool and prints its JSON summaries.
-#   bash scripts/bench.sh [idle|fanout|steady|redis|all]
+#   bash scripts/bench.sh [idle|fanout|steady|redis|cluster|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -11,10 +11,11 @@ pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# A node with the in-memory engine; limits raised so the load tool measures the gateway, not them.
+# A node (in-memory engine, or "$2" as --redis); limits raised so the load tool measures the
+# gateway, not them.
 node() {
   "$bin" serve --allow-anonymous --port "$1" --log-level warning --request-rate 1000000 --request-burst 100000 \
-    --max-in-flight 1024 >/dev/null 2>&1 &
+    --max-in-flight 1024 ${2:+--redis "$2"} >/dev/null 2>&1 &
   pids+=($!)
   server=$!
   sleep 1
@@ -54,4 +55,22 @@ if [[ $what == redis || $what == all ]]; then
     echo "# switchboard bench redis: 50 callers, 16 commands per batch, $connections connection(s)"
     "$bin" bench redis --port "$port" --pipeline 16 --clients 50 --connections "$connections" --requests 2000000 | tail -1
   done
+fi
+if [[ $what == cluster || $what == all ]]; then
+  port=16398
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no --loglevel warning >/dev/null &
+  pids+=($!)
+  sleep 0.5
+  node 18091 "redis://127.0.0.1:$port"; a=$server
+  node 18092 "redis://127.0.0.1:$port"; b=$server
+  redis-cli -p "$port" CONFIG RESETSTAT >/dev/null
+  echo "# cross-node: 1,000 subscribers on node A, publisher on node B, 20 messages/s = 20,000 deliveries/s"
+  "$bin" bench fanout --url ws://127.0.0.1:18091/ws --publish-url ws://127.0.0.1:18092/ws --server-pids "$a,$b" \
+    --subscribers 1000 --processes 2 --duration 20 --rate 20 --redis-stats "127.0.0.1:$port" 2>&1 | grep -v "^published\|^subscribed" | tail -2
+  echo "# cross-node: 20 subscribers on node A, publisher on node B, 1,000 messages/s = 20,000 deliveries/s"
+  "$bin" bench fanout --url ws://127.0.0.1:18091/ws --publish-url ws://127.0.0.1:18092/ws --server-pids "$a,$b" \
+    --subscribers 20 --processes 2 --duration 20 --rate 1000 --redis-stats "127.0.0.1:$port" 2>&1 | grep -v "^published\|^subscribed" | tail -2
+  echo "# a group over two nodes (500 subscribers each), flat out with 128 publishes in flight"
+  "$bin" bench fanout --url ws://127.0.0.1:18091/ws,ws://127.0.0.1:18092/ws --server-pids "$a,$b" \
+    --subscribers 1000 --processes 2 --duration 15 --rate 0 --window 128 --redis-stats "127.0.0.1:$port" 2>&1 | grep -v "^published\|^subscribed" | tail -2
 fi

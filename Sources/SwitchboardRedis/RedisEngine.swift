@@ -68,6 +68,8 @@ public final class RedisEngine: SwitchboardEngine {
         var control: Task<RESPSubscription, any Error>?
         var tasks: [Task<Void, Never>] = []
         var availability = Availability.unavailable
+        /// Where the next live check starts, when there are more streams than one round checks.
+        var liveCheckCursor = 0
         var lastRoundTrip: Duration?
         var started = false
         var shutdown = false
@@ -190,6 +192,7 @@ public final class RedisEngine: SwitchboardEngine {
         switch event {
         case .connected:
             self.state.withLock { if $0.availability == .unavailable { $0.availability = .available } }
+            await self.loadScripts()
             await self.register()
         case .disconnected:
             self.logger.warning("Redis unavailable")
@@ -199,6 +202,7 @@ public final class RedisEngine: SwitchboardEngine {
             self.logger.info("Redis available again; catching up live streams")
             self.state.withLock { $0.availability = .catchingUp }
             // Re-register before anything else: a restarted Redis may have lost this node.
+            await self.loadScripts()
             await self.register()
             let lagging = await self.catchUpLiveStreams()
             self.state.withLock { if $0.availability == .catchingUp { $0.availability = .available } }
@@ -405,17 +409,28 @@ public final class RedisEngine: SwitchboardEngine {
         return lagging
     }
 
-    /// Compares each subscribed stream's top with what was delivered. A stream behind its top
-    /// twice in a row (so not just a message in flight) lost messages on a subscription that
-    /// went silently dead: the gateway catches it up, and the subscription is made again.
+    /// Streams checked per round of `checkLiveSubscriptions`; a node with more takes turns.
+    static let liveCheckBatch = 512
+
+    /// Compares subscribed streams' tops with what was delivered (up to `liveCheckBatch` a
+    /// round, in turn, read in one call on a single server). A stream behind its top twice in a
+    /// row (so not just a message in flight) lost messages on a subscription that went silently
+    /// dead: the gateway catches it up, and the subscription is made again.
     func checkLiveSubscriptions() async {
-        let known = self.state.withLock { s in s.live.compactMapValues { l in l.lastOffset.map { ($0, l.lastEpoch, l.suspect) } } }
-        guard !known.isEmpty, self.isAvailable, let positions = try? await self.positions(of: Array(known.keys)) else { return }
+        let known = self.state.withLock { s -> [(String, Int64, String?, Int64?)] in
+            let streams = s.live.compactMap { stream, l in l.lastOffset.map { (stream, $0, l.lastEpoch, l.suspect) } }
+                .sorted { $0.0 < $1.0 }
+            guard streams.count > Self.liveCheckBatch else { return streams }
+            let start = s.liveCheckCursor % streams.count
+            s.liveCheckCursor = start + Self.liveCheckBatch
+            return Array((streams + streams)[start..<(start + Self.liveCheckBatch)])
+        }
+        guard !known.isEmpty, self.isAvailable, let positions = try? await self.tops(of: known.map(\.0)) else { return }
         var dead: [String: StreamPosition] = [:]
         self.state.withLock { s in
-            for (stream, p) in positions {
-                guard let (offset, epoch, suspect) = known[stream], s.live[stream] != nil else { continue }
-                let behind = p.top > offset || (epoch != nil && epoch != p.epoch)
+            for (stream, offset, epoch, suspect) in known {
+                guard let p = positions[stream], s.live[stream] != nil else { continue }
+                let behind = p.top > offset || (epoch != nil && !p.epoch.isEmpty && epoch != p.epoch)
                 if behind, let suspect, offset < suspect {
                     dead[stream] = p
                     s.live[stream]?.suspect = nil
@@ -429,6 +444,19 @@ public final class RedisEngine: SwitchboardEngine {
         for stream in dead.keys { await self.resubscribe(stream) }
         let delivery = self.state.withLock { $0.delivery }
         for (stream, position) in dead { delivery?.catchUp(stream, to: position) }
+    }
+
+    /// Epoch and top of many streams without creating any: one script on a single server,
+    /// one read per stream on a cluster (their keys live in different slots).
+    func tops(of streams: [String]) async throws -> [String: StreamPosition] {
+        guard self.configuration.clusterSeeds == nil else { return try await self.positions(of: streams) }
+        let reply = try await self.run(RedisScripts.tops, keys: streams.map { self.keys($0).meta }, args: [])
+        let values = reply.array ?? []
+        var out: [String: StreamPosition] = [:]
+        for (i, stream) in streams.enumerated() where 2 * i + 1 < values.count {
+            out[stream] = StreamPosition(epoch: values[2 * i].string ?? "", top: Int64(values[2 * i + 1].int ?? 0))
+        }
+        return out
     }
 
     /// Replaces the live subscription of `stream` with a new one (same local references).
@@ -453,6 +481,17 @@ public final class RedisEngine: SwitchboardEngine {
     }
 
     // MARK: plumbing
+
+    /// Loads every script once, so the first burst of calls after a (re)connect does not each
+    /// meet NOSCRIPT. (On a Redis Cluster each node learns a script on its first NOSCRIPT.)
+    func loadScripts() async {
+        guard self.configuration.clusterSeeds == nil else { return }
+        await withTaskGroup(of: Void.self) { group in
+            for script in RedisScripts.all {
+                group.addTask { _ = try? await self.backend.scriptLoad(script.source, keys: [], timeout: nil) }
+            }
+        }
+    }
 
     func run(_ script: RESPScript, keys: [String], args: [RESPArgument]) async throws -> RESPValue {
         do {

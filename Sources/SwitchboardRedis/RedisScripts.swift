@@ -252,4 +252,21 @@ enum RedisScripts {
     if #dead > 0 then redis.call('HDEL', KEYS[1], unpack(dead)) end
     return out
     """)
+
+    /// KEYS meta… (any number, one server only). Returns epoch, top for each ('' and 0 for a
+    /// stream that does not exist; nothing is created).
+    static let tops = RESPScript(source: """
+    local out = {}
+    for i = 1, #KEYS do
+      local m = redis.call('HMGET', KEYS[i], 'epoch', 'top')
+      out[#out + 1] = m[1] or ''
+      out[#out + 1] = tonumber(m[2] or '0')
+    end
+    return out
+    """)
+
+    static let all: [RESPScript] = [
+        publish, read, ack, sessionCursor, saveSession, touchSession, restoreSession, nodeHeartbeat, nodeInfo, liveNodes,
+        presenceJoin, presenceList, tops,
+    ]
 }

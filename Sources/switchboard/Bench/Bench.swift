@@ -15,12 +15,16 @@ struct Bench: AsyncParsableCommand {
     )
 
     struct Common: ParsableArguments {
-        @Option(help: "Gateway WebSocket URL (node started with --allow-anonymous).") var url = "ws://127.0.0.1:8080/ws"
+        @Option(help: "Gateway WebSocket URL (node started with --allow-anonymous); several, comma-separated, spread the workers over nodes.") var url = "ws://127.0.0.1:8080/ws"
         @Option(name: .customLong("server-pid"), help: "Gateway process id, to read its memory and CPU from /proc.") var serverPID: Int32?
         @Option(help: "Worker processes holding the client connections.") var processes = 4
 
-        var endpoint: (host: String, port: Int, path: String) {
-            let rest = self.url.replacingOccurrences(of: "ws://", with: "")
+        var urls: [String] { self.url.split(separator: ",").map(String.init) }
+
+        var endpoint: (host: String, port: Int, path: String) { Self.endpoint(self.urls[0]) }
+
+        static func endpoint(_ url: String) -> (host: String, port: Int, path: String) {
+            let rest = url.replacingOccurrences(of: "ws://", with: "")
             let slash = rest.firstIndex(of: "/") ?? rest.endIndex
             let hostPort = rest[..<slash].split(separator: ":")
             return (String(hostPort[0]), hostPort.count > 1 ? Int(hostPort[1]) ?? 80 : 80, slash == rest.endIndex ? "/" : String(rest[slash...]))
@@ -66,6 +70,9 @@ struct Bench: AsyncParsableCommand {
         @Option(help: "Message body size in bytes.") var size = 100
         @Option(help: "Publishes in flight when flat out.") var window = 32
         @Option(help: "Stream to use.") var stream = "/streams/bench"
+        @Option(name: .customLong("publish-url"), help: "Node the publisher connects to (default: the first --url), e.g. another node to measure cross-node delivery.") var publishURL: String?
+        @Option(name: .customLong("server-pids"), help: "All nodes' process ids (comma-separated), to add up their CPU.") var serverPIDs: String?
+        @Option(name: .customLong("redis-stats"), help: "host:port of the nodes' Redis: count its commands per published message (INFO commandstats).") var redisStats: String?
 
         func run() async throws {
             let workers = try WorkerPool.start(common: common, mode: "fanout", total: subscribers, extra: ["--stream", stream])
@@ -73,9 +80,13 @@ struct Bench: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("\rsubscribed \(done)/\(subscribers)".utf8))
             }
             FileHandle.standardError.write(Data("\n".utf8))
-            let endpoint = common.endpoint
+            let endpoint = publishURL.map(Common.endpoint) ?? common.endpoint
             let publisher = try await Publisher.connect(host: endpoint.host, port: endpoint.port, path: endpoint.path)
-            let before = try common.serverPID.map { try ProcStat.read(pid: $0) }
+            let pids = (serverPIDs?.split(separator: ",").compactMap { Int32($0) } ?? []) + (common.serverPID.map { [$0] } ?? [])
+            var redis: RedisCommandStats?
+            if let redisStats { redis = try await RedisCommandStats.connect(redisStats) }
+            try await redis?.reset()
+            let before = try pids.isEmpty ? nil : ProcStat.total(pids)
             let start = ContinuousClock.now
             let sent = try await publisher.run(stream: stream, rate: rate, duration: duration, size: size, window: window) { n in
                 FileHandle.standardError.write(Data("\rpublished \(n)".utf8))
@@ -84,7 +95,8 @@ struct Bench: AsyncParsableCommand {
             FileHandle.standardError.write(Data("\n".utf8))
             // Let queued deliveries arrive (until all did, or none arrived for a while).
             try await workers.waitDelivered(UInt64(sent * subscribers))
-            let after = try common.serverPID.map { try ProcStat.read(pid: $0) }
+            let after = try pids.isEmpty ? nil : ProcStat.total(pids)
+            let commands = try await redis?.calls()
             workers.finish()
             var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
             var delivered: UInt64 = 0
@@ -102,6 +114,12 @@ struct Bench: AsyncParsableCommand {
                 "latencyP999Micros": Double(histogram.valueAtPercentile(99.9)), "latencyMaxMicros": Double(histogram.max),
                 "closedConnections": Double(closes.values.reduce(0, +)),
             ]
+            if let commands {
+                let perMessage = commands.mapValues { Double($0) / Double(max(sent, 1)) }.filter { $0.value >= 0.001 }
+                for (name, value) in perMessage { summary["redisCallsPerPublish_" + name] = value }
+                let shown = perMessage.sorted { $0.key < $1.key }.map { String(format: "%@ %.3f", $0.key, $0.value) }.joined(separator: ", ")
+                FileHandle.standardError.write(Data("Redis commands per published message: \(shown)\n".utf8))
+            }
             if !closes.isEmpty {
                 FileHandle.standardError.write(Data("connections closed by the server during the run: \(closes)\n".utf8))
             }

@@ -76,3 +76,33 @@ extension Bench {
         }
     }
 }
+
+/// Redis's own count of the commands it ran (`INFO commandstats`), for "commands per message".
+struct RedisCommandStats {
+    let connection: RESPConnection
+
+    static func connect(_ address: String) async throws -> RedisCommandStats {
+        let parts = address.split(separator: ":")
+        let configuration = RESPConfiguration(host: String(parts[0]), port: parts.count > 1 ? Int(parts[1]) ?? 6379 : 6379)
+        return RedisCommandStats(connection: try await RESPConnection.connect(configuration: configuration))
+    }
+
+    func reset() async throws {
+        _ = try await self.connection.send(RESPCommand("CONFIG", "RESETSTAT"))
+    }
+
+    /// Calls per command since the last reset (without this tool's own INFO/CONFIG).
+    func calls() async throws -> [String: Int] {
+        let info = try await self.connection.send(RESPCommand("INFO", "commandstats")).string ?? ""
+        var out: [String: Int] = [:]
+        for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
+            let name = line.dropFirst("cmdstat_".count).prefix { $0 != ":" }
+            // cmdstat_evalsha:calls=150,usec=…,rejected_calls=0,failed_calls=0
+            guard name != "info", name != "config", let fields = line.split(separator: ":").last?.split(separator: ","),
+                let calls = fields.first(where: { $0.hasPrefix("calls=") })?.dropFirst("calls=".count), let n = Int(calls)
+            else { continue }
+            out[String(name)] = n
+        }
+        return out
+    }
+}

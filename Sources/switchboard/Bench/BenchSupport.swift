@@ -20,6 +20,13 @@ struct ProcStat {
         let stime = Double(fields[12]) ?? 0
         return ProcStat(rssBytes: rssKiB * 1024, cpuSeconds: (utime + stime) / ticks)
     }
+
+    /// Memory and CPU of several processes added up.
+    static func total(_ pids: [Int32]) throws -> ProcStat {
+        try pids.map { try ProcStat.read(pid: $0) }.reduce(ProcStat(rssBytes: 0, cpuSeconds: 0)) {
+            ProcStat(rssBytes: $0.rssBytes + $1.rssBytes, cpuSeconds: $0.cpuSeconds + $1.cpuSeconds)
+        }
+    }
 }
 
 /// The worker processes of a bench run. Each prints `PROGRESS n` while connecting, `READY n`,
@@ -59,22 +66,25 @@ final class WorkerPool: @unchecked Sendable {
             let process = Process()
             process.executableURL = executable
             // Each worker uses its own loopback source address, so ports never run out.
-            process.arguments = ["bench", "worker", "--url", common.url, "--mode", mode, "--count", String(share), "--source", "127.0.0.\(2 + i)"] + extra
+            let urls = common.urls
+            process.arguments = ["bench", "worker", "--url", urls[i % urls.count], "--mode", mode, "--count", String(share), "--source", "127.0.0.\(2 + i)"] + extra
             let stdin = Pipe()
             let stdout = Pipe()
             process.standardInput = stdin
             process.standardOutput = stdout
             let reader = LineReader()
-            stdout.fileHandleForReading.readabilityHandler = { handle in
-                let data = handle.availableData
-                if data.isEmpty {
-                    handle.readabilityHandler = nil
-                    reports.withLockedValue { $0[i].exited = true }
-                    return
+            // A thread of its own per worker: Foundation's readabilityHandler was seen to stop
+            // delivering a pipe's data on Linux, losing a worker's RESULT.
+            let handle = stdout.fileHandleForReading
+            Thread.detachNewThread {
+                while true {
+                    let data = handle.availableData
+                    if data.isEmpty { break }
+                    for line in reader.feed(data) {
+                        reports.withLockedValue { Self.apply(line, to: &$0[i]) }
+                    }
                 }
-                for line in reader.feed(data) {
-                    reports.withLockedValue { Self.apply(line, to: &$0[i]) }
-                }
+                reports.withLockedValue { $0[i].exited = true }
             }
             try process.run()
             children.append(Child(process: process, stdin: stdin))
@@ -84,7 +94,11 @@ final class WorkerPool: @unchecked Sendable {
 
     private static func apply(_ line: String, to report: inout Report) {
         if line.hasPrefix("RESULT ") {
-            report.result = try? JSONDecoder().decode(WorkerResult.self, from: Data(line.dropFirst(7).utf8))
+            do {
+                report.result = try JSONDecoder().decode(WorkerResult.self, from: Data(line.dropFirst(7).utf8))
+            } catch {
+                FileHandle.standardError.write(Data("worker result undecodable: \(error)\n".utf8))
+            }
             return
         }
         let parts = line.split(separator: " ")
@@ -143,7 +157,11 @@ final class WorkerPool: @unchecked Sendable {
             if done { break }
             try await Task.sleep(for: .milliseconds(20))
         }
-        return self.reports.withLockedValue { $0.compactMap(\.result) }
+        let reports = self.reports.withLockedValue { $0 }
+        if reports.contains(where: { $0.result == nil }) {
+            throw BenchError("\(reports.filter { $0.result == nil }.count) worker(s) reported no result")
+        }
+        return reports.compactMap(\.result)
     }
 }
 
