@@ -37,10 +37,20 @@ public final class RedisServer: @unchecked Sendable {
         while ContinuousClock.now < deadline {
             let probe = RESPConfiguration(port: self.port, tls: self.tls, tlsServerName: "localhost", protocolVersion: 2,
                                           connectTimeout: .milliseconds(200))
+            guard p.isRunning else { break }
             if let c = try? await RESPConnection.connect(configuration: probe) {
-                _ = try? await c.send(RESPCommand("PING"))
+                // Any reply (NOAUTH included) means it is up.
+                let answered: Bool
+                do {
+                    _ = try await c.send(RESPCommand("PING"), timeout: .seconds(1))
+                    answered = true
+                } catch RESPError.server {
+                    answered = true
+                } catch {
+                    answered = false
+                }
                 await c.close()
-                return
+                if answered { return }
             }
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -86,13 +96,20 @@ public func withRedis<T>(_ extraArgs: [String] = [], tls: TLSConfiguration? = ni
 
 private let usedPorts = NIOLockedValueBox(Set<Int>())
 
-/// A loopback port nobody listens on: the kernel picks it, and no two callers get the same one.
+/// A loopback port nobody listens on, for a server a test starts. It is taken below the
+/// kernel's ephemeral range (`ip_local_port_range`): ports from there are also handed to
+/// outgoing connections, and one could take the port between this check and the server's
+/// bind. No two callers get the same port.
 public func freePort() async throws -> Int {
-    for _ in 0..<20 {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: "127.0.0.1", port: 0).get()
-        let port = channel.localAddress!.port!
+    let lowestEphemeral = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
+        .flatMap { $0.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } } ?? 32768
+    let range = 10000..<max(10001, min(lowestEphemeral, 32768))
+    for _ in 0..<200 {
+        let port = Int.random(in: range)
+        guard usedPorts.withLockedValue({ !$0.contains(port) }) else { continue }
+        guard let channel = try? await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: port).get()
+        else { continue }
         try await channel.close()
         if usedPorts.withLockedValue({ $0.insert(port).inserted }) { return port }
     }

@@ -334,7 +334,7 @@ struct RedisEngineTests {
 
     @Test(.timeLimit(.minutes(1)))
     func nodesAreListedAndADeadNodesSessionsAndPresenceAreReleased() async throws {
-        try await withEngines(count: 2, { $0.heartbeatInterval = 0.1; $0.sessionTTL = 60 }) { server, engines, collectors in
+        try await withEngines(count: 2, { $0.heartbeatInterval = 0.5; $0.sessionTTL = 60 }) { server, engines, collectors in
             let (a, b) = (engines[0], engines[1])
             await a.announce(address: "127.0.0.1:1111")
             #expect(try await a.nodes().map(\.id) == ["node0", "node1"])
