@@ -259,6 +259,38 @@ struct ClusterTests {
         }
     }
 
+    @Test func whileRedisIsAwayClientsStayPublishesFailAndTheNodeIsNotReady() async throws {
+        try await Self.withNodes(1) { redis, nodes in
+            let node = nodes[0]
+            let client = try await Self.client("frank", [node])
+            var events = client.events.makeAsyncIterator()
+            let inbox = Inbox(try await client.subscribe("/streams/outage"))
+            _ = try await node.api("POST", "/publish", ["stream": "/streams/outage", "data": "before"])
+            #expect(try await inbox.waitFor(1) == ["before"])
+
+            redis.stop()
+            #expect(try await eventually { (try? await node.get("/health/ready").status) == 503 })
+            let refused = try await node.api("POST", "/publish", ["stream": "/streams/outage", "data": "refused"])
+            #expect(refused.status == 503)
+            #expect(try await client.request("POST", "/streams/outage", body: "refused too").status == 503)
+
+            // Redis comes back without its data: the node is ready again, the client (still
+            // connected on its first connection) is told its stream's history is gone, and
+            // what is published from now on arrives.
+            try await redis.start()
+            #expect(try await eventually(timeout: .seconds(30)) { await node.isReady() })
+            var sawNotRecovered = false
+            while let event = await events.next() {
+                if case .disconnected = event { Issue.record("the client was disconnected during the outage") }
+                if case .notRecovered(let stream) = event, stream == "/streams/outage" { sawNotRecovered = true; break }
+            }
+            #expect(sawNotRecovered)
+            _ = try await node.api("POST", "/publish", ["stream": "/streams/outage", "data": "after"])
+            #expect(try await inbox.waitFor(2) == ["before", "after"])
+            await client.close()
+        }
+    }
+
     @Test func groupMessagesOnARedisCluster() async throws {
         try await withRedisCluster { cluster in
             let seeds = "redis://" + cluster.seeds.map { "\($0.host):\($0.port)" }.joined(separator: ",")
