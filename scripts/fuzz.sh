@@ -21,6 +21,10 @@ for target in FuzzFrameParser:frame FuzzRESPParser:resp; do
     -print_final_stats=1 -artifact_prefix=".build-fuzz/artifacts/$name-" \
     ".build-fuzz/corpus/$name" "$seeds" > ".build-fuzz/$name.log" 2>&1 || rc=$?
   grep -E "DONE|stat::number_of_executed_units|ERROR|SUMMARY|Fatal error|Precondition" ".build-fuzz/$name.log" || true
+  # A run that sees no coverage exercised nothing (an uninstrumented build): that is a failure too.
+  if [ "$rc" -eq 0 ] && ! grep -q "DONE.*cov: [1-9]" ".build-fuzz/$name.log"; then
+    echo "$name ran without coverage; rebuild with: rm -rf .build-fuzz"; exit 1
+  fi
   if [ "$rc" -ne 0 ]; then
     tail -40 ".build-fuzz/$name.log"
     echo "$name failed (exit $rc); crash inputs: $(ls .build-fuzz/artifacts/ 2>/dev/null)"; exit 1

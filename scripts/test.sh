@@ -3,7 +3,9 @@
 # real sockets) and the JavaScript client's unit tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v redis-server >/dev/null || { echo "redis-server is needed (apt-get install redis-server)"; exit 1; }
+for tool in redis-server nginx haproxy; do
+  command -v "$tool" >/dev/null || { echo "$tool is needed (apt-get install redis-server nginx haproxy)"; exit 1; }
+done
 swift build --build-tests
 # Every test bounds its own time; these outer bounds make a hang fail the run instead of stalling it.
 timeout --kill-after=30 900 swift test --skip-build

@@ -61,14 +61,9 @@ struct ClusterTests {
 
             // ASK: "{mig}x"'s slot is half-way between two nodes; a new key lands on the target.
             let migSlot = RESPClusterSlot.slot(for: "{mig}x")
-            let src = try await cluster.server(owning: migSlot)
-            let dst = cluster.servers.first { $0 !== src }!
-            let srcConn = try await cluster.connect(src), dstConn = try await cluster.connect(dst)
+            let migration = try await cluster.beginMigration(slot: migSlot)
+            let (src, srcConn, dstConn) = (migration.source, migration.sourceConnection, migration.targetConnection)
             defer { Task { await srcConn.close(); await dstConn.close() } }
-            let srcID = try #require(try await srcConn.send("CLUSTER", "MYID").string)
-            let dstID = try #require(try await dstConn.send("CLUSTER", "MYID").string)
-            _ = try await dstConn.send("CLUSTER", "SETSLOT", .int(migSlot), "IMPORTING", .string(srcID))
-            _ = try await srcConn.send("CLUSTER", "SETSLOT", .int(migSlot), "MIGRATING", .string(dstID))
             try await client.set("{mig}x", "moved-by-ask")
             #expect(try await dstConn.send("CLUSTER", "COUNTKEYSINSLOT", .int(migSlot)) == .integer(1))
             #expect(try await srcConn.send("CLUSTER", "COUNTKEYSINSLOT", .int(migSlot)) == .integer(0))
@@ -89,14 +84,9 @@ struct ClusterTests {
             // Start a migration and move only one of the two keys: a command on both now gets
             // TRYAGAIN from the source until the migration finishes.
             let slot = RESPClusterSlot.slot(for: "{t}a")
-            let src = try await cluster.server(owning: slot)
-            let dst = cluster.servers.first { $0 !== src }!
-            let srcConn = try await cluster.connect(src), dstConn = try await cluster.connect(dst)
+            let migration = try await cluster.beginMigration(slot: slot)
+            let (dst, srcConn, dstConn) = (migration.target, migration.sourceConnection, migration.targetConnection)
             defer { Task { await srcConn.close(); await dstConn.close() } }
-            let srcID = try #require(try await srcConn.send("CLUSTER", "MYID").string)
-            let dstID = try #require(try await dstConn.send("CLUSTER", "MYID").string)
-            _ = try await dstConn.send("CLUSTER", "SETSLOT", .int(slot), "IMPORTING", .string(srcID))
-            _ = try await srcConn.send("CLUSTER", "SETSLOT", .int(slot), "MIGRATING", .string(dstID))
             _ = try await srcConn.send("MIGRATE", "127.0.0.1", .int(dst.port), "{t}a", 0, 5000)
             await #expect(throws: RESPError.self) { _ = try await srcConn.send("MGET", "{t}a", "{t}b") }
 

@@ -85,17 +85,32 @@ public final class RedisCluster: @unchecked Sendable {
         throw RESPError.unexpectedReply("no node owns slot \(slot)")
     }
 
-    /// Moves `slot` (and its keys) from its owner to `target`, as `redis-cli --cluster reshard` does.
-    public func migrate(slot: Int, to target: RedisServer) async throws {
+    /// A migration under way: the slot's owner is MIGRATING it to `target` (another node when
+    /// nil), which is IMPORTING it. The connections are the caller's to close.
+    public struct Migration {
+        public let source: RedisServer, target: RedisServer
+        public let sourceConnection: RESPConnection, targetConnection: RESPConnection
+        public let targetID: String
+    }
+
+    public func beginMigration(slot: Int, to target: RedisServer? = nil) async throws -> Migration {
         let source = try await self.server(owning: slot)
-        guard source !== target else { return }
+        let target = target ?? self.servers.first { $0 !== source && $0.isRunning }!
         let src = try await self.connect(source)
         let dst = try await self.connect(target)
-        defer { Task { await src.close(); await dst.close() } }
         let srcID = try await src.send("CLUSTER", "MYID").string!
         let dstID = try await dst.send("CLUSTER", "MYID").string!
         _ = try await dst.send("CLUSTER", "SETSLOT", .int(slot), "IMPORTING", .string(srcID))
         _ = try await src.send("CLUSTER", "SETSLOT", .int(slot), "MIGRATING", .string(dstID))
+        return Migration(source: source, target: target, sourceConnection: src, targetConnection: dst, targetID: dstID)
+    }
+
+    /// Moves `slot` (and its keys) from its owner to `target`, as `redis-cli --cluster reshard` does.
+    public func migrate(slot: Int, to target: RedisServer) async throws {
+        guard try await self.server(owning: slot) !== target else { return }
+        let migration = try await self.beginMigration(slot: slot, to: target)
+        let (source, src, dst, dstID) = (migration.source, migration.sourceConnection, migration.targetConnection, migration.targetID)
+        defer { Task { await src.close(); await dst.close() } }
         while true {
             let keys = try await src.send("CLUSTER", "GETKEYSINSLOT", .int(slot), 100).array ?? []
             if keys.isEmpty { break }
