@@ -7,9 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${FUZZ_SECONDS:-30}"
 export SWITCHBOARD_FUZZ=1
-swift build --scratch-path .build-fuzz --sanitize=fuzzer --sanitize=address --product FuzzFrameParser
-swift build --scratch-path .build-fuzz --sanitize=fuzzer --sanitize=address --product FuzzRESPParser
-bin="$(swift build --scratch-path .build-fuzz --sanitize=fuzzer --sanitize=address --show-bin-path)"
+# swiftc keeps only the last `-sanitize=` it is given, and SwiftPM passes `--sanitize` values
+# in no fixed order, so `--sanitize=fuzzer --sanitize=address` sometimes builds without
+# coverage. One combined swiftc flag instruments for both, whatever comes before it.
+flags=(--scratch-path .build-fuzz --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address)
+swift build "${flags[@]}" --product FuzzFrameParser
+swift build "${flags[@]}" --product FuzzRESPParser
+bin="$(swift build "${flags[@]}" --show-bin-path)"
 mkdir -p .build-fuzz/artifacts .build-fuzz/corpus
 for target in FuzzFrameParser:frame FuzzRESPParser:resp; do
   name="${target%%:*}"; seeds="Fuzz/Corpus/${target##*:}"
