@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 for tool in redis-server nginx haproxy; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || [ -x "/usr/bin/$tool" ] || { echo "$tool is needed (apt-get install redis-server nginx haproxy)"; exit 1; }
 done
+# The OpenAPI spec (docs/openapi.yaml) must list exactly the HTTP routes the code registers.
+python3 scripts/openapi-check.py
 swift build --build-tests
 # Every test bounds its own time; these outer bounds make a hang fail the run instead of stalling it.
 timeout --kill-after=30 900 swift test --skip-build

@@ -140,6 +140,12 @@ extension RedisEngine {
         _ = try? await self.send(RESPCommand("DEL", .string(self.nodePresenceKey(id))))
     }
 
+    public func takeToken(_ key: String, rate: Double, burst: Double) async throws -> Bool {
+        // The hash tag keeps a bucket in one slot of a Redis Cluster.
+        let reply = try await self.run(RedisScripts.takeToken, keys: ["\(self.configuration.keyPrefix):rate:{\(key)}"], args: [.double(rate), .double(burst)])
+        return reply.int == 1
+    }
+
     public func presence(of stream: String) async throws -> [PresenceMember] {
         let reply = try await self.run(RedisScripts.presenceList, keys: [self.keys(stream).presence], args: [])
         let decoder = JSONDecoder()

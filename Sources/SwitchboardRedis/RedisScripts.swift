@@ -265,8 +265,24 @@ enum RedisScripts {
     return out
     """)
 
+    /// KEYS bucket; ARGV rate (tokens/s), burst. A token bucket in Redis time, so every node
+    /// shares it. Returns 1 if a token was taken, 0 if the bucket is empty.
+    static let takeToken = RESPScript(source: """
+    local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+    local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+    local tokens = burst
+    if b[1] then tokens = math.min(burst, tonumber(b[1]) + math.max(0, now - tonumber(b[2])) * rate) end
+    local taken = 0
+    if tokens >= 1 then tokens = tokens - 1; taken = 1 end
+    redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+    redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+    return taken
+    """)
+
     static let all: [RESPScript] = [
         publish, read, ack, sessionCursor, saveSession, touchSession, restoreSession, nodeHeartbeat, nodeInfo, liveNodes,
-        presenceJoin, presenceList, tops,
+        presenceJoin, presenceList, tops, takeToken,
     ]
 }

@@ -7,10 +7,14 @@ public enum CloseCode: UInt16, Sendable {
     case protocolError = 1002
     /// Binary frames are not part of the protocol.
     case unsupportedData = 1003
+    /// The peer went away without a close frame (never sent; recorded in metrics).
+    case abnormal = 1006
     /// A text frame that is not valid UTF-8.
     case invalidPayload = 1007
     /// A frame or message over the size limit.
     case messageTooBig = 1009
+    /// A policy limit: the user already holds the most connections allowed.
+    case policyViolation = 1008
     case internalError = 1011
     /// The outbound queue passed its limit: resume to get what was missed.
     case slowConsumer = 4001

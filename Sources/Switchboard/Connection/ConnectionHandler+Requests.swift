@@ -29,6 +29,15 @@ extension ConnectionHandler {
         if frame.status != nil {
             return self.replyError(status: 400, method: frame.method, target: target, requestID: requestID, error: "bad_frame", reason: "requests carry no status")
         }
+        let metrics = self.core.metrics
+        switch frame.method {
+        case .sub: metrics.messageIn(.sub)
+        case .unsub: metrics.messageIn(.unsub)
+        case .ack: metrics.messageIn(.ack)
+        case .auth: metrics.messageIn(.auth)
+        case .hello, .push, .error: metrics.messageIn(.invalid)
+        default: metrics.messageIn(.request)
+        }
         switch frame.method {
         case .sub:
             self.handleSubscribe(frame, stream: target, requestID: requestID)

@@ -66,6 +66,7 @@ extension ConnectionHandler {
         switch read {
         case .gone(let position):
             // History does not cover the gap: say so explicitly, then continue from the top.
+            self.core.metrics.resumesNotRecovered.increment()
             self.writeFrame(
                 method: .sub, status: 410, target: stream,
                 meta: Self.subscriptionMeta(requestID: requestID, position: position, recovered: false),
@@ -80,12 +81,16 @@ extension ConnectionHandler {
                 var meta = Self.subscriptionMeta(requestID: requestID, position: position, recovered: true)
                 meta[MetaKey.offset] = String(cursor.last)
                 self.writeFrame(method: .sub, status: 200, target: stream, meta: meta)
+                self.core.metrics.resumesRecovered.increment()
             }
             cursor.epoch = position.epoch
+            var written: Int64 = 0
             for message in messages where message.offset == cursor.last + 1 {
                 self.writeRaw(Hub.pushFrame(message, allocator: self.core.allocator))
                 cursor.last = message.offset
+                written += 1
             }
+            self.core.metrics.historyDeliveries.increment(by: written)
             self.streams[stream] = cursor
             if messages.count >= limit { return cursor.last }
             return self.finishCatchUp(stream)
@@ -115,6 +120,7 @@ extension ConnectionHandler {
                 break
             }
             self.writeRaw(Hub.pushFrame(message, allocator: self.core.allocator))
+            self.loopHub.delivered += 1
             cursor.last = message.offset
         }
         if gap {
@@ -168,7 +174,8 @@ extension ConnectionHandler {
     /// A live message from the hub (the frame is shared by every local subscriber).
     /// Hot path: one hash lookup, then the cursor is mutated in place.
     func deliverLive(_ message: StreamMessage, frame: ByteBuffer) {
-        guard case .open = self.state, let index = self.streams.index(of: message.stream) else { return }
+        guard case .open = self.state else { return self.core.metrics.droppedClosing.increment() }
+        guard let index = self.streams.index(of: message.stream) else { return }
         switch self.streams[at: index].mode {
         case .live:
             if message.epoch != self.streams[at: index].epoch {
@@ -190,9 +197,11 @@ extension ConnectionHandler {
                 return
             }
             guard self.isWritable else {
+                self.core.metrics.droppedSlowConsumer.increment()
                 return self.close(code: .slowConsumer, reason: "outbound queue over \(self.configuration.maxQueueBytes) bytes; resume to continue")
             }
             self.writeRaw(frame)
+            self.loopHub.delivered += 1
             self.streams[at: index].last = message.offset
         case .catchingUp(var buffer, let overflowed):
             if overflowed { return }

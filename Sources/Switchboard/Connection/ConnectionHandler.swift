@@ -27,6 +27,10 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     let core: GatewayCore
     let loopHub: LoopHub
     let handle: ConnectionHandle
+    /// An echo connection (conformance testing) answers every message with itself.
+    let echo: Bool
+    /// The close code this connection ends with: ours, the peer's, or 1006 when it just went away.
+    var closeCode: UInt16 = CloseCode.abnormal.rawValue
     var identity: Identity?
     var state: State = .open
     var context: ChannelHandlerContext?
@@ -51,8 +55,9 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     var slot = -1
 
     init(core: GatewayCore, loopHub: LoopHub, session: String, identity: Identity?, resumedCursors: [String: Int64]?,
-         previousNode: String? = nil) {
+         previousNode: String? = nil, echo: Bool = false) {
         self.core = core
+        self.echo = echo
         self.loopHub = loopHub
         self.handle = ConnectionHandle(
             id: core.makeConnectionID(), session: session, user: identity?.user, node: core.nodeID, loop: loopHub.loop
@@ -74,7 +79,15 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         self.context = context
         self.handle.handler = self
         self.loopHub.register(self)
-        if context.channel.isActive {
+        self.core.metrics.connectionsOpened.increment()
+        self.core.metrics.connectionsOpen.increment()
+        if let user = self.handle.user, !self.echo, let max = self.configuration.maxConnectionsPerUser,
+            self.core.countConnection(of: user) > max
+        {
+            // Upgrades that raced past the check at the handshake end here.
+            return self.close(code: .policyViolation, reason: "user already holds \(max) connections")
+        }
+        if context.channel.isActive, !self.echo {
             self.start()
         }
     }
@@ -98,6 +111,16 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         if case .closed = self.state { return }
         self.state = .closed
         self.loopHub.unregister(self)
+        self.core.metrics.connectionsOpen.decrement()
+        self.core.metrics.connectionClosed(code: self.closeCode)
+        if self.echo {
+            self.handle.handler = nil
+            self.fragments = nil
+            return
+        }
+        if let user = self.handle.user, self.configuration.maxConnectionsPerUser != nil {
+            self.core.uncountConnection(of: user)
+        }
         let streams = self.streams.names
         for stream in streams {
             self.loopHub.removeSubscriber(stream, self)
@@ -202,6 +225,7 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             }
             code = received
         }
+        self.closeCode = code
         guard let context = self.context else { return }
         var echo = context.channel.allocator.buffer(capacity: 2)
         echo.writeInteger(code)
@@ -222,6 +246,7 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     /// A whole message arrived.
     private func message(opcode: UInt8, data: ByteBuffer) {
+        if self.echo { return self.echoMessage(opcode: opcode, data: data) }
         guard opcode == WebSocketFrameReader.text else {
             return self.close(code: .unsupportedData, reason: "binary messages are not supported; send text frames")
         }
@@ -241,9 +266,19 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         do {
             frame = try Frame(parsing: data)
         } catch {
+            self.core.metrics.messageIn(.invalid)
             return self.replyError(status: 400, method: .error, target: "/", requestID: error.requestID, error: "bad_frame", reason: error.description)
         }
         self.dispatch(frame)
+    }
+
+    private func echoMessage(opcode: UInt8, data: ByteBuffer) {
+        if opcode == WebSocketFrameReader.text, !UTF8Validation.isValid(data) {
+            return self.close(code: .invalidPayload, reason: "text message is not valid UTF-8")
+        }
+        self.core.metrics.messageIn(.echo)
+        guard let context = self.context else { return }
+        self.writeRaw(WebSocketFraming.message(opcode: opcode, payload: data, allocator: context.channel.allocator))
     }
 
     // MARK: outbound
@@ -260,6 +295,7 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func writeFrame(method: SwitchboardWire.Method, status: Int?, target: String, meta: Meta, body: ByteBuffer = ByteBuffer()) {
         guard let context = self.context else { return }
+        self.core.metrics.repliesOut.increment()
         self.writeRaw(WebSocketFraming.text(method: method, status: status, target: target, meta: meta, body: body, allocator: context.channel.allocator))
     }
 
@@ -307,6 +343,8 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     func close(code: CloseCode, reason: String) {
         guard let context = self.context, case .open = self.state else { return }
         self.state = .closing
+        self.closeCode = code.rawValue
+        if code == .slowConsumer { self.core.metrics.slowConsumerCloses.increment() }
         self.fragments = nil
         context.writeAndFlush(
             self.wrapOutboundOut(WebSocketFraming.close(code: code.rawValue, reason: reason, allocator: context.channel.allocator)),

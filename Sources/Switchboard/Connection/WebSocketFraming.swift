@@ -34,6 +34,17 @@ enum WebSocketFraming {
         return buffer
     }
 
+    /// A whole message as one frame with `opcode` (text or binary), e.g. for the echo endpoint.
+    static func message(opcode: UInt8, payload: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: maxHeaderLength + payload.readableBytes)
+        buffer.moveWriterIndex(forwardBy: maxHeaderLength)
+        buffer.moveReaderIndex(forwardBy: maxHeaderLength)
+        var payload = payload
+        buffer.writeBuffer(&payload)
+        self.prependHeader(opcode: opcode, to: &buffer)
+        return buffer
+    }
+
     /// A control frame (close, ping, pong); `payload` must be at most 125 bytes.
     static func control(opcode: UInt8, payload: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
         var buffer = allocator.buffer(capacity: 2 + payload.readableBytes)

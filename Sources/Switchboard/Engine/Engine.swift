@@ -206,4 +206,8 @@ public protocol SwitchboardEngine: Sendable {
     @discardableResult
     func presenceLeave(_ stream: String, member: PresenceMember) async throws -> Bool
     func presence(of stream: String) async throws -> [PresenceMember]
+
+    /// Takes one token from the rate bucket `key` (`rate` tokens a second, at most `burst`
+    /// saved up), shared by every node on this engine; false when the bucket is empty.
+    func takeToken(_ key: String, rate: Double, burst: Double) async throws -> Bool
 }

@@ -65,6 +65,25 @@ public final class MemoryEngine: SwitchboardEngine {
     public let epoch = MemoryEngine.newEpoch()
     private let state = NIOLockedValueBox(State())
     private let sweeper = NIOLockedValueBox<Task<Void, Never>?>(nil)
+    private let buckets = NIOLockedValueBox(RateBuckets())
+
+    /// Rate buckets by key; a bucket that has refilled is the same as none, so the table is
+    /// pruned of those now and then and stays as small as the set of busy keys.
+    struct RateBuckets {
+        var table: [String: TokenBucket] = [:]
+        var takes = 0
+    }
+
+    public func takeToken(_ key: String, rate: Double, burst: Double) async throws -> Bool {
+        let now = NIODeadline.now()
+        return self.buckets.withLockedValue { buckets in
+            buckets.takes += 1
+            if buckets.takes % 4096 == 0 {
+                buckets.table = buckets.table.filter { !$0.value.isFull(rate: rate, burst: burst, now: now) }
+            }
+            return buckets.table[key, default: TokenBucket(burst: burst, now: now)].take(rate: rate, burst: burst, now: now)
+        }
+    }
 
     public init(configuration: Configuration = .init()) {
         self.configuration = configuration

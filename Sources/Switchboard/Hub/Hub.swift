@@ -14,8 +14,10 @@ final class Hub: EngineDelivery, @unchecked Sendable {
     /// Live connection of each session (a newer one takes over).
     private let sessions = NIOLockedValueBox([String: ConnectionHandle]())
     let allocator = ByteBufferAllocator()
+    let metrics: GatewayMetrics
 
-    init(group: any EventLoopGroup) {
+    init(group: any EventLoopGroup, metrics: GatewayMetrics) {
+        self.metrics = metrics
         let all = Array(group.makeIterator())
         precondition(all.count <= 64, "at most 64 event loops")
         for (i, loop) in all.enumerated() {

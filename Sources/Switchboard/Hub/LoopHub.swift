@@ -16,6 +16,8 @@ final class LoopHub: @unchecked Sendable {
     private var dirty: [ConnectionHandler] = []
     private var flushScheduled = false
     private var pingTask: RepeatedTask?
+    /// Live frames written since the last batch ended, added to the metric once per batch.
+    var delivered = 0
     /// Live messages handed over from other threads, delivered in one loop task.
     private let inbox = NIOLockedValueBox(Inbox())
 
@@ -103,6 +105,10 @@ final class LoopHub: @unchecked Sendable {
             }
         }
         self.flushDirty()
+        if self.delivered > 0 {
+            self.hub.metrics.deliveries.increment(by: Int64(self.delivered))
+            self.delivered = 0
+        }
     }
 
     /// Every local subscriber of `stream` that is behind `position` reads the gap from history.

@@ -18,4 +18,9 @@ struct TokenBucket {
         self.tokens -= 1
         return true
     }
+
+    /// Whether the bucket has refilled by `now` (it then holds no information).
+    func isFull(rate: Double, burst: Double, now: NIODeadline) -> Bool {
+        self.tokens + Double((now - self.updated).nanoseconds) / 1e9 * rate >= burst
+    }
 }

@@ -89,6 +89,8 @@ public enum ServerAPI {
             guard !body.messages.isEmpty, body.messages.count <= Self.maxBatch else {
                 throw HTTPError(.badRequest, message: "a batch holds 1 to \(Self.maxBatch) messages")
             }
+            // Every name is checked first: a bad one refuses the whole batch before any is appended.
+            for m in body.messages { try await Self.engine { try SwitchboardPublisher.validate(stream: m.stream) } }
             let publisher = context.switchboard
             let results = try await Self.engine {
                 try await withThrowingTaskGroup(of: (Int, PublishResult).self) { group in
@@ -103,13 +105,13 @@ public enum ServerAPI {
             return EditedResponse(status: .created, response: BatchResult(results: zip(body.messages, results).map { Published($0.stream, $1) }))
         }
         api.post("/users/:user/messages") { request, context -> EditedResponse<Published> in
-            let user = try context.parameters.require("user")
+            let user = try Self.pathParameter(context, "user")
             let body = try await request.decode(as: Message.self, context: context)
             let result = try await Self.engine { try await context.switchboard.send(body.data.text, toUser: user, idempotencyKey: body.idempotencyKey) }
             return EditedResponse(status: .created, response: Published(GatewayCore.userStream(user), result))
         }
         api.post("/sessions/:session/messages") { request, context -> EditedResponse<Published> in
-            let session = try context.parameters.require("session")
+            let session = try Self.pathParameter(context, "session")
             let body = try await request.decode(as: Message.self, context: context)
             let result = try await Self.engine { try await context.switchboard.send(body.data.text, toSession: session, idempotencyKey: body.idempotencyKey) }
             return EditedResponse(status: .created, response: Published(GatewayCore.sessionStream(session), result))
@@ -139,11 +141,11 @@ public enum ServerAPI {
                             body: .init(byteBuffer: JSONBody.encode(PresenceList(stream: stream, members: members))))
         }
         api.post("/sessions/:session/disconnect") { _, context -> Disconnected in
-            let session = try context.parameters.require("session")
+            let session = try Self.pathParameter(context, "session")
             return Disconnected(disconnected: try await Self.engine { try await context.switchboard.disconnect(session: session) })
         }
         api.post("/users/:user/disconnect") { _, context -> HTTPResponse.Status in
-            let user = try context.parameters.require("user")
+            let user = try Self.pathParameter(context, "user")
             try await Self.engine { try await context.switchboard.disconnect(user: user) }
             return .accepted
         }
@@ -160,6 +162,15 @@ public enum ServerAPI {
         } catch let error as EngineError {
             throw HTTPError(error)
         }
+    }
+
+    /// A path segment, percent-decoded (`ann%40x.com` is the user `ann@x.com`).
+    static func pathParameter<Context: SwitchboardRequestContextProtocol>(_ context: Context, _ name: String) throws -> String {
+        let raw = try context.parameters.require(name)
+        guard let decoded = raw.removingPercentEncoding, !decoded.isEmpty else {
+            throw HTTPError(.badRequest, message: "\(name) '\(raw)' is not valid percent-encoding")
+        }
+        return decoded
     }
 
     static func query(_ request: Request, _ name: String) throws -> String {

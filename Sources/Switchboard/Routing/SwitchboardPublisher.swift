@@ -11,7 +11,8 @@ public struct SwitchboardPublisher: Sendable {
     @discardableResult
     public func publish(_ body: ByteBuffer, to stream: String, idempotencyKey: String? = nil) async throws -> PublishResult {
         try Self.validate(stream: stream)
-        return try await self.core.engine.publish(stream, body: body, idempotencyKey: idempotencyKey)
+        let engine = self.core.engine
+        return try await self.core.metrics.timePublish { try await engine.publish(stream, body: body, idempotencyKey: idempotencyKey) }
     }
 
     @discardableResult
@@ -39,7 +40,8 @@ public struct SwitchboardPublisher: Sendable {
 
     /// Who subscribes to `stream` (through a route), across nodes.
     public func presence(of stream: String) async throws -> [PresenceMember] {
-        try await self.core.engine.presence(of: stream)
+        try Self.validate(stream: stream)
+        return try await self.core.engine.presence(of: stream)
     }
 
     /// Messages of `stream` after `offset` (at most `limit`), or `.gone` when history no

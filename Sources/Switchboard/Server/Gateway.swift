@@ -34,10 +34,14 @@ public final class Gateway: Service, Sendable {
     ) {
         self.eventLoopGroup = eventLoopGroup
         self.drainWindow = drainWindow
+        var configuration = configuration
+        configuration.nodeID = configuration.nodeID ?? GatewayCore.randomID(length: 10)
+        let metrics = GatewayMetrics(node: configuration.nodeID!)
         self.core = GatewayCore(
             configuration: configuration,
             engine: engine,
-            hub: Hub(group: eventLoopGroup),
+            hub: Hub(group: eventLoopGroup, metrics: metrics),
+            metrics: metrics,
             responder: ErasedResponder(router.buildResponder()),
             verifier: verifier,
             logger: logger

@@ -78,6 +78,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             case .http(let asyncChannel):
                 await self.handleHTTP(asyncChannel: asyncChannel, logger: logger)
             case .refused(let asyncChannel, let status, let reason):
+                self.core.metrics.upgradeRefused(status: Int(status.code))
                 await Self.writeRefusal(asyncChannel, status: status, reason: reason, logger: logger)
             }
         } catch {
@@ -95,6 +96,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
                 let body = JSONBody.error(status == .unauthorized ? "unauthorized" : "upgrade_refused", reason: reason)
                 var headers: HTTPFields = [.connection: "close", .contentType: "application/json", .contentLength: String(body.readableBytes)]
                 if status == .unauthorized { headers[.wwwAuthenticate] = "Bearer" }
+                if status == .tooManyRequests || status == .serviceUnavailable { headers[.retryAfter] = "1" }
                 try await outbound.write(contentsOf: [.head(HTTPResponse(status: status, headerFields: headers)), .body(body), .end(nil)])
             }
         } catch {

@@ -29,6 +29,18 @@ public struct GatewayConfiguration: Sendable {
     public var closeTimeout: Double = 3
     /// Node id, unique in a cluster; random when nil.
     public var nodeID: String?
+    /// Browser origins (`Origin` header, e.g. `https://chat.example.com`) allowed to upgrade;
+    /// empty allows any. Upgrades without an `Origin` (non-browser clients) are not affected.
+    public var allowedOrigins: [String] = []
+    /// New WebSocket connections per second this node accepts (token bucket) and the burst;
+    /// nil for no limit. Over it, upgrades get HTTP 429 and clients retry with backoff.
+    public var connectionRate: Double?
+    public var connectionBurst: Double?
+    /// WebSocket connections one user may hold on this node; nil for no limit.
+    public var maxConnectionsPerUser: Int?
+    /// Path of a WebSocket echo endpoint (anonymous, no protocol: every message comes back
+    /// as sent) for conformance tests such as Autobahn; nil, the default, disables it.
+    public var echoPath: String?
 
     public init() {}
 }

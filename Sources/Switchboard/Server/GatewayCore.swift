@@ -18,6 +18,11 @@ final class GatewayCore: Sendable {
     /// Engine work a closed connection left behind (unsubscribes, presence leaves), so a
     /// draining node finishes it before it leaves the cluster.
     private let bookkeeping = NIOLockedValueBox(Bookkeeping())
+    /// New connections admitted per second (nil: no limit).
+    private let connectionBucket: NIOLockedValueBox<TokenBucket>?
+    /// Open WebSocket connections per user on this node.
+    private let userConnections = NIOLockedValueBox<[String: Int]>([:])
+    let metrics: GatewayMetrics
 
     struct Bookkeeping {
         var next = 0
@@ -28,6 +33,7 @@ final class GatewayCore: Sendable {
         configuration: GatewayConfiguration,
         engine: any SwitchboardEngine,
         hub: Hub,
+        metrics: GatewayMetrics,
         responder: ErasedResponder,
         verifier: TokenVerifier?,
         logger: Logger
@@ -39,6 +45,38 @@ final class GatewayCore: Sendable {
         self.verifier = verifier
         self.logger = logger
         self.nodeID = configuration.nodeID ?? Self.randomID(length: 10)
+        self.connectionBucket = configuration.connectionRate.map { rate in
+            NIOLockedValueBox(TokenBucket(burst: configuration.connectionBurst ?? max(1, rate)))
+        }
+        self.metrics = metrics
+    }
+
+    /// Whether the connection-rate limit lets one more upgrade in now.
+    func admitConnection() -> Bool {
+        guard let bucket = self.connectionBucket, let rate = self.configuration.connectionRate else { return true }
+        let burst = self.configuration.connectionBurst ?? max(1, rate)
+        return bucket.withLockedValue { $0.take(rate: rate, burst: burst) }
+    }
+
+    /// Connections `user` holds on this node.
+    func connectionCount(of user: String) -> Int {
+        self.userConnections.withLockedValue { $0[user] ?? 0 }
+    }
+
+    /// Counts a new connection of `user`; returns how many the user now holds.
+    func countConnection(of user: String) -> Int {
+        self.userConnections.withLockedValue { counts in
+            let n = (counts[user] ?? 0) + 1
+            counts[user] = n
+            return n
+        }
+    }
+
+    func uncountConnection(of user: String) {
+        self.userConnections.withLockedValue { counts in
+            let n = (counts[user] ?? 1) - 1
+            counts[user] = n > 0 ? n : nil
+        }
     }
 
     func makeConnectionID() -> UInt64 {

@@ -24,6 +24,8 @@ struct AcceptedUpgrade {
     var resumedCursors: [String: Int64]?
     /// The node that held the resumed session's connection, if any (it is told to close it).
     var previousNode: String?
+    /// An echo connection (conformance testing): no identity, no session, no protocol.
+    var echo = false
 }
 
 /// RFC 6455 upgrade that authenticates before accepting and installs a
@@ -61,8 +63,10 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
 
     private func decide(_ head: HTTPRequestHead, headers initial: HTTPHeaders) async throws -> HTTPHeaders {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-        guard path == self.core.configuration.webSocketPath else {
-            throw self.refuse(.notFound, "no WebSocket endpoint at \(path); use \(self.core.configuration.webSocketPath)")
+        let configuration = self.core.configuration
+        let echo = configuration.echoPath == path
+        guard path == configuration.webSocketPath || echo else {
+            throw self.refuse(.notFound, "no WebSocket endpoint at \(path); use \(configuration.webSocketPath)")
         }
         guard head.method == .GET else { throw self.refuse(.badRequest, "WebSocket upgrades use GET") }
         guard head.headers["sec-websocket-version"].first == "13",
@@ -72,6 +76,19 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
         }
         guard !self.core.isDraining else {
             throw self.refuse(.serviceUnavailable, "node is draining; connect to another node")
+        }
+        // Browsers always send Origin; a page on another site must not use the user's cookies here.
+        if !configuration.allowedOrigins.isEmpty, let origin = head.headers["origin"].first,
+            !configuration.allowedOrigins.contains(origin)
+        {
+            throw self.refuse(.forbidden, "origin \(origin) is not allowed")
+        }
+        guard self.core.admitConnection() else {
+            throw self.refuse(.tooManyRequests, "too many new connections on this node; retry with backoff")
+        }
+        if echo {
+            self.accepted.withLockedValue { $0 = AcceptedUpgrade(identity: nil, session: "", resumedCursors: nil, echo: true) }
+            return Self.acceptHeaders(key: key, offered: [], initial: initial)
         }
         let request = try HTTPRequest(head, secure: false, splitCookie: false)
 
@@ -85,6 +102,11 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
             }
         } else if !self.core.configuration.allowAnonymous {
             throw self.refuse(.unauthorized, self.core.verifier == nil ? "this node accepts no anonymous connections and verifies no tokens" : "missing token")
+        }
+
+        // A fast refusal the client can see; the handler enforces the limit exactly (1008).
+        if let max = configuration.maxConnectionsPerUser, let user = identity?.user, self.core.connectionCount(of: user) >= max {
+            throw self.refuse(.tooManyRequests, "user \(user) already holds \(max) connections")
         }
 
         // Resume the session named by the client, if it is still alive and belongs to this user.
@@ -106,7 +128,11 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
             throw self.refuse(.serviceUnavailable, "session store unavailable: \(error)")
         }
         self.accepted.withLockedValue { $0 = accepted }
+        let offered = head.headers["sec-websocket-protocol"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }
+        return Self.acceptHeaders(key: key, offered: offered, initial: initial)
+    }
 
+    private static func acceptHeaders(key: String, offered: [String], initial: HTTPHeaders) -> HTTPHeaders {
         var headers = initial
         var sha = Insecure.SHA1()
         sha.update(data: Data((key + Self.magicGUID).utf8))
@@ -115,7 +141,6 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
         headers.add(name: "Sec-WebSocket-Accept", value: Data(sha.finalize()).base64EncodedString())
         // Browsers fail a connection whose offered subprotocols get no answer, so echo
         // ours when offered; the token entry (`bearer.…`) is never echoed.
-        let offered = head.headers["sec-websocket-protocol"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }
         if offered.contains(Self.subprotocol) {
             headers.add(name: "Sec-WebSocket-Protocol", value: Self.subprotocol)
         }
@@ -128,7 +153,7 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
             let handler = ConnectionHandler(
                 core: self.core, loopHub: self.core.hub.loopHub(for: channel.eventLoop),
                 session: accepted.session, identity: accepted.identity, resumedCursors: accepted.resumedCursors,
-                previousNode: accepted.previousNode
+                previousNode: accepted.previousNode, echo: accepted.echo
             )
             try channel.pipeline.syncOperations.addHandler(handler)
             return .webSocket

@@ -1,0 +1,39 @@
+import ArgumentParser
+import Foundation
+
+/// `switchboard config check FILE`: validates a configuration file (and the `SWITCHBOARD_*`
+/// environment, which `serve` would apply over it) without starting a node, and prints the
+/// settings a node would run with. Exit 0 when valid; otherwise the error names the key.
+struct Config: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Work with configuration files.", subcommands: [Check.self]
+    )
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Validate a JSON configuration file and print the resulting settings.")
+
+        @Argument(help: "The JSON file (keys are serve's long option names).") var file: String
+
+        func run() throws {
+            let serve = try Serve.parse(["--config", self.file])
+            let s = try serve.settings()
+            let g = s.gateway
+            var lines = [
+                "\(self.file): OK",
+                "listen \(g.host):\(g.port), WebSocket at \(g.webSocketPath)\(g.echoPath.map { ", echo at \($0)" } ?? "")",
+                "auth: \(s.jwtJWKS.map { "JWKS \($0)" } ?? (s.jwtSecret != nil ? "HS256 secret" : "no token verification"))\(g.allowAnonymous ? ", anonymous allowed" : "")",
+                "engine: \(s.redis.map { "Redis \($0)\(s.redisCluster ? " (cluster)" : "")" } ?? "in-memory")",
+                "history: \(s.memory.historySize) messages, \(s.memory.historyAge) s; sessions \(s.memory.sessionTTL) s",
+                "limits: message \(g.maxMessageSize) B, queue \(g.maxQueueBytes) B, \(g.requestRate)/s burst \(g.requestBurst) per connection, \(g.maxSubscriptions) subscriptions, \(g.maxInFlightRequests) in flight",
+                "user limits: \(s.userRequestRate.map { "\($0)/s" } ?? "no request rate"), \(g.maxConnectionsPerUser.map { "\($0) connections" } ?? "no connection cap")",
+                "node: \(g.connectionRate.map { "\($0) new connections/s" } ?? "no connection rate"), drain over \(s.drainWindow) s, ping every \(g.pingInterval) s",
+                "origins: \(g.allowedOrigins.isEmpty ? "any" : g.allowedOrigins.joined(separator: ", "))",
+                "server API keys: \(s.apiKeys.count)",
+            ]
+            if s.jwtSecret == nil && s.jwtJWKS == nil && !g.allowAnonymous {
+                lines.append("warning: no jwt-secret, jwt-jwks or allow-anonymous: every connection would be refused")
+            }
+            print(lines.joined(separator: "\n"))
+        }
+    }
+}
