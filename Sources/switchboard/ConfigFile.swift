@@ -41,25 +41,25 @@ struct ConfigFile {
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
-            throw ValidationError("\(path): cannot read the file (\(error.localizedDescription))")
+            throw ConfigError("\(path): cannot read the file (\(error.localizedDescription))")
         }
         let top: Value
         do {
             top = try JSONDecoder().decode(Value.self, from: data)
         } catch {
-            throw ValidationError("\(path): not valid JSON (\(Self.reason(error)))")
+            throw ConfigError("\(path): not valid JSON (\(Self.reason(error)))")
         }
         guard case .object = top else {
-            throw ValidationError("\(path): the top level must be a JSON object of option names")
+            throw ConfigError("\(path): the top level must be a JSON object of option names")
         }
         let object = try JSONDecoder().decode([String: Value].self, from: data)
         for (key, value) in object.sorted(by: { $0.key < $1.key }) {
             guard let kind = keys[key] else {
                 let near = keys.keys.filter { Self.distance($0, key) <= 2 }.sorted().first
-                throw ValidationError("\(path): unknown key '\(key)'" + (near.map { " (did you mean '\($0)'?)" } ?? ""))
+                throw ConfigError("\(path): unknown key '\(key)'" + (near.map { " (did you mean '\($0)'?)" } ?? ""))
             }
             guard Self.matches(value, kind) else {
-                throw ValidationError("\(path): '\(key)' must be \(kind.rawValue), got \(Self.render(value))")
+                throw ConfigError("\(path): '\(key)' must be \(kind.rawValue), got \(Self.render(value))")
             }
         }
         self.path = path
@@ -135,4 +135,10 @@ struct ConfigFile {
         }
         return row[b.count]
     }
+}
+
+/// A bad setting (file, environment or flag value): printed as is, without the usage text.
+struct ConfigError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

@@ -16,7 +16,7 @@ enum RedisEngineFactory {
                     sessionTTL: history.sessionTTL, idempotencyTTL: history.idempotencyTTL)
             return RedisEngine(configuration: configuration, logger: logger)
         } catch {
-            throw ValidationError("--redis \(url): \(error)")
+            throw ConfigError("--redis \(url): \(error)")
         }
     }
 }

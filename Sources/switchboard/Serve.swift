@@ -98,26 +98,26 @@ struct Serve: AsyncParsableCommand {
         g.echoPath = self.echoPath ?? env["ECHO_PATH"] ?? file.string("echo-path")
         g.allowedOrigins = Self.list(self.allowedOrigins, env["ALLOWED_ORIGINS"], file.strings("allowed-origins"))
 
-        guard (0...65535).contains(g.port) else { throw ValidationError("--port must be 0-65535, got \(g.port)") }
-        guard g.webSocketPath.hasPrefix("/") else { throw ValidationError("--ws-path must start with '/', got '\(g.webSocketPath)'") }
+        guard (0...65535).contains(g.port) else { throw ConfigError("--port must be 0-65535, got \(g.port)") }
+        guard g.webSocketPath.hasPrefix("/") else { throw ConfigError("--ws-path must start with '/', got '\(g.webSocketPath)'") }
         if let echo = g.echoPath, !echo.hasPrefix("/") || echo == g.webSocketPath {
-            throw ValidationError("--echo-path must start with '/' and differ from --ws-path, got '\(echo)'")
+            throw ConfigError("--echo-path must start with '/' and differ from --ws-path, got '\(echo)'")
         }
-        guard g.maxMessageSize >= 128 else { throw ValidationError("--max-message-size must be at least 128, got \(g.maxMessageSize)") }
+        guard g.maxMessageSize >= 128 else { throw ConfigError("--max-message-size must be at least 128, got \(g.maxMessageSize)") }
         guard g.maxQueueBytes >= g.maxMessageSize else {
-            throw ValidationError("--max-queue-bytes (\(g.maxQueueBytes)) must be at least --max-message-size (\(g.maxMessageSize))")
+            throw ConfigError("--max-queue-bytes (\(g.maxQueueBytes)) must be at least --max-message-size (\(g.maxMessageSize))")
         }
         guard g.requestRate > 0, g.requestBurst >= 1 else {
-            throw ValidationError("--request-rate must be positive and --request-burst at least 1")
+            throw ConfigError("--request-rate must be positive and --request-burst at least 1")
         }
         guard g.maxSubscriptions > 0, g.maxInFlightRequests > 0, g.pingInterval > 0 else {
-            throw ValidationError("--max-subscriptions, --max-in-flight and --ping-interval must be positive")
+            throw ConfigError("--max-subscriptions, --max-in-flight and --ping-interval must be positive")
         }
-        if let rate = g.connectionRate, rate <= 0 { throw ValidationError("--connection-rate must be positive, got \(rate)") }
-        if let burst = g.connectionBurst, burst < 1 { throw ValidationError("--connection-burst must be at least 1, got \(burst)") }
-        if let max = g.maxConnectionsPerUser, max < 1 { throw ValidationError("--max-connections-per-user must be at least 1, got \(max)") }
+        if let rate = g.connectionRate, rate <= 0 { throw ConfigError("--connection-rate must be positive, got \(rate)") }
+        if let burst = g.connectionBurst, burst < 1 { throw ConfigError("--connection-burst must be at least 1, got \(burst)") }
+        if let max = g.maxConnectionsPerUser, max < 1 { throw ConfigError("--max-connections-per-user must be at least 1, got \(max)") }
         for origin in g.allowedOrigins where !(origin.hasPrefix("http://") || origin.hasPrefix("https://")) || origin.hasSuffix("/") {
-            throw ValidationError("--allowed-origin must look like https://host[:port] (no path, no trailing '/'), got '\(origin)'")
+            throw ConfigError("--allowed-origin must look like https://host[:port] (no path, no trailing '/'), got '\(origin)'")
         }
         s.gateway = g
 
@@ -126,26 +126,26 @@ struct Serve: AsyncParsableCommand {
         m.historyAge = try self.historyAge ?? env.double("HISTORY_AGE") ?? file.double("history-age") ?? m.historyAge
         m.sessionTTL = try self.sessionTTL ?? env.double("SESSION_TTL") ?? file.double("session-ttl") ?? m.sessionTTL
         guard m.historySize > 0, m.historyAge > 0, m.sessionTTL > 0 else {
-            throw ValidationError("--history-size, --history-age and --session-ttl must be positive")
+            throw ConfigError("--history-size, --history-age and --session-ttl must be positive")
         }
         s.memory = m
 
         s.jwtJWKS = self.jwtJWKS ?? env["JWT_JWKS"] ?? file.string("jwt-jwks")
         s.jwtSecret = self.jwtSecret ?? env["JWT_SECRET"] ?? file.string("jwt-secret")
         s.apiKeys = Set(Self.list(self.apiKeys, env["API_KEYS"], file.strings("api-keys")))
-        guard !s.apiKeys.contains("") else { throw ValidationError("--api-key must not be empty") }
+        guard !s.apiKeys.contains("") else { throw ConfigError("--api-key must not be empty") }
         s.redis = self.redis ?? env["REDIS"] ?? file.string("redis")
         let cluster = try env.bool("REDIS_CLUSTER") ?? file.bool("redis-cluster") ?? false
         s.redisCluster = self.redisCluster || cluster
         s.userRequestRate = try self.userRequestRate ?? env.double("USER_REQUEST_RATE") ?? file.double("user-request-rate")
         s.userRequestBurst = try self.userRequestBurst ?? env.double("USER_REQUEST_BURST") ?? file.double("user-request-burst")
-        if let rate = s.userRequestRate, rate <= 0 { throw ValidationError("--user-request-rate must be positive, got \(rate)") }
-        if let burst = s.userRequestBurst, burst < 1 { throw ValidationError("--user-request-burst must be at least 1, got \(burst)") }
+        if let rate = s.userRequestRate, rate <= 0 { throw ConfigError("--user-request-rate must be positive, got \(rate)") }
+        if let burst = s.userRequestBurst, burst < 1 { throw ConfigError("--user-request-burst must be at least 1, got \(burst)") }
         s.drainWindow = try self.drainWindow ?? env.double("DRAIN_WINDOW") ?? file.double("drain-window") ?? s.drainWindow
-        guard s.drainWindow >= 0 else { throw ValidationError("--drain-window must not be negative") }
+        guard s.drainWindow >= 0 else { throw ConfigError("--drain-window must not be negative") }
         let level = self.logLevel ?? env["LOG_LEVEL"] ?? file.string("log-level") ?? "info"
         guard let parsed = Logger.Level(rawValue: level) else {
-            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(level)'")
+            throw ConfigError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(level)'")
         }
         s.logLevel = parsed
         return s
@@ -172,13 +172,13 @@ struct Serve: AsyncParsableCommand {
         let verifier: TokenVerifier?
         if let path = settings.jwtJWKS {
             let json: String
-            do { json = try String(contentsOfFile: path, encoding: .utf8) } catch { throw ValidationError("--jwt-jwks \(path): \(error.localizedDescription)") }
+            do { json = try String(contentsOfFile: path, encoding: .utf8) } catch { throw ConfigError("--jwt-jwks \(path): \(error.localizedDescription)") }
             verifier = try await TokenVerifier.jwks(json: json)
         } else if let secret = settings.jwtSecret {
             do {
                 verifier = try await TokenVerifier.hs256(secret: secret)
             } catch {
-                throw ValidationError("--jwt-secret: \(error)")
+                throw ConfigError("--jwt-secret: \(error)")
             }
         } else {
             verifier = nil
@@ -225,13 +225,13 @@ struct Environment {
 
     func int(_ name: String) throws -> Int? {
         guard let raw = self[name] else { return nil }
-        guard let value = Int(raw) else { throw ValidationError("SWITCHBOARD_\(name) must be an integer, got '\(raw)'") }
+        guard let value = Int(raw) else { throw ConfigError("SWITCHBOARD_\(name) must be an integer, got '\(raw)'") }
         return value
     }
 
     func double(_ name: String) throws -> Double? {
         guard let raw = self[name] else { return nil }
-        guard let value = Double(raw) else { throw ValidationError("SWITCHBOARD_\(name) must be a number, got '\(raw)'") }
+        guard let value = Double(raw) else { throw ConfigError("SWITCHBOARD_\(name) must be a number, got '\(raw)'") }
         return value
     }
 
@@ -240,7 +240,7 @@ struct Environment {
         switch raw.lowercased() {
         case "1", "true", "yes": return true
         case "0", "false", "no", "": return false
-        default: throw ValidationError("SWITCHBOARD_\(name) must be 1 or 0, got '\(raw)'")
+        default: throw ConfigError("SWITCHBOARD_\(name) must be 1 or 0, got '\(raw)'")
         }
     }
 }

@@ -73,6 +73,12 @@ final class NodeProcess: @unchecked Sendable {
         p.waitUntilExit()
     }
 
+    /// Sends `signal` and returns at once.
+    func signal(_ signal: Int32) async {
+        guard let p = self.process.withLockedValue({ $0 }), p.isRunning else { return }
+        Foundation.kill(p.processIdentifier, signal)
+    }
+
     /// SIGTERM: the node drains (clients told to reconnect elsewhere) and exits.
     func terminate() async {
         guard let p = self.process.withLockedValue({ $0 }), p.isRunning else { return }
@@ -105,12 +111,13 @@ final class NodeProcess: @unchecked Sendable {
         try await self.request(method, "/api" + path, body: body.map { try JSONSerialization.data(withJSONObject: $0) }, apiKey: Self.apiKey)
     }
 
-    func request(_ method: String, _ path: String, body: Data?, apiKey: String? = nil) async throws -> Reply {
+    func request(_ method: String, _ path: String, body: Data?, apiKey: String? = nil, headers: [String: String] = [:]) async throws -> Reply {
         var request = URLRequest(url: URL(string: self.http + path)!, timeoutInterval: 10)
         request.httpMethod = method
         request.httpBody = body
         if body != nil { request.setValue("application/json", forHTTPHeaderField: "Content-Type") }
         if let apiKey { request.setValue(apiKey, forHTTPHeaderField: "X-API-Key") }
+        for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
         let (data, response) = try await URLSession.shared.data(for: request)
         return Reply(status: (response as? HTTPURLResponse)?.statusCode ?? 0, body: String(decoding: data, as: UTF8.self))
     }

@@ -79,13 +79,29 @@ public final class Gateway: Service, Sendable {
             eventLoopGroup: self.eventLoopGroup,
             logger: core.logger
         )
-        try await withGracefulShutdownHandler {
-            try await server.run()
-        } onGracefulShutdown: {
-            core.startDraining()
+        // The server runs outside this service's graceful shutdown, so the listener stays open
+        // while the node drains: load balancers see `/health/ready` answer 503, new upgrades
+        // get 503, in-flight requests finish; only then does the listener close.
+        let serving = Task.detached { try await server.run() }
+        try await withTaskCancellationHandler {
+            try await withGracefulShutdownHandler {
+                do {
+                    try await serving.value
+                } catch where core.isDraining {
+                    // Shut down before it was listening: nothing to serve, nothing lost.
+                    core.logger.debug("server stopped while draining: \(error)")
+                }
+            } onGracefulShutdown: {
+                core.startDraining()
+                Task {
+                    await self.drainConnections()
+                    try? await server.shutdownGracefully()
+                }
+            }
+        } onCancel: {
+            serving.cancel()
         }
-        // The listener is closed; now move the WebSocket clients elsewhere, and let the engine
-        // hear about every connection that closed before this node leaves the cluster.
+        // Let the engine hear about every connection that closed before this node leaves the cluster.
         await self.drainConnections()
         await core.finishBookkeeping(timeout: .seconds(5))
         for hub in core.hub.loops {

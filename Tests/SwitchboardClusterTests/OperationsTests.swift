@@ -1,0 +1,216 @@
+import Foundation
+import RedisTestSupport
+import SwitchboardClient
+import SwitchboardTesting
+import Testing
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// What an operator relies on, on real `switchboard serve` processes: metrics that count a
+/// known load, readiness while draining, a per-user limit shared by nodes, and the config file.
+@Suite("Operating nodes", .serialized, .timeLimit(.minutes(3)))
+struct OperationsTests {
+    /// One scrape of `/metrics`: each sample with its labels.
+    struct Scrape {
+        var samples: [(name: String, labels: [String: String], value: Double)] = []
+
+        init(_ text: String) {
+            for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+                guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+                let series = line[..<space]
+                var labels: [String: String] = [:]
+                var name = String(series)
+                if let open = series.firstIndex(of: "{"), series.last == "}" {
+                    name = String(series[..<open])
+                    let body = series[series.index(after: open)..<series.index(before: series.endIndex)]
+                    for pair in body.split(separator: ",") {
+                        let kv = pair.split(separator: "=", maxSplits: 1)
+                        if kv.count == 2 { labels[String(kv[0])] = kv[1].trimmingCharacters(in: CharacterSet(charactersIn: "\"")) }
+                    }
+                }
+                self.samples.append((name, labels, value))
+            }
+        }
+
+        /// The sum of every sample of `name` whose labels include `labels`.
+        func value(_ name: String, _ labels: [String: String] = [:]) -> Double {
+            self.samples.filter { sample in sample.name == name && labels.allSatisfy { sample.labels[$0.key] == $0.value } }.reduce(0) { $0 + $1.value }
+        }
+
+        static func of(_ node: NodeProcess) async throws -> Scrape {
+            let reply = try await node.get("/metrics")
+            guard reply.status == 200 else { throw ClusterTestFailure("/metrics answered \(reply.status)") }
+            return Scrape(reply.body)
+        }
+    }
+
+    @Test func metricsCountAKnownLoad() async throws {
+        try await ClusterTests.withNodes(1) { _, nodes in
+            let node = nodes[0]
+            let stream = "/streams/metrics"
+            let before = try await Scrape.of(node)
+            let clients = [try await ClusterTests.client("m1", nodes), try await ClusterTests.client("m2", nodes)]
+            let inboxes = try await clients.asyncMap { ClusterTests.Inbox(try await $0.subscribe(stream)) }
+            for i in 1...5 { #expect(try await node.api("POST", "/publish", ["stream": stream, "data": "\(i)"]).status == 201) }
+            for inbox in inboxes { #expect(try await inbox.waitFor(5) == (1...5).map(String.init)) }
+            let during = try await Scrape.of(node)
+            func delta(_ name: String, _ labels: [String: String] = [:]) -> Double { during.value(name, labels) - before.value(name, labels) }
+            #expect(delta("switchboard_connections_opened_total") == 2)
+            #expect(during.value("switchboard_connections_open") == 2)
+            #expect(delta("switchboard_deliveries_total", ["source": "live"]) == 10)
+            #expect(delta("switchboard_messages_in_total", ["kind": "sub"]) == 2)
+            #expect(delta("switchboard_publish_duration_seconds_count") == 5)
+            #expect(delta("switchboard_requests_total", ["route": "/api/publish", "method": "POST", "status": "201", "transport": "http"]) == 5)
+            #expect(delta("switchboard_requests_total", ["method": "SUB", "status": "200", "transport": "ws"]) == 2)
+            #expect(during.value("switchboard_engine_available") == 1)
+            #expect(during.value("switchboard_engine_round_trip_seconds") > 0)
+
+            for client in clients { await client.close() }
+            #expect(try await eventually { (try? await Scrape.of(node).value("switchboard_connections_open")) == 0 })
+            let after = try await Scrape.of(node)
+            #expect(after.value("switchboard_connections_closed_total", ["code": "1000"]) - before.value("switchboard_connections_closed_total", ["code": "1000"]) == 2)
+        }
+    }
+
+    @Test func aDrainingNodeIsNotReadyRefusesUpgradesThenExits() async throws {
+        let redis = try await RedisServer()
+        defer { redis.stop() }
+        let node = try await NodeProcess(id: "drainer", redis: redis.url, extra: ["--drain-window", "4"])
+        defer { node.kill() }
+        var clients: [SwitchboardClient] = []
+        for i in 0..<4 { clients.append(try await ClusterTests.client("d\(i)", [node])) }
+        #expect(await node.isReady())
+        await node.signal(SIGTERM)
+        // Closes are spread over the window; meanwhile the listener stays up and says so.
+        #expect(try await eventually(timeout: .seconds(3)) {
+            let reply = try? await node.get("/health/ready")
+            return reply?.status == 503 && reply?.body.contains("draining") == true
+        })
+        // HTTP clients drop Upgrade headers, so the handshake goes over a plain TCP socket.
+        let handshake = "GET /ws HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+            + "Sec-WebSocket-Version: 13\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n"
+        let upgrade = try Self.run(["-c", "exec 3<>/dev/tcp/127.0.0.1/\(node.port); printf '\(handshake)' >&3; timeout 5 head -1 <&3"], executable: "/bin/bash")
+        #expect(upgrade.output.hasPrefix("HTTP/1.1 503"), "\(upgrade.output)")
+        #expect(try await eventually(timeout: .seconds(20)) { !node.isRunning })
+        for client in clients { await client.close() }
+    }
+
+    @Test func aUsersRequestRateIsSharedByEveryNode() async throws {
+        let redis = try await RedisServer()
+        defer { redis.stop() }
+        let limit = ["--user-request-rate", "0.01", "--user-request-burst", "3"]
+        let a = try await NodeProcess(id: "rate-a", redis: redis.url, extra: limit)
+        let b = try await NodeProcess(id: "rate-b", redis: redis.url, extra: limit)
+        defer { a.kill(); b.kill() }
+        let token = try await TestTokens.make(user: "greedy", expiresIn: 3600, secret: NodeProcess.secret)
+        let auth = ["Authorization": "Bearer \(token)"]
+        let body = Data(#"{"n":1}"#.utf8)
+        var statuses: [Int] = []
+        for node in [a, b, a, b] {
+            statuses.append(try await node.request("POST", "/streams/rate", body: body, headers: auth).status)
+        }
+        // Three requests in all (not three per node), then 429 on whichever node.
+        #expect(statuses == [201, 201, 201, 429])
+        let ws = try await ClusterTests.client("greedy", [b])
+        let reply = try await ws.request("POST", "/streams/rate", body: #"{"n":2}"#)
+        #expect(reply.status == 429)
+        #expect(reply.body.contains("rate_limited"))
+        let other = try await TestTokens.make(user: "modest", expiresIn: 3600, secret: NodeProcess.secret)
+        #expect(try await a.request("POST", "/streams/rate", body: body, headers: ["Authorization": "Bearer \(other)"]).status == 201)
+        await ws.close()
+    }
+
+    // MARK: configuration
+
+    static func run(_ arguments: [String], environment: [String: String] = [:], executable: String = NodeProcess.binary) throws -> (status: Int32, output: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SWITCHBOARD_") }
+        env.merge(environment) { $1 }
+        p.environment = env
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    static func file(_ json: String) throws -> String {
+        let path = NSTemporaryDirectory() + "switchboard-config-\(UUID().uuidString).json"
+        try json.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test func configCheckAcceptsAGoodFileAndNamesWhatIsWrongInABadOne() throws {
+        let good = try Self.file(#"{"port": 9123, "jwt-secret": "a-secret-of-at-least-32-bytes-long!!", "api-keys": ["k1"], "max-connections-per-user": 4, "allowed-origins": ["https://chat.example.com"], "history-age": 60}"#)
+        let ok = try Self.run(["config", "check", good])
+        #expect(ok.status == 0, "\(ok.output)")
+        #expect(ok.output.contains("OK"))
+        #expect(ok.output.contains("listen 127.0.0.1:9123"))
+        #expect(ok.output.contains("4 connections"))
+        #expect(!ok.output.contains("a-secret-of"), "the secret is never printed")
+
+        let cases: [(String, String)] = [
+            (#"{"prot": 80}"#, "unknown key 'prot' (did you mean 'port'?)"),
+            (#"{"port": "80"}"#, "'port' must be an integer, got \"80\""),
+            (#"{"port": 70000}"#, "--port must be 0-65535"),
+            (#"{"allow-anonymous": 1}"#, "'allow-anonymous' must be true or false"),
+            (#"{"api-keys": "k1"}"#, "'api-keys' must be an array of strings"),
+            (#"{"allowed-origins": ["https://x.example/"]}"#, "--allowed-origin must look like"),
+            (#"{"log-level": "loud"}"#, "--log-level must be one of"),
+            (#"{"port": 80"#, "not valid JSON"),
+            (#"[1, 2]"#, "the top level must be a JSON object"),
+        ]
+        for (json, message) in cases {
+            let result = try Self.run(["config", "check", try Self.file(json)])
+            #expect(result.status != 0, "\(json) was accepted")
+            #expect(result.output.contains(message), "\(json): \(result.output)")
+        }
+        let missing = try Self.run(["config", "check", "/nonexistent/switchboard.json"])
+        #expect(missing.status != 0)
+        #expect(missing.output.contains("cannot read the file"))
+        // The environment is validated too: serve would apply it over the file.
+        let badEnv = try Self.run(["config", "check", good], environment: ["SWITCHBOARD_PING_INTERVAL": "often"])
+        #expect(badEnv.status != 0)
+        #expect(badEnv.output.contains("SWITCHBOARD_PING_INTERVAL must be a number, got 'often'"))
+    }
+
+    @Test func aFlagWinsOverTheEnvironmentWhichWinsOverTheFile() async throws {
+        let port = try await freePort()
+        let path = try Self.file(#"{"port": \#(port), "node-id": "from-file", "allow-anonymous": true, "log-level": "warning"}"#)
+        for (environment, flags, expected) in [
+            ([String: String](), [String](), "from-file"),
+            (["SWITCHBOARD_NODE_ID": "from-env"], [], "from-env"),
+            (["SWITCHBOARD_NODE_ID": "from-env"], ["--node-id", "from-flag"], "from-flag"),
+        ] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: NodeProcess.binary)
+            p.arguments = ["serve", "--config", path] + flags
+            var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SWITCHBOARD_") }
+            env.merge(environment) { $1 }
+            p.environment = env
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            defer {
+                kill(p.processIdentifier, SIGKILL)
+                p.waitUntilExit()
+            }
+            // The port came from the file: the node answers there.
+            var node: String?
+            _ = try await eventually(timeout: .seconds(20)) {
+                guard let data = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/health")!).0,
+                    let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+                else { return false }
+                node = json["node"] as? String
+                return true
+            }
+            #expect(node == expected)
+        }
+    }
+}
