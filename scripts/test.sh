@@ -12,5 +12,7 @@ swift build --build-tests
 # Every test bounds its own time; these outer bounds make a hang fail the run instead of stalling it.
 timeout --kill-after=30 900 swift test --skip-build
 timeout --kill-after=10 300 node --test Clients/js/test/
+# RFC 6455 conformance: the Autobahn fuzzing client against the echo endpoint (sections 1-7, 10).
+timeout --kill-after=10 600 bash scripts/autobahn.sh
 # A short libFuzzer run of each parser of untrusted input (frames, RESP replies).
 timeout --kill-after=10 900 bash scripts/fuzz.sh

@@ -144,9 +144,10 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
                 return true
             }
         } catch {
+            // The byte stream can no longer be framed: fail the connection (RFC 6455 §7.1.7).
             switch error {
-            case .tooBig: self.close(code: .messageTooBig, reason: "frame larger than \(self.configuration.maxMessageSize) bytes")
-            case .protocolError(let reason): self.close(code: .protocolError, reason: reason)
+            case .tooBig: self.fail(code: .messageTooBig, reason: "frame larger than \(self.configuration.maxMessageSize) bytes")
+            case .protocolError(let reason): self.fail(code: .protocolError, reason: reason)
             }
         }
     }
@@ -213,15 +214,16 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         switch payload.readableBytes {
         case 0:
             break
+        // The peer already closed its side: answer with the error and drop the socket.
         case 1:
-            return self.close(code: .protocolError, reason: "close payload of one byte")
+            return self.fail(code: .protocolError, reason: "close payload of one byte")
         default:
             let received = payload.readInteger(as: UInt16.self)!
             guard Self.isValidPeerCloseCode(received) else {
-                return self.close(code: .protocolError, reason: "invalid close code")
+                return self.fail(code: .protocolError, reason: "invalid close code")
             }
             guard UTF8Validation.isValid(payload) else {
-                return self.close(code: .invalidPayload, reason: "close reason is not UTF-8")
+                return self.fail(code: .invalidPayload, reason: "close reason is not UTF-8")
             }
             code = received
         }
@@ -355,6 +357,24 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             channel.close(promise: nil)
         }
         self.failWritabilityWaiters()
+    }
+
+    /// Fail the connection: send a close frame with `code`, then close the socket without
+    /// waiting for the peer's answer (its byte stream cannot be trusted, or it already closed).
+    func fail(code: CloseCode, reason: String) {
+        guard let context = self.context else { return }
+        if case .open = self.state {
+            self.state = .closing
+            self.closeCode = code.rawValue
+            self.fragments = nil
+            self.failWritabilityWaiters()
+            let channel = context.channel
+            context.writeAndFlush(
+                self.wrapOutboundOut(WebSocketFraming.close(code: code.rawValue, reason: reason, allocator: context.channel.allocator))
+            ).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            context.close(promise: nil)
+        }
     }
 
     /// Called by the loop's ping timer.
