@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "SwitchboardClient", targets: ["SwitchboardClient"]),
         .library(name: "SwitchboardTesting", targets: ["SwitchboardTesting"]),
         .executable(name: "switchboard", targets: ["switchboard"]),
+        .executable(name: "switchboard-chat", targets: ["SwitchboardChat"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
@@ -115,6 +116,20 @@ let package = Package(
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
+        ),
+        // The chat example (Examples/Chat): rooms, history, presence, typing, on the library.
+        .executableTarget(
+            name: "SwitchboardChat",
+            dependencies: [
+                "Switchboard", "SwitchboardRedis", "SwitchboardWire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Examples/Chat/Sources/SwitchboardChat"
         ),
         .testTarget(name: "SwitchboardWireTests", dependencies: ["SwitchboardWire"]),
         // Real redis-server processes and Redis Clusters on loopback, for the test targets.

@@ -11,6 +11,8 @@ python3 scripts/openapi-check.py
 swift build --build-tests
 # Every test bounds its own time; these outer bounds make a hang fail the run instead of stalling it.
 timeout --kill-after=30 900 swift test --skip-build
+# The chat example in real headless Chromium, on the switchboard-chat binary built above.
+timeout --kill-after=30 900 bash scripts/browser-test.sh
 timeout --kill-after=10 300 node --test Clients/js/test/
 # RFC 6455 conformance: the Autobahn fuzzing client against the echo endpoint (sections 1-7, 10).
 timeout --kill-after=10 600 bash scripts/autobahn.sh

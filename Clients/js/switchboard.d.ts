@@ -64,8 +64,10 @@ export interface SwitchboardOptions {
   maxDelay?: number;
   /** Ms a connection must stay open before backoff attempts reset (default 10000). */
   stableAfter?: number;
-  /** Ms between acks (default 1000). */
+  /** Longest wait in ms before processed offsets are acked while pushes keep coming (default 1000). */
   ackInterval?: number;
+  /** Ack after this many ms without a new push (default 250); 0 (or >= ackInterval) acks on the interval only. */
+  ackIdle?: number;
   /** Default request timeout in ms (default 10000). */
   requestTimeout?: number;
   /** Where the session id and stream positions are persisted (e.g. `sessionStorage`). */
@@ -131,6 +133,24 @@ export interface PushInfo {
 
 export type PushHandler = (body: string, info: PushInfo) => void;
 
+export interface SubscribeOptions {
+  /**
+   * Start after this offset, whatever position was known (a stored one included): the server
+   * replays `since + 1 …` from the stream's history, then goes live. `0` replays all it keeps.
+   * When history no longer reaches back that far, `notRecovered` fires and delivery continues
+   * from the top. Without it: resume from the known position, else live from now.
+   */
+  since?: number;
+  /** The epoch `since` belongs to (from an earlier push or HTTP read); omit when unknown. */
+  epoch?: string;
+  /**
+   * `false`: never ACK this stream. Acks let the server trim history once every subscriber
+   * acked it, so a stream that later readers replay (a chat room's log) should not be acked.
+   * Default true.
+   */
+  ack?: boolean;
+}
+
 export interface RequestOptions {
   /** Ms before the promise rejects with `code: 'timeout'` (default: requestTimeout). */
   timeout?: number;
@@ -162,7 +182,9 @@ export class SwitchboardClient {
   on<E extends keyof SwitchboardEvents>(event: E, listener: (payload: SwitchboardEvents[E]) => void): () => void;
 
   /** Subscribe; every PUSH is handed over once and in order. Returns the unsubscribe function. */
-  subscribe(stream: string, handler: PushHandler): () => void;
+  subscribe(stream: string, handler: PushHandler, options?: SubscribeOptions): () => void;
+  /** Remove every handler of `stream` and send UNSUB; false when nothing was subscribed. */
+  unsubscribe(stream: string): boolean;
   /** `{last, epoch}` of a tracked stream, or null. */
   position(stream: string): { last: number | null; epoch: string | null } | null;
 

@@ -161,6 +161,7 @@ export class SwitchboardClient {
       maxDelay: 20000,
       stableAfter: 10000,
       ackInterval: 1000,
+      ackIdle: 250,
       requestTimeout: 10000,
       storageKey: 'switchboard',
       random: Math.random,
@@ -180,6 +181,7 @@ export class SwitchboardClient {
     this._reconnectTimer = null;
     this._stableTimer = null;
     this._ackTimer = null;
+    this._idleAckTimer = null;
     this._subRetryTimer = null;
     this._subRetryAttempt = 0;
     this._nextR = 1;
@@ -262,7 +264,7 @@ export class SwitchboardClient {
   _stop() {
     this._stopped = true;
     this._gen++;
-    for (const t of ['_reconnectTimer', '_stableTimer', '_ackTimer', '_subRetryTimer']) {
+    for (const t of ['_reconnectTimer', '_stableTimer', '_ackTimer', '_idleAckTimer', '_subRetryTimer']) {
       if (this[t] !== null) clearTimeout(this[t]);
       this[t] = null;
     }
@@ -370,7 +372,7 @@ export class SwitchboardClient {
     const ws = this._ws;
     this._ws = null;
     if (ws) this._detach(ws);
-    for (const t of ['_stableTimer', '_ackTimer', '_subRetryTimer']) {
+    for (const t of ['_stableTimer', '_ackTimer', '_idleAckTimer', '_subRetryTimer']) {
       if (this[t] !== null) clearTimeout(this[t]);
       this[t] = null;
     }
@@ -458,7 +460,7 @@ export class SwitchboardClient {
   _record(stream) {
     let s = this._streams.get(stream);
     if (!s) {
-      s = { last: null, epoch: null, acked: null, handlers: new Set(), active: false, subR: null, subSince: false };
+      s = { last: null, epoch: null, acked: null, handlers: new Set(), active: false, subR: null, subSince: false, ack: true };
       this._streams.set(stream, s);
     }
     return s;
@@ -584,27 +586,41 @@ export class SwitchboardClient {
         this._emit('error', err);
       }
     }
-    this._scheduleAck();
+    if (s.ack) this._scheduleAck();
   }
 
   // ----- acks --------------------------------------------------------------
 
   _maybeAck(s) {
-    if (s.last !== null && s.last !== s.acked) this._scheduleAck();
+    if (s.ack && s.last !== null && s.last !== s.acked) this._scheduleAck();
   }
 
+  // Acks go out `ackIdle` ms after the flow of pushes pauses, and at the latest `ackInterval`
+  // ms after the first unacked push while it keeps flowing.
   _scheduleAck() {
+    const { ackInterval, ackIdle } = this._opts;
+    if (ackIdle > 0 && ackIdle < ackInterval) {
+      if (this._idleAckTimer !== null) clearTimeout(this._idleAckTimer);
+      this._idleAckTimer = setTimeout(() => {
+        this._idleAckTimer = null;
+        this._flushAcks();
+      }, ackIdle);
+    }
     if (this._ackTimer !== null) return;
     this._ackTimer = setTimeout(() => {
       this._ackTimer = null;
       this._flushAcks();
-    }, this._opts.ackInterval);
+    }, ackInterval);
   }
 
   _flushAcks() {
+    for (const t of ['_ackTimer', '_idleAckTimer']) {
+      if (this[t] !== null) clearTimeout(this[t]);
+      this[t] = null;
+    }
     if (this._state !== 'open') return;
     for (const [stream, s] of this._streams) {
-      if (s.active && s.last !== null && s.last !== s.acked) {
+      if (s.ack && s.active && s.last !== null && s.last !== s.acked) {
         if (this._send(encodeFrame({ method: 'ACK', target: stream, meta: { id: s.last } }))) s.acked = s.last;
       }
     }
@@ -612,29 +628,58 @@ export class SwitchboardClient {
 
   // ----- subscriptions -----------------------------------------------------
 
-  subscribe(stream, handler) {
+  subscribe(stream, handler, options = {}) {
     if (typeof handler !== 'function') throw new TypeError('handler must be a function');
+    const { since, epoch, ack } = options || {};
+    if (since !== undefined && since !== null && (!Number.isSafeInteger(since) || since < 0)) {
+      throw new RangeError('since must be a non-negative integer');
+    }
     const name = encodeTarget(stream);
     const s = this._record(name);
+    if (ack !== undefined) s.ack = ack !== false;
+    const reposition = since !== undefined && since !== null;
+    if (reposition) {
+      // Start after `since` whatever was known: the server replays since+1 … (or answers SUB410).
+      s.last = since;
+      s.epoch = typeof epoch === 'string' ? epoch : null;
+      s.acked = since;
+      s.active = false;
+      this._persistStreams();
+    }
     const entry = (body, info) => handler(body, info);
     s.handlers.add(entry);
-    if (this._state === 'open' && !s.active && s.subR === null) this._sendSub(name, s);
+    // A SUB already in flight for the old position is superseded: its reply is ignored.
+    if (this._state === 'open' && (reposition || (!s.active && s.subR === null))) this._sendSub(name, s);
     let done = false;
     return () => {
       if (done) return;
       done = true;
       s.handlers.delete(entry);
       if (s.handlers.size > 0 || this._streams.get(name) !== s) return;
-      if (isBuiltinStream(name)) return; // keep tracking the server's own subscriptions
-      if (this._state === 'open' && (s.active || s.subR !== null)) {
-        const r = this._nextR++;
-        this._pending.set(r, { kind: 'unsub', stream: name });
-        this._send(encodeFrame({ method: 'UNSUB', target: name, meta: { r } }));
-      }
-      if (s.subR !== null) this._pending.delete(s.subR);
-      this._streams.delete(name);
-      this._persistStreams();
+      this._drop(name, s);
     };
+  }
+
+  /** Drop every handler of `stream` and unsubscribe; false when it had none. */
+  unsubscribe(stream) {
+    const name = encodeTarget(stream);
+    const s = this._streams.get(name);
+    if (!s || s.handlers.size === 0) return false;
+    s.handlers.clear();
+    this._drop(name, s);
+    return true;
+  }
+
+  _drop(name, s) {
+    if (isBuiltinStream(name)) return; // keep tracking the server's own subscriptions
+    if (this._state === 'open' && (s.active || s.subR !== null)) {
+      const r = this._nextR++;
+      this._pending.set(r, { kind: 'unsub', stream: name });
+      this._send(encodeFrame({ method: 'UNSUB', target: name, meta: { r } }));
+    }
+    if (s.subR !== null) this._pending.delete(s.subR);
+    this._streams.delete(name);
+    this._persistStreams();
   }
 
   /** Current `{last, epoch}` of a stream, or null when it is not tracked. */

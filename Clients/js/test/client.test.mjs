@@ -231,7 +231,7 @@ test('built-in streams are tracked from their unsolicited SUB200 and deduped', (
 });
 
 test('acks are sent on the timer with the highest delivered offset', (t) => {
-  const { client, WS, tick } = setup(t, { ackInterval: 1000 });
+  const { client, WS, tick } = setup(t, { ackInterval: 1000, ackIdle: 0 });
   client.connect();
   const ws = WS.last;
   ws.hello();
@@ -492,4 +492,135 @@ test('a new session replaces the stored one', (t) => {
   WS.last.hello('fresh');
   assert.equal(storage.getItem('switchboard.sid'), 'fresh');
   assert.equal(client.position('/sessions/old'), null);
+});
+
+test('acks go out when the flow of pushes pauses, and on the interval while it keeps flowing', (t) => {
+  const { client, WS, tick } = setup(t, { ackInterval: 1000, ackIdle: 200 });
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  subscribed(client, ws, 5);
+  ws.take();
+  push(ws, 6);
+  tick(100);
+  push(ws, 7);
+  tick(150);
+  assert.deepEqual(ws.take('ACK'), [], 'still flowing: 150 ms since the last push');
+  tick(50);
+  assert.deepEqual(ws.take('ACK'), ['ACK|/rooms/a|id=7|'], 'idle for 200 ms');
+  // A steady flow never idles: the interval still acks.
+  for (let id = 8; id <= 20; id++) {
+    push(ws, id);
+    tick(100);
+  }
+  const acks = ws.take('ACK');
+  assert.equal(acks.length, 1, 'one ack per interval');
+  assert.match(acks[0], /^ACK\|\/rooms\/a\|id=(1[4-9]|20)\|$/);
+  tick(200);
+  assert.deepEqual(ws.take('ACK'), ['ACK|/rooms/a|id=20|']);
+  tick(5000);
+  assert.deepEqual(ws.take('ACK'), []);
+});
+
+test('a stream subscribed with ack: false is never acked, others are', (t) => {
+  const { client, WS, tick } = setup(t);
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  const got = [];
+  client.subscribe('/rooms/log', (body, { offset }) => got.push(offset), { ack: false });
+  const [sub] = ws.take('SUB');
+  ws.receive(`SUB200|/rooms/log|r=${rOf(sub)};id=3;e=E1|`);
+  subscribed(client, ws, 5);
+  push(ws, 4, 'E1', '/rooms/log');
+  push(ws, 6);
+  tick(2000);
+  assert.deepEqual(got, [4]);
+  assert.deepEqual(ws.take('ACK'), ['ACK|/rooms/a|id=6|']);
+  client.close();
+  assert.deepEqual(ws.take('ACK'), [], 'close() does not ack it either');
+});
+
+test('subscribe with since replays from there, overriding a known position, and reposition resends SUB', (t) => {
+  const storage = new MemoryStorage();
+  storage.setItem('switchboard.streams', JSON.stringify({ '/rooms/a': { last: 9, epoch: 'E1' } }));
+  const { client, WS } = setup(t, { storage });
+  const got = [];
+  client.subscribe('/rooms/a', (body, { offset }) => got.push(offset), { since: 0 });
+  assert.deepEqual(client.position('/rooms/a'), { last: 0, epoch: null });
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  const [sub] = ws.take('SUB');
+  assert.match(sub, /^SUB\|\/rooms\/a\|r=\d+;since=0\|$/, 'no epoch: any epoch will do');
+  ws.receive(`SUB200|/rooms/a|r=${rOf(sub)};id=0;e=E2;recovered=1|`);
+  for (let id = 1; id <= 3; id++) push(ws, id, 'E2');
+  assert.deepEqual(got, [1, 2, 3]);
+  assert.deepEqual(client.position('/rooms/a'), { last: 3, epoch: 'E2' });
+
+  // Reposition while subscribed: a new SUB, old pushes beyond the new start are dropped
+  // until the replay brings them in order.
+  const got2 = [];
+  client.subscribe('/rooms/a', (body, { offset }) => got2.push(offset), { since: 1, epoch: 'E2' });
+  const [again] = ws.take('SUB');
+  assert.match(again, /^SUB\|\/rooms\/a\|r=\d+;since=1;e=E2\|$/);
+  push(ws, 4, 'E2'); // live push racing the replay: a gap from 1, dropped
+  ws.receive(`SUB200|/rooms/a|r=${rOf(again)};id=1;e=E2;recovered=1|`);
+  for (let id = 2; id <= 4; id++) push(ws, id, 'E2');
+  assert.deepEqual(got2, [2, 3, 4]);
+  assert.throws(() => client.subscribe('/rooms/a', () => {}, { since: -1 }), RangeError);
+});
+
+test('subscribe with since answered SUB410 reports not recovered and continues from the top', (t) => {
+  const { client, WS, events } = setup(t);
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  const got = [];
+  client.subscribe('/rooms/a', (body, { offset }) => got.push(offset), { since: 0 });
+  const [sub] = ws.take('SUB');
+  ws.receive(`SUB410|/rooms/a|r=${rOf(sub)};id=40;e=E1;recovered=0|{"error":"history_gone"}`);
+  push(ws, 41);
+  assert.deepEqual(got, [41]);
+  const nr = events.filter(([n]) => n === 'notRecovered').map(([, p]) => p);
+  assert.equal(nr.length, 1);
+  assert.equal(nr[0].stream, '/rooms/a');
+  assert.equal(nr[0].offset, 40);
+});
+
+test('unsubscribe(stream) drops every handler, sends UNSUB once, and is false when nothing was subscribed', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  const { got } = subscribed(client, ws, 5);
+  const other = [];
+  const stopOther = client.subscribe('/rooms/a', (body, { offset }) => other.push(offset));
+  assert.deepEqual(ws.take('SUB'), [], 'already subscribed');
+  assert.equal(client.unsubscribe('/rooms/a'), true);
+  assert.equal(ws.take('UNSUB').length, 1);
+  stopOther(); // a stale stop function does nothing
+  assert.deepEqual(ws.take('UNSUB'), []);
+  push(ws, 6);
+  assert.deepEqual([got, other], [[], []]);
+  assert.equal(client.unsubscribe('/rooms/a'), false);
+  assert.equal(client.position('/rooms/a'), null);
+});
+
+test('gap detection: a push skipping ahead is not delivered; the client resubscribes from its last offset', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  const { got } = subscribed(client, ws, 5);
+  ws.take();
+  push(ws, 6);
+  push(ws, 8); // 7 is missing
+  assert.deepEqual(got.map(([, o]) => o), [6]);
+  const [resub] = ws.take('SUB');
+  assert.match(resub, /^SUB\|\/rooms\/a\|r=\d+;since=6;e=E1\|$/);
+  ws.receive(`SUB200|/rooms/a|r=${rOf(resub)};id=6;e=E1;recovered=1|`);
+  push(ws, 7);
+  push(ws, 8);
+  assert.deepEqual(got.map(([, o]) => o), [6, 7, 8]);
 });

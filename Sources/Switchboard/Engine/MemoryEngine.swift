@@ -70,7 +70,8 @@ public final class MemoryEngine: SwitchboardEngine {
     /// Rate buckets by key; a bucket that has refilled is the same as none, so the table is
     /// pruned of those now and then and stays as small as the set of busy keys.
     struct RateBuckets {
-        var table: [String: TokenBucket] = [:]
+        /// Each bucket with the rate and burst it was drawn with, so pruning judges it by its own.
+        var table: [String: (bucket: TokenBucket, rate: Double, burst: Double)] = [:]
         var takes = 0
     }
 
@@ -79,9 +80,12 @@ public final class MemoryEngine: SwitchboardEngine {
         return self.buckets.withLockedValue { buckets in
             buckets.takes += 1
             if buckets.takes % 4096 == 0 {
-                buckets.table = buckets.table.filter { !$0.value.isFull(rate: rate, burst: burst, now: now) }
+                buckets.table = buckets.table.filter { !$0.value.bucket.isFull(rate: $0.value.rate, burst: $0.value.burst, now: now) }
             }
-            return buckets.table[key, default: TokenBucket(burst: burst, now: now)].take(rate: rate, burst: burst, now: now)
+            var entry = buckets.table[key] ?? (TokenBucket(burst: burst, now: now), rate, burst)
+            let taken = entry.bucket.take(rate: rate, burst: burst, now: now)
+            buckets.table[key] = (entry.bucket, rate, burst)
+            return taken
         }
     }
 
