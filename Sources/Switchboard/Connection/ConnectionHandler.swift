@@ -343,38 +343,32 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     /// Start the closing handshake with `code`; the socket closes when the peer
     /// answers or after the close timeout.
     func close(code: CloseCode, reason: String) {
-        guard let context = self.context, case .open = self.state else { return }
-        self.state = .closing
-        self.closeCode = code.rawValue
-        if code == .slowConsumer { self.core.metrics.slowConsumerCloses.increment() }
-        self.fragments = nil
-        context.writeAndFlush(
-            self.wrapOutboundOut(WebSocketFraming.close(code: code.rawValue, reason: reason, allocator: context.channel.allocator)),
-            promise: nil
-        )
-        let channel = context.channel
-        context.eventLoop.scheduleTask(in: .nanoseconds(Int64(self.configuration.closeTimeout * 1e9))) {
+        guard let channel = self.context?.channel, self.sendClose(code: code, reason: reason) != nil else { return }
+        channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(self.configuration.closeTimeout * 1e9))) {
             channel.close(promise: nil)
         }
-        self.failWritabilityWaiters()
     }
 
     /// Fail the connection: send a close frame with `code`, then close the socket without
     /// waiting for the peer's answer (its byte stream cannot be trusted, or it already closed).
     func fail(code: CloseCode, reason: String) {
         guard let context = self.context else { return }
-        if case .open = self.state {
-            self.state = .closing
-            self.closeCode = code.rawValue
-            self.fragments = nil
-            self.failWritabilityWaiters()
-            let channel = context.channel
-            context.writeAndFlush(
-                self.wrapOutboundOut(WebSocketFraming.close(code: code.rawValue, reason: reason, allocator: context.channel.allocator))
-            ).whenComplete { _ in channel.close(promise: nil) }
-        } else {
-            context.close(promise: nil)
-        }
+        let channel = context.channel
+        guard let sent = self.sendClose(code: code, reason: reason) else { return context.close(promise: nil) }
+        sent.whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// Moves an open connection to `.closing` and writes its close frame; nil if it was not open.
+    private func sendClose(code: CloseCode, reason: String) -> EventLoopFuture<Void>? {
+        guard let context = self.context, case .open = self.state else { return nil }
+        self.state = .closing
+        self.closeCode = code.rawValue
+        if code == .slowConsumer { self.core.metrics.slowConsumerCloses.increment() }
+        self.fragments = nil
+        self.failWritabilityWaiters()
+        return context.writeAndFlush(
+            self.wrapOutboundOut(WebSocketFraming.close(code: code.rawValue, reason: reason, allocator: context.channel.allocator))
+        )
     }
 
     /// Called by the loop's ping timer.
