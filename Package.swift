@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "SwitchboardRedis", targets: ["SwitchboardRedis"]),
         .library(name: "SwitchboardClient", targets: ["SwitchboardClient"]),
         .library(name: "SwitchboardTesting", targets: ["SwitchboardTesting"]),
+        .library(name: "SwitchboardProxy", targets: ["SwitchboardProxy"]),
         .executable(name: "switchboard", targets: ["switchboard"]),
         .executable(name: "switchboard-chat", targets: ["SwitchboardChat"]),
     ],
@@ -89,6 +90,29 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The reconnecting proxy for existing WebSocket backends (docs/proxy.md). It uses only
+        // NIO's WebSocket pieces and Hummingbird's server, not the gateway or the engines.
+        .target(
+            name: "SwitchboardProxy",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         // In-process node on a free port plus connected clients, for application tests.
         .target(
             name: "SwitchboardTesting",
@@ -106,6 +130,7 @@ let package = Package(
                 "SwitchboardRedis",
                 "RESP",
                 "SwitchboardWire",
+                "SwitchboardProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -150,6 +175,20 @@ let package = Package(
             dependencies: [
                 "RedisTestSupport", "SwitchboardClient", "SwitchboardTesting",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
+        // The proxy against real upstream WebSocket servers on loopback (started and killed by the tests).
+        .testTarget(
+            name: "SwitchboardProxyTests",
+            dependencies: [
+                "SwitchboardProxy", "RedisTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "SwitchboardRedisTests", dependencies: ["SwitchboardRedis", "Switchboard", "RESP", "RedisTestSupport"]),

@@ -1,0 +1,264 @@
+import DequeModule
+import NIOCore
+import NIOWebSocket
+
+/// One direction of a session: the messages on their way to one peer (the upstream, or the
+/// client). A message leaves the relay only when that peer confirmed it.
+///
+/// - Messages wait in `queue` while the peer is away (bounded in messages and bytes).
+/// - One pump task writes them to the attached peer in order, several per flush, each batch
+///   followed by a ping that carries the relay's nonce and a sequence number.
+/// - The peer's pong for that ping confirms the batch: WebSocket peers answer a ping after
+///   the frames before it, so the peer read every message in the batch. Until then the
+///   messages stay `unconfirmed`; if the connection dies first they go back to the front of
+///   the queue and are written again to the next connection. A message is therefore never
+///   lost with a connection; across a reconnect the peer may see the last batch twice
+///   (the resume id lets it tell, see docs/proxy.md).
+/// - While the peer is attached, a full relay makes `push` wait (backpressure to the sender);
+///   while it is away, a full relay refuses the message (`queueFull`).
+actor Relay {
+    enum PushError: Error {
+        /// The relay is full and its peer is away: the message was not accepted.
+        case queueFull
+        /// The relay closed (its peer is gone for good): the message cannot be delivered.
+        case finished
+    }
+
+    /// Whether a keepalive found the attached peer alive.
+    enum Liveness { case alive, dead, notAttached }
+
+    private enum Work {
+        case messages([ProxyMessage], ping: ByteBuffer)
+        case ping(ByteBuffer)
+        case close(CloseFrame)
+    }
+
+    let limits: (messages: Int, bytes: Int)
+    private let pingTimeout: Duration
+    private let metrics: ProxyMetrics.Direction
+    private let nonce = UInt64.random(in: .min ... .max)
+
+    private var queue = Deque<ProxyMessage>()
+    private var unconfirmed = Deque<(message: ProxyMessage, ping: UInt64)>()
+    private var bytes = 0
+    private var sink: PeerLink?
+    /// Sequence number of the last ping written, and when the oldest unanswered one went out.
+    private var lastPing: UInt64 = 0
+    private var unansweredSince: ContinuousClock.Instant?
+    private var keepalivePingDue = false
+    /// The close frame to send after the queue, once the conversation is over.
+    private var closing: CloseFrame?
+    private var closeWritten = false
+    private var finished = false
+    private var pumpWaiter: CheckedContinuation<Void, Never>?
+    private var spaceWaiters: [CheckedContinuation<Void, Never>] = []
+    private var finishWaiters: [CheckedContinuation<Void, Never>] = []
+
+    /// Messages written per ping at most.
+    static let batch = 32
+
+    init(messages: Int, bytes: Int, pingTimeout: Duration, metrics: ProxyMetrics.Direction) {
+        self.limits = (messages, bytes)
+        self.pingTimeout = pingTimeout
+        self.metrics = metrics
+    }
+
+    /// Messages not yet confirmed by the peer (queued or written).
+    var pending: Int { self.queue.count + self.unconfirmed.count }
+    var isAttached: Bool { self.sink != nil }
+    var isFinished: Bool { self.finished }
+
+    // MARK: - Producer side
+
+    /// Accepts `message` for the peer, waiting for room while the peer is attached.
+    func push(_ message: ProxyMessage) async throws(PushError) {
+        let size = message.data.readableBytes
+        while true {
+            guard !self.finished, self.closing == nil else { throw .finished }
+            if self.pending < self.limits.messages, self.bytes + size <= self.limits.bytes { break }
+            guard self.sink != nil else {
+                self.metrics.overflows.increment()
+                throw .queueFull
+            }
+            await withCheckedContinuation { self.spaceWaiters.append($0) }
+        }
+        self.queue.append(message)
+        self.bytes += size
+        self.metrics.queued.increment()
+        self.wakePump()
+    }
+
+    /// Ends the conversation in this direction: `close` is written after every queued message.
+    func close(after close: CloseFrame) {
+        guard !self.finished, self.closing == nil else { return }
+        self.closing = close
+        self.wakePump()
+    }
+
+    /// Ends the relay now; what is still pending is not delivered. Returns how many messages.
+    @discardableResult
+    func finish() -> Int {
+        guard !self.finished else { return 0 }
+        self.finished = true
+        let lost = self.pending
+        self.metrics.queued.decrement(by: Double(lost))
+        if lost > 0 { self.metrics.undelivered.increment(by: lost) }
+        self.queue.removeAll()
+        self.unconfirmed.removeAll()
+        self.bytes = 0
+        self.sink = nil
+        self.wakePump()
+        self.wakeSpaceWaiters()
+        for waiter in self.finishWaiters { waiter.resume() }
+        self.finishWaiters.removeAll()
+        return lost
+    }
+
+    /// Returns when the relay finished (its close was answered, or `finish` was called).
+    func waitUntilFinished() async {
+        guard !self.finished else { return }
+        await withCheckedContinuation { self.finishWaiters.append($0) }
+    }
+
+    // MARK: - Peer side
+
+    /// `link` now receives this relay's messages (and a repeat of any unconfirmed ones).
+    func attach(_ link: PeerLink) {
+        guard !self.finished else { return }
+        self.sink = link
+        self.unansweredSince = nil
+        self.wakePump()
+    }
+
+    /// `link` is gone: unconfirmed messages go back to the front of the queue, in order.
+    func detach(_ link: PeerLink) {
+        guard self.sink?.id == link.id else { return }
+        self.sink = nil
+        self.closeWritten = false
+        self.unansweredSince = nil
+        self.keepalivePingDue = false
+        while let (message, _) = self.unconfirmed.popLast() {
+            self.queue.prepend(message)
+        }
+        // Producers waiting for room now get `queueFull` if there still is none.
+        self.wakeSpaceWaiters()
+    }
+
+    /// The attached peer answered the close this relay sent: the conversation is over.
+    func closeAnswered(by link: PeerLink) {
+        guard self.sink?.id == link.id, self.closeWritten else { return }
+        // The peer answers a close after reading every frame before it.
+        self.metrics.queued.decrement(by: Double(self.unconfirmed.count))
+        self.metrics.delivered.increment(by: self.unconfirmed.count)
+        self.unconfirmed.removeAll()
+        self.finish()
+    }
+
+    /// The connection to `link` ended after this relay's close went out but before the answer:
+    /// the conversation is over all the same; unconfirmed messages count as undelivered.
+    func closeUnanswered(by link: PeerLink) {
+        guard self.sink?.id == link.id, self.closeWritten else { return }
+        self.finish()
+    }
+
+    /// A pong from the attached peer; true when it answered one of this relay's pings.
+    func pong(_ payload: ByteBuffer, from link: PeerLink) -> Bool {
+        guard payload.readableBytes == 16, payload.getInteger(at: payload.readerIndex, as: UInt64.self) == self.nonce,
+            let sequence = payload.getInteger(at: payload.readerIndex + 8, as: UInt64.self)
+        else { return false }
+        guard self.sink?.id == link.id else { return true }
+        while let first = self.unconfirmed.first, first.ping <= sequence {
+            self.unconfirmed.removeFirst()
+            self.bytes -= first.message.data.readableBytes
+            self.metrics.queued.decrement()
+            self.metrics.delivered.increment()
+        }
+        self.unansweredSince = sequence >= self.lastPing ? nil : ContinuousClock.now
+        self.wakeSpaceWaiters()
+        return true
+    }
+
+    /// Called every ping interval: asks the pump for a ping when none is out, and reports
+    /// the peer dead when one stayed unanswered past the timeout.
+    func keepalive(_ link: PeerLink) -> Liveness {
+        guard self.sink?.id == link.id else { return .notAttached }
+        if let since = self.unansweredSince {
+            return ContinuousClock.now - since > self.pingTimeout ? .dead : .alive
+        }
+        self.keepalivePingDue = true
+        self.wakePump()
+        return .alive
+    }
+
+    // MARK: - Pump
+
+    /// Writes to the attached peer until the relay finishes. Run it in one task per relay.
+    func pump() async {
+        while let (link, work) = await self.nextWork() {
+            let frames: [WebSocketFrame]
+            switch work {
+            case .messages(let messages, let ping):
+                frames = messages.map { link.frame($0.opcode, $0.data) } + [link.frame(.ping, ping)]
+            case .ping(let ping):
+                frames = [link.frame(.ping, ping)]
+            case .close(let close):
+                await link.close(code: close.code, reason: close.reason)
+                continue
+            }
+            do {
+                try await link.write(frames)
+            } catch {
+                // The connection is going; its reader detaches it, this makes sure.
+                self.detach(link)
+                link.abort()
+            }
+        }
+    }
+
+    private func nextWork() async -> (PeerLink, Work)? {
+        while !self.finished {
+            if let sink = self.sink {
+                if !self.queue.isEmpty {
+                    let ping = self.nextPing()
+                    var batch: [ProxyMessage] = []
+                    while batch.count < Self.batch, let message = self.queue.popFirst() {
+                        batch.append(message)
+                        self.unconfirmed.append((message, self.lastPing))
+                    }
+                    self.keepalivePingDue = false
+                    return (sink, .messages(batch, ping: ping))
+                }
+                if self.keepalivePingDue {
+                    self.keepalivePingDue = false
+                    return (sink, .ping(self.nextPing()))
+                }
+                if let closing = self.closing, !self.closeWritten {
+                    self.closeWritten = true
+                    return (sink, .close(closing))
+                }
+            }
+            await withCheckedContinuation { self.pumpWaiter = $0 }
+        }
+        return nil
+    }
+
+    private func nextPing() -> ByteBuffer {
+        self.lastPing += 1
+        if self.unansweredSince == nil { self.unansweredSince = .now }
+        var payload = ByteBuffer()
+        payload.reserveCapacity(16)
+        payload.writeMultipleIntegers(self.nonce, self.lastPing)
+        return payload
+    }
+
+    private func wakePump() {
+        self.pumpWaiter?.resume()
+        self.pumpWaiter = nil
+    }
+
+    private func wakeSpaceWaiters() {
+        let waiters = self.spaceWaiters
+        self.spaceWaiters.removeAll()
+        for waiter in waiters { waiter.resume() }
+    }
+}
