@@ -95,6 +95,53 @@ struct SenderTests {
         }
     }
 
+    @Test func aNumberedPushSurvivesAnUpstreamRestartWithTheResumeIdFromAResponseHeader() async throws {
+        // The upstream names each new conversation in a response header and, on a reconnect
+        // that carries the name, goes on from the last number it wrote.
+        @Sendable func name(_ head: HTTPRequestHead) -> String {
+            head.headers["x-resume-id"].first ?? "conversation-" + head.headers["sec-websocket-key"][0]
+        }
+        let written = Shared<[String: Int]>([:])
+        let upstream = try await TestUpstream { peer in
+            let token = name(peer.head)
+            while true {
+                let n = written.value[token, default: 0] + 1
+                guard n <= 400 else { break }
+                try await peer.send(String(n))
+                written.update { $0[token] = n }
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            while try await peer.next() != nil {}
+        }
+        defer { Task { await upstream.kill() } }
+        upstream.responseHeaders.update { $0 = { head in ["X-Resume-Id": name(head)] } }
+        try await withProxy(upstream: upstream, { $0.resumeSource = .responseHeader }) { _, port in
+            let client = try await TestClient.connect(port: port)
+            var last = 0
+            var restarted = false
+            while last < 400 {
+                let event = try await client.next()
+                guard case .text(let text) = event, let n = Int(text) else {
+                    Issue.record("unexpected \(event) after \(last)")
+                    return
+                }
+                // The proxy delivers each message once per client connection, in order.
+                #expect(n == last + 1)
+                last = n
+                if n == 100, !restarted {
+                    restarted = true
+                    await upstream.kill()
+                    try await Task.sleep(for: .milliseconds(200))
+                    try await upstream.start()
+                }
+            }
+            let handshakes = upstream.handshakes.value
+            #expect(handshakes.count == 2)
+            #expect(written.value.count == 1)
+            #expect(handshakes.last?["x-resume-id"].first == written.value.keys.first)
+        }
+    }
+
     @Test func aClientThatReconnectsWithinTheGraceGetsTheQueueInOrderOnTheSameUpstream() async throws {
         let upstream = try await TestUpstream { peer in
             try await peer.send("hello")

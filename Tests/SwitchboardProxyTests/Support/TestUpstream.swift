@@ -20,8 +20,8 @@ final class TestUpstream: Sendable {
     let closes = Shared<[UInt16?]>([])
     /// Answer handshakes with this status instead of 101.
     let refuseWith = Shared<HTTPResponseStatus?>(nil)
-    /// Added to the 101 response, for `--resume-from response-header`.
-    let responseHeaders = Shared<HTTPHeaders>([:])
+    /// Headers added to the 101 response for a request, for `--resume-from response-header`.
+    let responseHeaders = Shared<@Sendable (HTTPRequestHead) -> HTTPHeaders>({ _ in [:] })
 
     var url: String { "ws://127.0.0.1:\(self.port)/socket?v=1" }
     var openConnections: Int { self.children.withLockedValue { $0.count } }
@@ -47,7 +47,7 @@ final class TestUpstream: Sendable {
                         shouldUpgrade: { channel, head in
                             if self.refuseWith.value != nil { return channel.eventLoop.makeSucceededFuture(nil) }
                             self.handshakes.update { $0.append(head.headers) }
-                            return channel.eventLoop.makeSucceededFuture(self.responseHeaders.value)
+                            return channel.eventLoop.makeSucceededFuture(self.responseHeaders.value(head))
                         },
                         upgradePipelineHandler: { channel, head in
                             channel.eventLoop.makeCompletedFuture {

@@ -1,0 +1,96 @@
+import Foundation
+import NIOCore
+import RedisTestSupport
+import Testing
+@testable import SwitchboardProxy
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// `switchboard proxy` as an operator runs it: a real process, configured by flags and the
+/// environment, with its health, metrics and shutdown.
+@Suite("switchboard proxy, the command", .timeLimit(.minutes(1)))
+struct ProxyCommandTests {
+    /// The binary `swift build` put next to the tests (override with SWITCHBOARD_BINARY).
+    static let binary: String = {
+        if let path = ProcessInfo.processInfo.environment["SWITCHBOARD_BINARY"] { return path }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        for candidate in [".build/debug/switchboard", ".build/x86_64-unknown-linux-gnu/debug/switchboard", ".build/aarch64-unknown-linux-gnu/debug/switchboard"] {
+            let path = root.appendingPathComponent(candidate).path
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return root.appendingPathComponent(".build/debug/switchboard").path
+    }()
+
+    static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (Process, Pipe) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        return (process, errors)
+    }
+
+    static func get(_ url: String) async throws -> (status: Int, body: String) {
+        let (data, response) = try await URLSession.shared.data(for: URLRequest(url: URL(string: url)!, timeoutInterval: 5))
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+    }
+
+    @Test func servesHealthAndMetricsRelaysAndClosesClientsWith1001OnSIGTERM() async throws {
+        let upstream = try await echoUpstream()
+        defer { Task { await upstream.kill() } }
+        let port = try await freePort()
+        // The upstream from the environment, the rest from flags.
+        let (process, _) = try Self.run(
+            ["proxy", "--port", String(port), "--log-level", "error", "--upstream-header", "X-Proxy-Key: k1"],
+            environment: ["SWITCHBOARD_PROXY_UPSTREAM": upstream.url]
+        )
+        defer { if process.isRunning { process.terminate() } }
+        try await waitFor("the proxy to listen") { (try? await Self.get("http://127.0.0.1:\(port)/health/ready").status) == 200 }
+
+        let health = try await Self.get("http://127.0.0.1:\(port)/health")
+        #expect(health.status == 200)
+        #expect(health.body.contains(#""mode":"sender""#))
+
+        let client = try await TestClient.connect(port: port)
+        try await client.send("hi")
+        let got = try await client.texts(1)
+        #expect(got == ["echo:hi"])
+        #expect(upstream.handshakes.value.first?["x-proxy-key"] == ["k1"])
+
+        // Delivered once the upstream's pong confirmed it, which may follow the echo.
+        try await waitFor("the delivery in the metrics") {
+            let metrics = try? await Self.get("http://127.0.0.1:\(port)/metrics").body
+            return metrics?.contains(#"switchboard_proxy_messages_delivered_total{direction="to_upstream"} 1"#) == true
+        }
+        let metrics = try await Self.get("http://127.0.0.1:\(port)/metrics")
+        #expect(metrics.body.contains(#"switchboard_proxy_client_connects_total{session="new"} 1"#))
+        #expect(metrics.body.contains(#"switchboard_proxy_clients_open 1"#))
+
+        kill(process.processIdentifier, SIGTERM)
+        let event = try await client.next()
+        #expect(event == .close(ProxyCloseCode.goingAway, "proxy shutting down"))
+        try await waitFor("the process to exit") { !process.isRunning }
+        #expect(process.terminationStatus == 0)
+        try await waitFor("the upstream to hear 1001") { upstream.closes.value == [ProxyCloseCode.goingAway] }
+    }
+
+    @Test func badSettingsStopTheProcessWithTheOptionNamed() async throws {
+        for (arguments, message) in [
+            (["proxy", "--upstream", "http://127.0.0.1:1/x"], "--upstream must be a ws:// or wss:// URL"),
+            (["proxy", "--upstream", "ws://127.0.0.1:1/x", "--mode", "both"], "--mode must be sender or receiver"),
+            (["proxy", "--upstream", "ws://127.0.0.1:1/x", "--max-queue-bytes", "10"], "--max-queue-bytes (10) must be at least --max-message-size"),
+            (["proxy"], "--upstream is required"),
+        ] {
+            let (process, errors) = try Self.run(arguments)
+            process.waitUntilExit()
+            let output = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus != 0, "\(arguments)")
+            #expect(output.contains(message), "\(arguments): \(output)")
+        }
+    }
+}
