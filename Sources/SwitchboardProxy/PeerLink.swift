@@ -17,6 +17,8 @@ final class PeerLink: Sendable {
     /// Frames a client sends are masked (RFC 6455 §5.3): true for upstream connections.
     private let masks: Bool
     private let closeSent = NIOLockedValueBox(false)
+    /// The reader is handing a message to the other direction (which may make it wait).
+    private let waiting = NIOLockedValueBox(false)
     private let closeTimeout: TimeAmount
 
     init(channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<WebSocketFrame>, masks: Bool, closeTimeout: Double) {
@@ -30,6 +32,12 @@ final class PeerLink: Sendable {
 
     /// Whether this side already sent its close frame (so a peer's close is the answer).
     var isClosing: Bool { self.closeSent.withLockedValue { $0 } }
+
+    var isReaderWaiting: Bool { self.waiting.withLockedValue { $0 } }
+
+    func readerWaiting(_ waiting: Bool) {
+        self.waiting.withLockedValue { $0 = waiting }
+    }
 
     func frame(_ opcode: WebSocketOpcode, _ data: ByteBuffer) -> WebSocketFrame {
         WebSocketFrame(fin: true, opcode: opcode, maskKey: self.masks ? .random() : nil, data: data)

@@ -368,6 +368,8 @@ actor ProxySession {
                         continue
                     }
                     do {
+                        link.readerWaiting(true)
+                        defer { link.readerWaiting(false) }
                         try await other.push(message)
                     } catch .queueFull {
                         let away = side == .client ? "upstream" : "client"
@@ -447,6 +449,11 @@ actor ProxySession {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(interval))
                 if Task.isCancelled { return }
+                if link.isReaderWaiting {
+                    // Blocked on the other direction, the reader could not read pongs.
+                    await relay.excuse(link)
+                    continue
+                }
                 if await relay.keepalive(link) == .dead {
                     logger.info("peer did not answer pings; dropping the connection")
                     link.abort()

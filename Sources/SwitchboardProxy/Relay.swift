@@ -6,10 +6,11 @@ import NIOWebSocket
 /// client). A message leaves the relay only when that peer confirmed it.
 ///
 /// - Messages wait in `queue` while the peer is away (bounded in messages and bytes).
-/// - One pump task writes them to the attached peer in order, several per flush, each batch
-///   followed by a ping that carries the relay's nonce and a sequence number.
-/// - The peer's pong for that ping confirms the batch: WebSocket peers answer a ping after
-///   the frames before it, so the peer read every message in the batch. Until then the
+/// - One pump task writes them to the attached peer in order, several per flush. A ping that
+///   carries the relay's nonce and a sequence number follows a batch when no ping is out (or
+///   every `batch` messages), so there is about one ping per round trip, not one per message.
+/// - The peer's pong for that ping confirms every message before it: WebSocket peers answer
+///   a ping after the frames before it, so the peer read them all. Until then the
 ///   messages stay `unconfirmed`; if the connection dies first they go back to the front of
 ///   the queue and are written again to the next connection. A message is therefore never
 ///   lost with a connection; across a reconnect the peer may see the last batch twice
@@ -28,7 +29,7 @@ actor Relay {
     enum Liveness { case alive, dead, notAttached }
 
     private enum Work {
-        case messages([ProxyMessage], ping: ByteBuffer)
+        case messages([ProxyMessage], ping: ByteBuffer?)
         case ping(ByteBuffer)
         case close(CloseFrame)
     }
@@ -45,7 +46,9 @@ actor Relay {
     /// Sequence number of the last ping written, and when the oldest unanswered one went out.
     private var lastPing: UInt64 = 0
     private var unansweredSince: ContinuousClock.Instant?
-    private var keepalivePingDue = false
+    private var pingDue = false
+    /// Messages written since the last ping.
+    private var sincePing = 0
     /// The close frame to send after the queue, once the conversation is over.
     private var closing: CloseFrame?
     private var closeWritten = false
@@ -136,7 +139,7 @@ actor Relay {
         self.sink = nil
         self.closeWritten = false
         self.unansweredSince = nil
-        self.keepalivePingDue = false
+        self.pingDue = false
         while let (message, _) = self.unconfirmed.popLast() {
             self.queue.prepend(message)
         }
@@ -173,7 +176,16 @@ actor Relay {
             self.metrics.queued.decrement()
             self.metrics.delivered.increment()
         }
-        self.unansweredSince = sequence >= self.lastPing ? nil : ContinuousClock.now
+        if sequence >= self.lastPing {
+            self.unansweredSince = nil
+            // Messages written after the last ping need one of their own.
+            if !self.unconfirmed.isEmpty {
+                self.pingDue = true
+                self.wakePump()
+            }
+        } else {
+            self.unansweredSince = ContinuousClock.now
+        }
         self.wakeSpaceWaiters()
         return true
     }
@@ -185,9 +197,16 @@ actor Relay {
         if let since = self.unansweredSince {
             return ContinuousClock.now - since > self.pingTimeout ? .dead : .alive
         }
-        self.keepalivePingDue = true
+        self.pingDue = true
         self.wakePump()
         return .alive
+    }
+
+    /// The reader of `link` was blocked (the other direction was full), so it could not read
+    /// pongs: the time it waited does not count against the peer.
+    func excuse(_ link: PeerLink) {
+        guard self.sink?.id == link.id, self.unansweredSince != nil else { return }
+        self.unansweredSince = .now
     }
 
     // MARK: - Pump
@@ -198,7 +217,7 @@ actor Relay {
             let frames: [WebSocketFrame]
             switch work {
             case .messages(let messages, let ping):
-                frames = messages.map { link.frame($0.opcode, $0.data) } + [link.frame(.ping, ping)]
+                frames = messages.map { link.frame($0.opcode, $0.data) } + (ping.map { [link.frame(.ping, $0)] } ?? [])
             case .ping(let ping):
                 frames = [link.frame(.ping, ping)]
             case .close(let close):
@@ -219,17 +238,23 @@ actor Relay {
         while !self.finished {
             if let sink = self.sink {
                 if !self.queue.isEmpty {
-                    let ping = self.nextPing()
+                    // Written messages wait for the next ping: tag them with its number.
+                    let tag = self.lastPing + 1
                     var batch: [ProxyMessage] = []
                     while batch.count < Self.batch, let message = self.queue.popFirst() {
                         batch.append(message)
-                        self.unconfirmed.append((message, self.lastPing))
+                        self.unconfirmed.append((message, tag))
                     }
-                    self.keepalivePingDue = false
+                    self.sincePing += batch.count
+                    var ping: ByteBuffer? = nil
+                    if self.unansweredSince == nil || self.sincePing >= Self.batch {
+                        ping = self.nextPing()
+                        self.pingDue = false
+                    }
                     return (sink, .messages(batch, ping: ping))
                 }
-                if self.keepalivePingDue {
-                    self.keepalivePingDue = false
+                if self.pingDue {
+                    self.pingDue = false
                     return (sink, .ping(self.nextPing()))
                 }
                 if let closing = self.closing, !self.closeWritten {
@@ -244,6 +269,7 @@ actor Relay {
 
     private func nextPing() -> ByteBuffer {
         self.lastPing += 1
+        self.sincePing = 0
         if self.unansweredSince == nil { self.unansweredSince = .now }
         var payload = ByteBuffer()
         payload.reserveCapacity(16)

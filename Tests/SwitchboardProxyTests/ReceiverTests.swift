@@ -18,7 +18,7 @@ struct ReceiverTests {
             }
         }
         defer { Task { await upstream.kill() } }
-        try await withProxy(upstream: upstream, { $0.mode = .receiver }) { _, port in
+        try await withProxy(upstream: upstream, { $0.mode = .receiver }) { proxy, port in
             // No client yet: the proxy connects on its own and holds what the upstream sends.
             try await waitFor("the proxy's upstream connection") { upstream.openConnections == 1 }
             try await Task.sleep(for: .milliseconds(200))
@@ -28,6 +28,9 @@ struct ReceiverTests {
             try await client.send("hi")
             let got2 = try await client.texts(1)
             #expect(got2 == ["got:hi"])
+            // Once the client's pong confirmed "got:hi", the proxy will not send it again.
+            let relay = try #require(proxy.core.session(ProxyCore.receiverID)).toClient
+            try await waitFor("got:hi confirmed") { await relay.pending == 0 }
             try await client.send("more")
             await client.drop()
             try await Task.sleep(for: .milliseconds(500))
