@@ -13,6 +13,8 @@ swift build --build-tests
 timeout --kill-after=30 900 swift test --skip-build
 # The chat example in real headless Chromium, on the switchboard-chat binary built above.
 timeout --kill-after=30 900 bash scripts/browser-test.sh
+# The reconnecting proxy between real processes (a backend SIGKILLed under a live client).
+timeout --kill-after=10 300 bash scripts/proxy-e2e.sh
 timeout --kill-after=10 300 node --test Clients/js/test/
 # RFC 6455 conformance: the Autobahn fuzzing client against the echo endpoint (sections 1-7, 10).
 timeout --kill-after=10 600 bash scripts/autobahn.sh
