@@ -1,7 +1,7 @@
 import Foundation
 
-/// Everything a proxy runs with. `switchboard proxy` fills it from flags, the environment and
-/// a JSON file; docs/proxy.md explains each setting.
+/// Everything a proxy runs with. `switchboard proxy` fills it from flags and the environment;
+/// docs/proxy.md explains each setting.
 public struct ProxyConfiguration: Sendable {
     /// How clients map to upstream connections.
     public enum Mode: String, Sendable, CaseIterable {
@@ -67,6 +67,9 @@ public struct ProxyConfiguration: Sendable {
         self.upstream = upstream
     }
 
+    /// The longest duration any setting may have (a day), so every one converts to a timer.
+    static let maxSeconds: Double = 86_400
+
     /// Checks the settings against each other; the error names the option.
     public func validate() throws(ProxyConfigurationError) {
         guard (0...65535).contains(self.port) else { throw .init("--port must be 0-65535, got \(self.port)") }
@@ -79,10 +82,12 @@ public struct ProxyConfiguration: Sendable {
         for (name, value) in [
             ("--upstream-timeout", self.upstreamTimeout), ("--connect-timeout", self.connectTimeout),
             ("--backoff-initial", self.backoffInitial), ("--backoff-max", self.backoffMax), ("--ping-interval", self.pingInterval),
-        ] where !(value > 0) {
-            throw .init("\(name) must be positive, got \(value)")
+        ] where !(value > 0 && value <= Self.maxSeconds) {
+            throw .init("\(name) must be a positive number of seconds up to \(Int(Self.maxSeconds)), got \(value)")
         }
-        guard self.grace >= 0 else { throw .init("--grace must not be negative, got \(self.grace)") }
+        guard self.grace >= 0, self.grace <= Self.maxSeconds else {
+            throw .init("--grace must be 0 to \(Int(Self.maxSeconds)) seconds, got \(self.grace)")
+        }
         guard self.backoffMax >= self.backoffInitial else { throw .init("--backoff-max must be at least --backoff-initial") }
         guard !self.resumeHeader.isEmpty, self.resumeHeader.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") }) else {
             throw .init("--resume-header must be an HTTP header name, got '\(self.resumeHeader)'")

@@ -108,6 +108,11 @@ final class ProxyCore: Sendable {
         let session = ProxySession(id: Self.newSessionID(), core: self, forwardedHeaders: forwarded, subprotocol: subprotocol)
         self.sessions.withLockedValue { $0[session.id] = session }
         await session.start(first: first)
+        if self.isDraining {
+            // Shutdown began while this session was being made and did not see it.
+            await session.shutdown()
+            throw Refusal(status: .serviceUnavailable, reason: "proxy is shutting down")
+        }
         self.metrics.sessionsNew.increment()
         response.add(name: Self.sessionHeader, value: session.id)
         response.add(name: Self.resumedHeader, value: "false")

@@ -66,13 +66,18 @@ actor ProxySession {
     private var isSender: Bool { self.core.configuration.mode == .sender }
 
     /// Starts the pumps and the upstream loop; `first` is the connection the upgrade opened.
-    func start(first: UpstreamConnector.Outcome?) {
+    func start(first: UpstreamConnector.Outcome?) async {
         self.core.metrics.sessionsOpen.increment()
+        // Both peers of a new sender session are on their way: the upstream connected during
+        // the handshake, the client is being answered.
+        if case .connected = first { await self.toUpstream.expect(true) }
+        if self.isSender { await self.toClient.expect(true) }
         Task { await self.toUpstream.pump() }
         Task { await self.toClient.pump() }
         Task { await self.runUpstream(first: first) }
-        // Until its client arrives, a sender session lives only for the grace period.
-        if self.isSender { self.startGrace() }
+        // Until its client arrives (its handshake is still being answered), a sender session
+        // lives for the grace period, and at least long enough for the handshake.
+        if self.isSender { self.startGrace(seconds: max(self.core.configuration.grace, 10)) }
     }
 
     /// Whether an upstream connection is open (health, tests).
@@ -108,7 +113,10 @@ actor ProxySession {
         }
         self.grace?.cancel()
         self.grace = nil
-        if let previous = self.client {
+        // The slot changes before any await, so a concurrent takeover sees this client.
+        let previous = self.client
+        self.client = link
+        if let previous {
             self.logger.info("session taken over by a newer client connection")
             self.core.metrics.closed(code: ProxyCloseCode.sessionTakenOver)
             await self.toClient.detach(previous)
@@ -116,14 +124,18 @@ actor ProxySession {
         } else {
             self.core.metrics.clientsOpen.increment()
         }
-        self.client = link
         if self.core.configuration.announceSession {
             let hello = #"{"proxySession":"\#(self.id)"}"#
             try? await link.write([link.frame(.text, ByteBuffer(string: hello))])
         }
+        guard self.client?.id == link.id else { return }  // taken over meanwhile
+        if await self.toClient.isFinished {
+            // The session ended while this client was being attached.
+            await link.close(code: ProxyCloseCode.goingAway, reason: "session ended; connect without the session id")
+            return
+        }
         await self.toClient.attach(link)
-        for waiter in self.clientWaiters { waiter.resume() }
-        self.clientWaiters.removeAll()
+        self.wakeClientWaiters()
     }
 
     private func clientEnded(_ link: PeerLink, _ end: LinkEnd) async {
@@ -138,6 +150,8 @@ actor ProxySession {
             let lost = await self.toClient.finish()
             if lost > 0 { self.logger.info("client closed with \(lost) messages for it still queued; they are not delivered") }
             await self.toUpstream.close(after: close)
+            self.wakeClientWaiters()
+            await self.endIfDone()
         } else if await self.toClient.isFinished {
             await self.endIfDone()
         } else {
@@ -145,9 +159,9 @@ actor ProxySession {
         }
     }
 
-    private func startGrace() {
+    private func startGrace(seconds: Double? = nil) {
         self.grace?.cancel()
-        let seconds = self.core.configuration.grace
+        let seconds = seconds ?? self.core.configuration.grace
         self.grace = Task {
             try? await Task.sleep(for: .seconds(seconds))
             guard !Task.isCancelled else { return }
@@ -175,7 +189,9 @@ actor ProxySession {
     }
 
     private func waitForClient() async {
-        guard self.client == nil, !self.ended, !(await self.toUpstream.isFinished) else { return }
+        let finished = await self.toUpstream.isFinished
+        // No await between this check and the wait: an attach cannot slip in between.
+        guard self.client == nil, !self.ended, !finished else { return }
         await withCheckedContinuation { self.clientWaiters.append($0) }
     }
 
@@ -199,10 +215,17 @@ actor ProxySession {
             case .connected(let connection):
                 self.core.metrics.upstreamConnected.increment()
                 self.logger.debug("upstream connected")
-                awaySince = nil
-                attempt = 0
+                let connectedAt = ContinuousClock.now
+                await self.toUpstream.expect(true)
                 let end = await self.serveUpstream(connection)
+                await self.toUpstream.expect(false)
                 self.logger.debug("upstream connection ended: \(end)")
+                // Only a connection that lasted resets the backoff and the away clock: an
+                // upstream that accepts and drops at once is still away.
+                if ContinuousClock.now - connectedAt >= .seconds(1) {
+                    awaySince = nil
+                    attempt = 0
+                }
                 if await self.toUpstream.isFinished { break loop }
                 switch end {
                 case .closed(let close) where self.isSenderMode && !configuration.transientCloseCodes.contains(close.code ?? 1005):
@@ -253,24 +276,50 @@ actor ProxySession {
 
     private nonisolated func serveUpstream(_ connection: UpstreamConnector.WebSocketConnection) async -> LinkEnd {
         let closeTimeout = self.core.configuration.closeTimeout
-        let gated = self.core.configuration.resumeSource == .firstMessage
         let result = try? await connection.channel.executeThenClose { inbound, outbound -> LinkEnd in
             let link = PeerLink(channel: connection.channel.channel, outbound: outbound, masks: true, closeTimeout: closeTimeout)
-            await self.upstreamOpened(link, response: connection.response, gated: gated)
-            let keepalive = self.keepalive(link, relay: self.toUpstream)
-            var resumeID: (@Sendable (ProxyMessage) async -> Void)? = nil
-            if gated {
-                resumeID = { message in await self.resumeIDArrived(message, on: link) }
-            }
-            let end = await self.read(inbound, from: link, side: .upstream, firstMessage: resumeID)
-            keepalive.cancel()
-            await self.upstreamClosed(link)
-            return end
+            return await self.serveUpstream(link, inbound: inbound, response: connection.response)
         }
         return result ?? .dropped
     }
 
-    private func upstreamOpened(_ link: PeerLink, response: HTTPResponseHead, gated: Bool) async {
+    private nonisolated func serveUpstream(
+        _ link: PeerLink, inbound: NIOAsyncChannelInboundStream<WebSocketFrame>, response: HTTPResponseHead
+    ) async -> LinkEnd {
+        let gated = self.core.configuration.resumeSource == .firstMessage
+        guard await self.upstreamOpened(link, response: response, gated: gated) else {
+            // The conversation ended while this connection was being made.
+            await link.close(code: ProxyCloseCode.goingAway, reason: "client gone")
+            return .closedByProxy
+        }
+        let keepalive = self.keepalive(link, relay: self.toUpstream)
+        defer { keepalive.cancel() }
+        guard gated else {
+            let end = await self.read(inbound, from: link, side: .upstream)
+            await self.upstreamClosed(link)
+            return end
+        }
+        // An upstream that never sends its resume id would hold the client's messages forever.
+        let timeout = self.core.configuration.connectTimeout
+        let logger = self.logger
+        let gate = Task {
+            try? await Task.sleep(for: .seconds(timeout))
+            guard !Task.isCancelled else { return }
+            logger.warning("upstream sent no resume id within \(timeout) s; dropping the connection")
+            link.abort()
+        }
+        let end = await self.read(inbound, from: link, side: .upstream) { message in
+            gate.cancel()
+            await self.resumeIDArrived(message, on: link)
+        }
+        gate.cancel()
+        await self.upstreamClosed(link)
+        return end
+    }
+
+    /// Records the open connection; false when the conversation is already over.
+    private func upstreamOpened(_ link: PeerLink, response: HTTPResponseHead, gated: Bool) async -> Bool {
+        guard !self.ended, await !self.toUpstream.isFinished else { return false }
         self.upstream = link
         self.core.metrics.upstreamsOpen.increment()
         if self.unavailable {
@@ -284,6 +333,7 @@ actor ProxySession {
         }
         // With a first-message resume id, client messages wait until it arrived.
         if !gated { await self.toUpstream.attach(link) }
+        return true
     }
 
     private func resumeIDArrived(_ message: ProxyMessage, on link: PeerLink) async {
@@ -337,6 +387,7 @@ actor ProxySession {
         self.logger.warning("upstream unavailable past the limit; refusing clients until it is back")
         if let client = self.client {
             self.core.metrics.closed(code: ProxyCloseCode.upstreamUnavailable)
+            await self.toClient.detach(client)
             await client.close(code: ProxyCloseCode.upstreamUnavailable, reason: "upstream unavailable")
         }
     }
@@ -375,6 +426,8 @@ actor ProxySession {
                         let away = side == .client ? "upstream" : "client"
                         self.logger.warning("queue to the \(away) full while it is away; closing the \(side) with 4508")
                         self.core.metrics.closed(code: ProxyCloseCode.queueFull)
+                        // Nothing more goes to a connection the proxy is closing.
+                        await own.detach(link)
                         await link.close(code: ProxyCloseCode.queueFull, reason: "proxy queue full: the \(away) is away; message not accepted")
                     } catch .finished {
                         // The other side is gone for good; this side's close is on its way.
@@ -424,6 +477,7 @@ actor ProxySession {
         let what = tooBig ? "a message over the proxy's size limit" : "an invalid frame"
         self.logger.info("\(side) sent \(what) (\(error)); closing it with \(code)")
         self.core.metrics.closed(code: code)
+        await (side == .client ? self.toClient : self.toUpstream).detach(link)
         await link.close(code: code, reason: tooBig ? "message over the size limit" : "invalid frame")
         try? await link.channel.closeFuture.get()
         return .violation(CloseFrame(code: code, reason: "\(side) sent \(what)"))
@@ -481,6 +535,9 @@ actor ProxySession {
         guard !self.ended else { return }
         self.ended = true
         self.grace?.cancel()
+        if let client = self.client {
+            await client.close(code: ProxyCloseCode.goingAway, reason: "session ended")
+        }
         await self.toUpstream.finish()
         await self.toClient.finish()
         self.wakeClientWaiters()

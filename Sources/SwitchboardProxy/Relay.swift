@@ -15,8 +15,13 @@ import NIOWebSocket
 ///   the queue and are written again to the next connection. A message is therefore never
 ///   lost with a connection; across a reconnect the peer may see the last batch twice
 ///   (the resume id lets it tell, see docs/proxy.md).
-/// - While the peer is attached, a full relay makes `push` wait (backpressure to the sender);
-///   while it is away, a full relay refuses the message (`queueFull`).
+/// - Flow control never waits for a pong, only for TCP: while the peer is attached, `push`
+///   waits when the messages not yet *written* fill the limits (the peer reads too slowly),
+///   and a write that stays stuck past the ping timeout marks the peer dead. Pongs travel in
+///   the same stream as data, behind it, so a reader that waited for confirmations could
+///   wait for pongs that only it can read: two busy directions would deadlock.
+/// - While the peer is away, everything pending counts: a full relay refuses the message
+///   (`queueFull`), and the connection that sent it is told.
 actor Relay {
     enum PushError: Error {
         /// The relay is full and its peer is away: the message was not accepted.
@@ -41,11 +46,16 @@ actor Relay {
 
     private var queue = Deque<ProxyMessage>()
     private var unconfirmed = Deque<(message: ProxyMessage, ping: UInt64)>()
+    /// Bytes of all pending messages, and of those not yet written.
     private var bytes = 0
+    private var queuedBytes = 0
+    /// When the write in progress started, while one is.
+    private var writeStartedAt: ContinuousClock.Instant?
     private var sink: PeerLink?
     /// Sequence number of the last ping written, and when the oldest unanswered one went out.
     private var lastPing: UInt64 = 0
     private var unansweredSince: ContinuousClock.Instant?
+    private var lastPingAt: ContinuousClock.Instant?
     private var pingDue = false
     /// Messages written since the last ping.
     private var sincePing = 0
@@ -53,9 +63,11 @@ actor Relay {
     private var closing: CloseFrame?
     private var closeWritten = false
     private var finished = false
+    /// A peer is connecting (handshake done, not attached yet): producers wait rather than
+    /// being refused, as they would for an attached peer.
+    private var expecting = false
     private var pumpWaiter: CheckedContinuation<Void, Never>?
     private var spaceWaiters: [CheckedContinuation<Void, Never>] = []
-    private var finishWaiters: [CheckedContinuation<Void, Never>] = []
 
     /// Messages written per ping at most.
     static let batch = 32
@@ -68,7 +80,6 @@ actor Relay {
 
     /// Messages not yet confirmed by the peer (queued or written).
     var pending: Int { self.queue.count + self.unconfirmed.count }
-    var isAttached: Bool { self.sink != nil }
     var isFinished: Bool { self.finished }
 
     // MARK: - Producer side
@@ -78,8 +89,10 @@ actor Relay {
         let size = message.data.readableBytes
         while true {
             guard !self.finished, self.closing == nil else { throw .finished }
-            if self.pending < self.limits.messages, self.bytes + size <= self.limits.bytes { break }
-            guard self.sink != nil else {
+            if self.sink != nil || self.expecting {
+                if self.queue.count < self.limits.messages, self.queuedBytes + size <= self.limits.bytes { break }
+            } else {
+                if self.pending < self.limits.messages, self.bytes + size <= self.limits.bytes { break }
                 self.metrics.overflows.increment()
                 throw .queueFull
             }
@@ -87,6 +100,7 @@ actor Relay {
         }
         self.queue.append(message)
         self.bytes += size
+        self.queuedBytes += size
         self.metrics.queued.increment()
         self.wakePump()
     }
@@ -109,26 +123,27 @@ actor Relay {
         self.queue.removeAll()
         self.unconfirmed.removeAll()
         self.bytes = 0
+        self.queuedBytes = 0
         self.sink = nil
         self.wakePump()
         self.wakeSpaceWaiters()
-        for waiter in self.finishWaiters { waiter.resume() }
-        self.finishWaiters.removeAll()
         return lost
-    }
-
-    /// Returns when the relay finished (its close was answered, or `finish` was called).
-    func waitUntilFinished() async {
-        guard !self.finished else { return }
-        await withCheckedContinuation { self.finishWaiters.append($0) }
     }
 
     // MARK: - Peer side
 
+    /// A peer is on its way (see `expecting`), or no longer is.
+    func expect(_ expecting: Bool) {
+        self.expecting = expecting
+        if !expecting { self.wakeSpaceWaiters() }
+    }
+
     /// `link` now receives this relay's messages (and a repeat of any unconfirmed ones).
     func attach(_ link: PeerLink) {
         guard !self.finished else { return }
+        if let previous = self.sink, previous.id != link.id { self.detach(previous) }
         self.sink = link
+        self.expecting = false
         self.unansweredSince = nil
         self.wakePump()
     }
@@ -139,9 +154,11 @@ actor Relay {
         self.sink = nil
         self.closeWritten = false
         self.unansweredSince = nil
+        self.writeStartedAt = nil
         self.pingDue = false
         while let (message, _) = self.unconfirmed.popLast() {
             self.queue.prepend(message)
+            self.queuedBytes += message.data.readableBytes
         }
         // Producers waiting for room now get `queueFull` if there still is none.
         self.wakeSpaceWaiters()
@@ -184,16 +201,18 @@ actor Relay {
                 self.wakePump()
             }
         } else {
-            self.unansweredSince = ContinuousClock.now
+            self.unansweredSince = self.lastPingAt
         }
         self.wakeSpaceWaiters()
         return true
     }
 
     /// Called every ping interval: asks the pump for a ping when none is out, and reports
-    /// the peer dead when one stayed unanswered past the timeout.
+    /// the peer dead when one stayed unanswered, or a write stayed stuck (the peer does not
+    /// read), past the timeout.
     func keepalive(_ link: PeerLink) -> Liveness {
         guard self.sink?.id == link.id else { return .notAttached }
+        if let started = self.writeStartedAt, ContinuousClock.now - started > self.pingTimeout { return .dead }
         if let since = self.unansweredSince {
             return ContinuousClock.now - since > self.pingTimeout ? .dead : .alive
         }
@@ -225,6 +244,8 @@ actor Relay {
                 continue
             }
             do {
+                self.writeStartedAt = .now
+                defer { self.writeStartedAt = nil }
                 try await link.write(frames)
             } catch {
                 // The connection is going; its reader detaches it, this makes sure.
@@ -246,6 +267,8 @@ actor Relay {
                         self.unconfirmed.append((message, tag))
                     }
                     self.sincePing += batch.count
+                    self.queuedBytes -= batch.reduce(0) { $0 + $1.data.readableBytes }
+                    self.wakeSpaceWaiters()
                     var ping: ByteBuffer? = nil
                     if self.unansweredSince == nil || self.sincePing >= Self.batch {
                         ping = self.nextPing()
@@ -253,7 +276,7 @@ actor Relay {
                     }
                     return (sink, .messages(batch, ping: ping))
                 }
-                if self.pingDue {
+                if self.pingDue, !self.closeWritten {
                     self.pingDue = false
                     return (sink, .ping(self.nextPing()))
                 }
@@ -270,7 +293,8 @@ actor Relay {
     private func nextPing() -> ByteBuffer {
         self.lastPing += 1
         self.sincePing = 0
-        if self.unansweredSince == nil { self.unansweredSince = .now }
+        self.lastPingAt = .now
+        if self.unansweredSince == nil { self.unansweredSince = self.lastPingAt }
         var payload = ByteBuffer()
         payload.reserveCapacity(16)
         payload.writeMultipleIntegers(self.nonce, self.lastPing)

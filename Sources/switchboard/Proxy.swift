@@ -17,7 +17,7 @@ struct Proxy: AsyncParsableCommand {
     @Option(help: "Address to listen on (env SWITCHBOARD_PROXY_HOST; default 127.0.0.1).") var host: String?
     @Option(help: "Port (env SWITCHBOARD_PROXY_PORT; default 8090; 0 picks a free one).") var port: Int?
     @Option(name: .customLong("forward-header"), help: "Client request header copied to the upstream handshake; repeatable (env SWITCHBOARD_PROXY_FORWARD_HEADERS, comma-separated; default Authorization, Cookie, Sec-WebSocket-Protocol, User-Agent).") var forwardHeaders: [String] = []
-    @Option(name: .customLong("upstream-header"), help: "'Name: value' added to every upstream handshake; repeatable (env SWITCHBOARD_PROXY_UPSTREAM_HEADERS, comma-separated).") var upstreamHeaders: [String] = []
+    @Option(name: .customLong("upstream-header"), help: "'Name: value' added to every upstream handshake; repeatable (env SWITCHBOARD_PROXY_UPSTREAM_HEADERS, comma-separated: a value with a comma needs the flag).") var upstreamHeaders: [String] = []
     @Option(name: .customLong("resume-from"), help: "none, first-message or response-header: where the upstream's resume id comes from (env SWITCHBOARD_PROXY_RESUME_FROM).") var resumeFrom: String?
     @Option(name: .customLong("resume-header"), help: "Header that carries the resume id on reconnects (env SWITCHBOARD_PROXY_RESUME_HEADER; default X-Resume-Id).") var resumeHeader: String?
     @Option(name: .customLong("upstream-timeout"), help: "Seconds an upstream may stay away before its client is closed with 4502 (env SWITCHBOARD_PROXY_UPSTREAM_TIMEOUT; default 30).") var upstreamTimeout: Double?
@@ -81,7 +81,8 @@ struct Proxy: AsyncParsableCommand {
                 return value
             })
         }
-        c.announceSession = try self.announceSession || env.bool("PROXY_ANNOUNCE_SESSION") ?? false
+        let announce = try env.bool("PROXY_ANNOUNCE_SESSION") ?? false
+        c.announceSession = self.announceSession || announce
         try c.validate()
         let level = self.logLevel ?? env["PROXY_LOG_LEVEL"] ?? "info"
         guard let parsed = Logger.Level(rawValue: level) else {

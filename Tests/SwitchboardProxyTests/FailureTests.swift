@@ -15,13 +15,15 @@ struct FailureTests {
             }
         }
         defer { Task { await upstream.kill() } }
-        try await withProxy(upstream: upstream, { $0.maxQueueMessages = 5 }) { _, port in
+        try await withProxy(upstream: upstream, { $0.maxQueueMessages = 5 }) { proxy, port in
             let client = try await TestClient.connect(port: port)
             let session = try #require(client.session)
             try await client.send("1")
             let got1 = try await client.texts(1)
             #expect(got1 == ["echo:1"])
             await upstream.kill()
+            let proxySession = try #require(proxy.core.session(session))
+            try await waitFor("the proxy to see the upstream gone") { await !proxySession.upstreamConnected }
             // Five fit in the queue while the upstream is away; the sixth closes the client.
             for n in 2...8 { try await client.send(String(n)) }
             let event = try await client.next()
@@ -66,6 +68,52 @@ struct FailureTests {
                 Issue.record("expected 4502")
                 return
             }
+        }
+    }
+
+    @Test func bothDirectionsAtFullSpeedThroughSmallQueuesDoNotStall() async throws {
+        // Each side floods the other while the queues hold 8 messages: flow control must
+        // follow the sockets, never wait for pongs stuck behind the data it is not reading.
+        let total = 3000
+        let received = Shared(0)
+        let upstream = try await TestUpstream { peer in
+            let pushing = Task {
+                for n in 1...total { try await peer.send("u\(n)") }
+            }
+            defer { pushing.cancel() }
+            var expected = 1
+            while let message = try await peer.next() {
+                #expect(message == "c\(expected)")
+                expected += 1
+                received.update { $0 += 1 }
+            }
+        }
+        defer { Task { await upstream.kill() } }
+        try await withProxy(upstream: upstream, { $0.maxQueueMessages = 8 }) { _, port in
+            let client = try await TestClient.connect(port: port)
+            let sending = Task {
+                for n in 1...total { try await client.send("c\(n)") }
+            }
+            let texts = try await client.texts(total)
+            #expect(texts == (1...total).map { "u\($0)" })
+            try await sending.value
+            try await waitFor("every client message upstream") { received.value == total }
+        }
+    }
+
+    @Test func anUpstreamThatAcceptsAndDropsAtOnceStillCountsAsAway() async throws {
+        let upstream = try await TestUpstream { peer in
+            try await peer.close(code: 1013, reason: "try again later")
+        }
+        defer { Task { await upstream.kill() } }
+        try await withProxy(upstream: upstream, { $0.upstreamTimeout = 1 }) { _, port in
+            let client = try await TestClient.connect(port: port)
+            let event = try await client.next()
+            guard case .close(ProxyCloseCode.upstreamUnavailable, _) = event else {
+                Issue.record("expected 4502, got \(event)")
+                return
+            }
+            #expect(upstream.handshakes.value.count >= 2)
         }
     }
 

@@ -98,7 +98,7 @@ struct SenderTests {
             let pushing = Task {
                 for n in (acked.value[token, default: 0] + 1)...total {
                     try await peer.send(String(n))
-                    try await Task.sleep(for: .milliseconds(1))
+                    try await Task.sleep(for: .milliseconds(2))
                 }
             }
             defer { pushing.cancel() }
@@ -131,8 +131,8 @@ struct SenderTests {
                     try await upstream.start()
                 }
             }
+            try await waitFor("the reconnect") { upstream.handshakes.value.count == 2 }
             let handshakes = upstream.handshakes.value
-            #expect(handshakes.count == 2)
             #expect(acked.value.count == 1)
             #expect(handshakes.last?["x-resume-id"].first == acked.value.keys.first)
         }
