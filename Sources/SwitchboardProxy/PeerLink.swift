@@ -94,9 +94,26 @@ struct CloseFrame: Sendable {
         self.reason = reason
     }
 
-    init(_ frame: WebSocketFrame) {
+    /// A close frame that breaks RFC 6455 §5.5.1/§7.4.
+    struct Invalid: Error {}
+
+    /// nil when the frame breaks RFC 6455: a one-byte payload, a code no endpoint may send
+    /// (1004-1006, 1015, unassigned ones), or a reason that is not UTF-8.
+    init?(validating frame: WebSocketFrame) {
         var data = frame.unmaskedData
-        self.code = data.readInteger(as: UInt16.self)
-        self.reason = data.readString(length: data.readableBytes) ?? ""
+        guard data.readableBytes != 1 else { return nil }
+        let code = data.readInteger(as: UInt16.self)
+        if let code, !Self.maySend(code) { return nil }
+        guard let reason = String(validating: data.readableBytesView, as: UTF8.self) else { return nil }
+        self.code = code
+        self.reason = reason
+    }
+
+    /// Codes an endpoint may put in a close frame: the defined ones and 3000-4999.
+    static func maySend(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1014, 3000...4999: true
+        default: false
+        }
     }
 }

@@ -445,7 +445,11 @@ actor ProxySession {
                         await own.closeAnswered(by: link)
                         return .closedByProxy
                     }
-                    let close = CloseFrame(frame)
+                    guard let close = CloseFrame(validating: frame) else {
+                        // A code no endpoint may send, or a bad payload: answering or passing it on
+                        // would break the protocol on the other connection too.
+                        return await self.refused(CloseFrame.Invalid(), on: link, side: side) ?? .dropped
+                    }
                     await link.close(code: close.code, reason: close.reason)
                     return .closed(close)
                 default:
@@ -470,7 +474,7 @@ actor ProxySession {
         let tooBig: Bool
         switch error {
         case NIOWebSocketError.invalidFrameLength, NIOWebSocketFrameAggregator.Error.accumulatedFrameSizeIsTooLarge: tooBig = true
-        case is NIOWebSocketError, is NIOWebSocketFrameAggregator.Error: tooBig = false
+        case is NIOWebSocketError, is NIOWebSocketFrameAggregator.Error, is CloseFrame.Invalid: tooBig = false
         default: return nil
         }
         let code = tooBig ? ProxyCloseCode.messageTooBig : ProxyCloseCode.protocolError

@@ -31,16 +31,7 @@ final class NodeProcess: @unchecked Sendable {
         try await self.start()
     }
 
-    /// The binary `swift build` put next to the tests (override with SWITCHBOARD_BINARY).
-    static let binary: String = {
-        if let path = ProcessInfo.processInfo.environment["SWITCHBOARD_BINARY"] { return path }
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        for candidate in [".build/debug/switchboard", ".build/x86_64-unknown-linux-gnu/debug/switchboard", ".build/aarch64-unknown-linux-gnu/debug/switchboard"] {
-            let path = root.appendingPathComponent(candidate).path
-            if FileManager.default.isExecutableFile(atPath: path) { return path }
-        }
-        return root.appendingPathComponent(".build/debug/switchboard").path
-    }()
+    static var binary: String { switchboardBinary }
 
     /// Starts (or restarts, on the same port) and waits until the node reports ready.
     func start() async throws {

@@ -148,6 +148,21 @@ struct FailureTests {
         }
     }
 
+    @Test func aCloseCodeNoEndpointMaySendIsAnsweredWith1002() async throws {
+        let upstream = try await echoUpstream()
+        defer { Task { await upstream.kill() } }
+        try await withProxy(upstream: upstream) { _, port in
+            for code: UInt16 in [1005, 1006, 1016, 999] {
+                let client = try await TestClient.connect(port: port)
+                try await client.close(code: code)
+                let event = try await client.next()
+                #expect(event == .close(ProxyCloseCode.protocolError, "invalid frame"), "code \(code)")
+            }
+            // None of them reached the upstream.
+            #expect(!upstream.closes.value.contains { [1005, 1006, 1016, 999].contains($0 ?? 0) })
+        }
+    }
+
     @Test func aTransientUpstreamCloseIsReconnected() async throws {
         // The first "restart" closes with 1012 (service restart). If the proxy had no pong for
         // it yet, it sends it again on the next connection: the upstream ignores the repeat.

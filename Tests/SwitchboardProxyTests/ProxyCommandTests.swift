@@ -12,20 +12,9 @@ import FoundationNetworking
 /// environment, with its health, metrics and shutdown.
 @Suite("switchboard proxy, the command", .timeLimit(.minutes(1)))
 struct ProxyCommandTests {
-    /// The binary `swift build` put next to the tests (override with SWITCHBOARD_BINARY).
-    static let binary: String = {
-        if let path = ProcessInfo.processInfo.environment["SWITCHBOARD_BINARY"] { return path }
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        for candidate in [".build/debug/switchboard", ".build/x86_64-unknown-linux-gnu/debug/switchboard", ".build/aarch64-unknown-linux-gnu/debug/switchboard"] {
-            let path = root.appendingPathComponent(candidate).path
-            if FileManager.default.isExecutableFile(atPath: path) { return path }
-        }
-        return root.appendingPathComponent(".build/debug/switchboard").path
-    }()
-
     static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (Process, Pipe) {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.executableURL = URL(fileURLWithPath: switchboardBinary)
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let errors = Pipe()
