@@ -5,6 +5,7 @@
 #   SWITCHBOARD_BIN=path bash scripts/autobahn.sh another binary
 #   AUTOBAHN_URL=ws://127.0.0.1:9001/echo bash scripts/autobahn.sh   an echo server already running
 #   AUTOBAHN_CASES='["5.*"]' bash scripts/autobahn.sh               other cases (a JSON list)
+#   AUTOBAHN_THROUGH_PROXY=1 bash scripts/autobahn.sh   through `switchboard proxy` in front of the echo
 # autobahntestsuite 0.8.2 runs on Python 2.7 only (pyenv's 2.7.x); it is installed once into
 # .build-autobahn/py27 from PyPI, with every dependency pinned. Reports: .build-autobahn/reports/.
 set -euo pipefail
@@ -96,13 +97,18 @@ version="$("$py27" -c "$launcher" "$site" -a 2>&1)" ||
 
 # --- the server under test ---------------------------------------------------------------------
 server_pid=""
-cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
+proxy_pid=""
+stop() {
+  if [ -n "$1" ] && kill -0 "$1" 2>/dev/null; then
+    kill -TERM "$1" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
   fi
+}
+cleanup() {
+  stop "$proxy_pid"
+  stop "$server_pid"
 }
 trap cleanup EXIT
 
@@ -130,6 +136,23 @@ else
     tail -40 "$root/server.log"; echo "autobahn: server on port $port not live within 30 s" >&2; exit 1
   fi
   url="ws://127.0.0.1:$port/echo"
+  if [ -n "${AUTOBAHN_THROUGH_PROXY:-}" ]; then
+    # The reconnecting proxy in front of the echo endpoint: every case then also tests how the
+    # proxy frames, fragments, pings and closes on the client's side.
+    pport="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    (for v in $(compgen -e | grep '^SWITCHBOARD_'); do unset "$v"; done
+     exec "$bin" proxy --upstream "$url" --port "$pport" --max-message-size 16777216 --max-queue-bytes 33554432 \
+       --log-level warning) > "$root/proxy.log" 2>&1 &
+    proxy_pid=$!
+    ready=""
+    for _ in $(seq 1 150); do
+      if curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$pport/health/ready" 2>/dev/null; then ready=1; break; fi
+      kill -0 "$proxy_pid" 2>/dev/null || break
+      sleep 0.2
+    done
+    [ -n "$ready" ] || { tail -40 "$root/proxy.log"; echo "autobahn: proxy on port $pport not ready within 30 s" >&2; exit 1; }
+    url="ws://127.0.0.1:$pport/"
+  fi
 fi
 
 # --- the fuzzing client ------------------------------------------------------------------------

@@ -18,5 +18,7 @@ timeout --kill-after=10 300 bash scripts/proxy-e2e.sh
 timeout --kill-after=10 300 node --test Clients/js/test/
 # RFC 6455 conformance: the Autobahn fuzzing client against the echo endpoint (sections 1-7, 10).
 timeout --kill-after=10 600 bash scripts/autobahn.sh
+# The same cases through the reconnecting proxy in front of that endpoint.
+AUTOBAHN_THROUGH_PROXY=1 timeout --kill-after=10 600 bash scripts/autobahn.sh
 # A short libFuzzer run of each parser of untrusted input (frames, RESP replies).
 timeout --kill-after=10 900 bash scripts/fuzz.sh

@@ -67,6 +67,17 @@ final class PeerLink: Sendable {
         channel.eventLoop.scheduleTask(in: self.closeTimeout) { channel.close(promise: nil) }
     }
 
+    /// Fails the connection (RFC 6455 §7.1.7): the close frame, then the TCP connection at
+    /// once, without waiting for an answer that a broken peer may never send.
+    func fail(code: UInt16, reason: String) async {
+        self.closeSent.withLockedValue { $0 = true }
+        var payload = self.channel.allocator.buffer(capacity: 125)
+        payload.writeInteger(code)
+        payload.writeString(Self.truncated(reason, to: 123))
+        try? await self.channel.writeAndFlush(self.frame(.connectionClose, payload)).get()
+        try? await self.channel.close()
+    }
+
     /// Drops the connection without a close handshake (a dead peer).
     func abort() {
         self.channel.close(promise: nil)
@@ -93,9 +104,6 @@ struct CloseFrame: Sendable {
         self.code = code
         self.reason = reason
     }
-
-    /// A close frame that breaks RFC 6455 §5.5.1/§7.4.
-    struct Invalid: Error {}
 
     /// nil when the frame breaks RFC 6455: a one-byte payload, a code no endpoint may send
     /// (1004-1006, 1015, unassigned ones), or a reason that is not UTF-8.

@@ -3,6 +3,9 @@ import NIOCore
 import NIOHTTP1
 import NIOWebSocket
 
+/// A frame with reserved bits or a reserved opcode, or a close frame no endpoint may send.
+struct InvalidFrame: Error {}
+
 /// How reading a connection ended.
 enum LinkEnd: Sendable {
     /// The peer sent a close frame (answered already).
@@ -409,6 +412,8 @@ actor ProxySession {
         var firstMessage = firstMessage
         do {
             for try await frame in inbound {
+                // No extension is negotiated, so reserved bits and opcodes break the protocol.
+                guard !frame.rsv1, !frame.rsv2, !frame.rsv3 else { throw InvalidFrame() }
                 switch frame.opcode {
                 case .text, .binary:
                     let message = ProxyMessage(opcode: frame.opcode, data: frame.unmaskedData)
@@ -448,12 +453,12 @@ actor ProxySession {
                     guard let close = CloseFrame(validating: frame) else {
                         // A code no endpoint may send, or a bad payload: answering or passing it on
                         // would break the protocol on the other connection too.
-                        return await self.refused(CloseFrame.Invalid(), on: link, side: side) ?? .dropped
+                        throw InvalidFrame()
                     }
                     await link.close(code: close.code, reason: close.reason)
                     return .closed(close)
                 default:
-                    break
+                    throw InvalidFrame()
                 }
             }
         } catch {
@@ -474,7 +479,7 @@ actor ProxySession {
         let tooBig: Bool
         switch error {
         case NIOWebSocketError.invalidFrameLength, NIOWebSocketFrameAggregator.Error.accumulatedFrameSizeIsTooLarge: tooBig = true
-        case is NIOWebSocketError, is NIOWebSocketFrameAggregator.Error, is CloseFrame.Invalid: tooBig = false
+        case is NIOWebSocketError, is NIOWebSocketFrameAggregator.Error, is InvalidFrame: tooBig = false
         default: return nil
         }
         let code = tooBig ? ProxyCloseCode.messageTooBig : ProxyCloseCode.protocolError
@@ -482,8 +487,7 @@ actor ProxySession {
         self.logger.info("\(side) sent \(what) (\(error)); closing it with \(code)")
         self.core.metrics.closed(code: code)
         await (side == .client ? self.toClient : self.toUpstream).detach(link)
-        await link.close(code: code, reason: tooBig ? "message over the size limit" : "invalid frame")
-        try? await link.channel.closeFuture.get()
+        await link.fail(code: code, reason: tooBig ? "message over the size limit" : "invalid frame")
         return .violation(CloseFrame(code: code, reason: "\(side) sent \(what)"))
     }
 
