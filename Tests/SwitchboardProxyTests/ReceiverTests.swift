@@ -41,6 +41,29 @@ struct ReceiverTests {
         }
     }
 
+    @Test func aFullQueueWithNoClientClosesTheUpstreamWith4508UntilAClientDrainsIt() async throws {
+        let connections = Shared(0)
+        let upstream = try await TestUpstream { peer in
+            if connections.update({ $0 += 1; return $0 }) == 1 {
+                for n in 1...20 { try await peer.send("u\(n)") }
+            } else {
+                try await peer.send("again")
+            }
+            while try await peer.next() != nil {}
+        }
+        defer { Task { await upstream.kill() } }
+        try await withProxy(upstream: upstream, { $0.mode = .receiver; $0.maxQueueMessages = 5 }) { _, port in
+            // Five fit; the sixth is refused and the upstream is told.
+            try await waitFor("the 4508 upstream") { upstream.closes.value == [ProxyCloseCode.queueFull] }
+            #expect(upstream.openConnections == 0)
+            // The proxy reconnects only once a client drained the queue.
+            let client = try await TestClient.connect(port: port)
+            let got = try await client.texts(6)
+            #expect(got == ["u1", "u2", "u3", "u4", "u5", "again"])
+            #expect(upstream.handshakes.value.count == 2)
+        }
+    }
+
     @Test func clientMessagesWaitWhileTheUpstreamReconnects() async throws {
         let upstream = try await TestUpstream { peer in
             while let message = try await peer.next() { try await peer.send("got:" + message) }
