@@ -181,6 +181,24 @@ struct SenderTests {
         }
     }
 
+    @Test func theSessionIdCanComeAsTheFirstMessageForBrowsers() async throws {
+        let upstream = try await TestUpstream { peer in
+            try await peer.send("from upstream")
+            while try await peer.next() != nil {}
+        }
+        defer { Task { await upstream.kill() } }
+        try await withProxy(upstream: upstream, { $0.announceSession = true }) { _, port in
+            let client = try await TestClient.connect(port: port)
+            let session = try #require(client.session)
+            let got = try await client.texts(2)
+            #expect(got == [#"{"proxySession":"\#(session)"}"#, "from upstream"])
+            // A resumed connection is told again, before anything queued for it.
+            let again = try await TestClient.connect(port: port, query: "?proxy_session=\(session)")
+            let first = try await again.texts(1)
+            #expect(first == [#"{"proxySession":"\#(session)"}"#])
+        }
+    }
+
     @Test func anUnknownSessionIdStartsANewSession() async throws {
         let upstream = try await echoUpstream()
         defer { Task { await upstream.kill() } }
