@@ -55,7 +55,7 @@ struct ReceiverTests {
         try await withProxy(upstream: upstream, { $0.mode = .receiver; $0.maxQueueMessages = 5 }) { _, port in
             // Five fit; the sixth is refused and the upstream is told.
             try await waitFor("the 4508 upstream") { upstream.closes.value == [ProxyCloseCode.queueFull] }
-            #expect(upstream.openConnections == 0)
+            try await waitFor("the upstream connection closed") { upstream.openConnections == 0 }
             // The proxy reconnects only once a client drained the queue.
             let client = try await TestClient.connect(port: port)
             let got = try await client.texts(6)
