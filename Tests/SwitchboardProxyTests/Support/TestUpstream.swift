@@ -10,7 +10,8 @@ import RedisTestSupport
 /// happens on each connection is the test's `handler`; the upstream records handshakes and
 /// close codes.
 final class TestUpstream: Sendable {
-    let port: Int
+    private let boundPort = NIOLockedValueBox(0)
+    var port: Int { self.boundPort.withLockedValue { $0 } }
     private let handler: @Sendable (UpstreamPeer) async throws -> Void
     private let server = NIOLockedValueBox<(any Channel)?>(nil)
     private let children = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
@@ -27,9 +28,20 @@ final class TestUpstream: Sendable {
     var openConnections: Int { self.children.withLockedValue { $0.count } }
 
     init(handler: @escaping @Sendable (UpstreamPeer) async throws -> Void) async throws {
-        self.port = try await freePort()
         self.handler = handler
-        try await self.start()
+        // A port found free can be taken before the bind (another process on this machine):
+        // try a few.
+        var attempt = 0
+        while true {
+            let port = try await freePort()
+            self.boundPort.withLockedValue { $0 = port }
+            do {
+                try await self.start()
+                return
+            } catch let error as IOError where error.errnoCode == EADDRINUSE && attempt < 5 {
+                attempt += 1
+            }
+        }
     }
 
     private enum Upgrade: Sendable {
