@@ -34,6 +34,30 @@ struct SenderTests {
         }
     }
 
+    @Test func binaryAndTextMessagesKeepTheirKindAndBytesBothWays() async throws {
+        // The upstream answers each message with the same kind, reversed (bytes of a binary
+        // message, characters of a text one).
+        let upstream = try await TestUpstream { peer in
+            while let message = try await peer.nextMessage() {
+                let reversed = message.opcode == .text
+                    ? ByteBuffer(string: String(String(buffer: message.data).reversed()))
+                    : ByteBuffer(bytes: message.data.readableBytesView.reversed())
+                try await peer.send(ProxyMessage(opcode: message.opcode, data: reversed))
+            }
+        }
+        defer { Task { await upstream.kill() } }
+        try await withProxy(upstream: upstream) { _, port in
+            let client = try await TestClient.connect(port: port)
+            let bytes: [UInt8] = [0, 1, 2, 0xFF, 0xFE, 0x80, 0x7F]
+            try await client.sendFrame(opcode: .binary, data: ByteBuffer(bytes: bytes))
+            try await client.send("héllo|👋")
+            let first = try await client.next()
+            let second = try await client.next()
+            #expect(first == .binary(bytes.reversed()))
+            #expect(second == .text("👋|olléh"))
+        }
+    }
+
     // What the proxy guarantees across an upstream crash: every client message reaches the
     // upstream (what the dead connection did not confirm is sent again; the upstream tells a
     // repeat by the resume id and the number), and every upstream message that reached the

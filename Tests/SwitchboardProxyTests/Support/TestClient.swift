@@ -10,6 +10,7 @@ import NIOWebSocket
 final class TestClient: @unchecked Sendable {
     enum Event: Equatable, Sendable {
         case text(String)
+        case binary([UInt8])
         case close(UInt16?, String)
         /// The connection ended without a close frame.
         case ended
@@ -60,8 +61,10 @@ final class TestClient: @unchecked Sendable {
             do {
                 for try await frame in inbound {
                     switch frame.opcode {
-                    case .text, .binary:
+                    case .text:
                         continuation.yield(.text(String(buffer: frame.unmaskedData)))
+                    case .binary:
+                        continuation.yield(.binary(Array(frame.unmaskedData.readableBytesView)))
                     case .ping:
                         try? await outbound.write(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.unmaskedData))
                         pingsAnswered.update { $0 += 1 }

@@ -4,6 +4,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
 import RedisTestSupport
+@testable import SwitchboardProxy
 
 /// A WebSocket backend on a loopback port that a test starts, kills (connections dropped
 /// without a close frame, like a crashed process) and restarts on the same port. What
@@ -133,21 +134,21 @@ final class UpstreamPeer: @unchecked Sendable {
     let upstream: TestUpstream
     /// Text messages, read in the background so pings are answered at once (as a WebSocket
     /// server's library does) even while the handler is busy.
-    private let iterator: NIOLockedValueBox<AsyncThrowingStream<String, any Error>.AsyncIterator>
+    private let iterator: NIOLockedValueBox<AsyncThrowingStream<ProxyMessage, any Error>.AsyncIterator>
     private let reader: Task<Void, Never>
 
     init(head: HTTPRequestHead, inbound: NIOAsyncChannelInboundStream<WebSocketFrame>, outbound: NIOAsyncChannelOutboundWriter<WebSocketFrame>, upstream: TestUpstream) {
         self.head = head
         self.outbound = outbound
         self.upstream = upstream
-        let (messages, continuation) = AsyncThrowingStream.makeStream(of: String.self)
+        let (messages, continuation) = AsyncThrowingStream.makeStream(of: ProxyMessage.self)
         self.iterator = NIOLockedValueBox(messages.makeAsyncIterator())
         self.reader = Task {
             do {
                 for try await frame in inbound {
                     switch frame.opcode {
                     case .text, .binary:
-                        continuation.yield(String(buffer: frame.unmaskedData))
+                        continuation.yield(ProxyMessage(opcode: frame.opcode, data: frame.unmaskedData))
                     case .ping:
                         try await outbound.write(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData))
                     case .connectionClose:
@@ -180,11 +181,20 @@ final class UpstreamPeer: @unchecked Sendable {
         try await self.outbound.write(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload))
     }
 
-    /// The next text message; nil when the connection ended.
+    /// The next message as text; nil when the connection ended.
     func next() async throws -> String? {
+        try await self.nextMessage().map { String(buffer: $0.data) }
+    }
+
+    /// The next message with its opcode (text or binary); nil when the connection ended.
+    func nextMessage() async throws -> ProxyMessage? {
         var iterator = self.iterator.withLockedValue { $0 }
         let message = try await iterator.next()
         self.iterator.withLockedValue { $0 = iterator }
         return message
+    }
+
+    func send(_ message: ProxyMessage) async throws {
+        try await self.outbound.write(WebSocketFrame(fin: true, opcode: message.opcode, data: message.data))
     }
 }
