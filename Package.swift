@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "SwitchboardWire", targets: ["SwitchboardWire"]),
         .library(name: "RESP", targets: ["RESP"]),
+        .library(name: "SwitchboardAuth", targets: ["SwitchboardAuth"]),
         .library(name: "Switchboard", targets: ["Switchboard"]),
         .library(name: "SwitchboardRedis", targets: ["SwitchboardRedis"]),
         .library(name: "SwitchboardClient", targets: ["SwitchboardClient"]),
@@ -48,11 +49,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Who the peer is: token claims and their checks (Foundation only: fuzzed on their own;
+        // signatures are verified with jwt-kit in Switchboard).
+        .target(name: "SwitchboardAuth"),
         // The gateway: connections, streams, sessions, router bridge, auth, engines.
         .target(
             name: "Switchboard",
             dependencies: [
-                "SwitchboardWire",
+                "SwitchboardWire", "SwitchboardAuth",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -75,7 +79,7 @@ let package = Package(
         .target(
             name: "SwitchboardRedis",
             dependencies: [
-                "Switchboard", "RESP",
+                "Switchboard", "SwitchboardWire", "RESP",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -220,9 +224,11 @@ if Context.environment["SWITCHBOARD_FUZZ"] != nil {
     package.targets += [
         .executableTarget(name: "FuzzFrameParser", dependencies: ["SwitchboardWire", .product(name: "NIOCore", package: "swift-nio")], path: "Fuzz/Sources/FuzzFrameParser"),
         .executableTarget(name: "FuzzRESPParser", dependencies: ["RESP", .product(name: "NIOCore", package: "swift-nio")], path: "Fuzz/Sources/FuzzRESPParser"),
+        .executableTarget(name: "FuzzClaims", dependencies: ["SwitchboardAuth"], path: "Fuzz/Sources/FuzzClaims"),
     ]
     package.products += [
         .executable(name: "FuzzFrameParser", targets: ["FuzzFrameParser"]),
         .executable(name: "FuzzRESPParser", targets: ["FuzzRESPParser"]),
+        .executable(name: "FuzzClaims", targets: ["FuzzClaims"]),
     ]
 }

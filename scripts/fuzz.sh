@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzz the parsers of untrusted input with libFuzzer.
+# Fuzz the parsers of untrusted input (frames, RESP replies, token claims) with libFuzzer.
 #   bash scripts/fuzz.sh            short smoke run (30 s per target), part of scripts/test.sh
 #   FUZZ_SECONDS=3600 bash scripts/fuzz.sh   the long run
 # Crashes are written to .build-fuzz/artifacts/ and fail the run.
@@ -13,9 +13,10 @@ export SWITCHBOARD_FUZZ=1
 flags=(--scratch-path .build-fuzz --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address)
 swift build "${flags[@]}" --product FuzzFrameParser
 swift build "${flags[@]}" --product FuzzRESPParser
+swift build "${flags[@]}" --product FuzzClaims
 bin="$(swift build "${flags[@]}" --show-bin-path)"
 mkdir -p .build-fuzz/artifacts .build-fuzz/corpus
-for target in FuzzFrameParser:frame FuzzRESPParser:resp; do
+for target in FuzzFrameParser:frame FuzzRESPParser:resp FuzzClaims:claims; do
   name="${target%%:*}"; seeds="Fuzz/Corpus/${target##*:}"
   # The working corpus grows in .build-fuzz; the committed seeds stay small.
   mkdir -p ".build-fuzz/corpus/$name"

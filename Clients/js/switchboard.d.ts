@@ -64,12 +64,22 @@ export interface SwitchboardOptions {
   maxDelay?: number;
   /** Ms a connection must stay open before backoff attempts reset (default 10000). */
   stableAfter?: number;
-  /** Longest wait in ms before processed offsets are acked while pushes keep coming (default 1000). */
+  /**
+   * Longest wait in ms before processed offsets are acked while pushes keep coming (default 1000).
+   * Also the first retry delay of an ack the server answered `ACK503` (later retries: random,
+   * up to a cap that doubles each time, at most maxDelay).
+   */
   ackInterval?: number;
   /** Ack after this many ms without a new push (default 250); 0 (or >= ackInterval) acks on the interval only. */
   ackIdle?: number;
   /** Default request timeout in ms (default 10000). */
   requestTimeout?: number;
+  /**
+   * Extra wait in ms before reconnecting after close code 4429 (the server closed the
+   * connection for exceeding its rate limit), added to the ordinary backoff (default 5000).
+   * The browser's `online` event does not cut it short.
+   */
+  rateLimitDelay?: number;
   /** Where the session id and stream positions are persisted (e.g. `sessionStorage`). */
   storage?: StorageLike;
   /** Key prefix in `storage` (default 'switchboard'): `<prefix>.sid`, `<prefix>.streams`. */
@@ -188,7 +198,10 @@ export class SwitchboardClient {
   /** `{last, epoch}` of a tracked stream, or null. */
   position(stream: string): { last: number | null; epoch: string | null } | null;
 
-  /** Send a request; resent after reconnects until answered or timed out. */
+  /**
+   * Send a request; resent after reconnects (4429 included) until answered or timed out, with
+   * the same `r` and META `k`. Resolves with any answer, errors included (e.g. 429 or `ERR429`).
+   */
   request(method: string, url: string, body?: unknown, options?: RequestOptions): Promise<SwitchboardResponse>;
   /** Send `AUTH` with a new token (or one fetched from the token function); resolves on AUTH200. */
   refreshToken(token?: string): Promise<SwitchboardResponse>;

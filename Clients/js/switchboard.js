@@ -163,6 +163,7 @@ export class SwitchboardClient {
       ackInterval: 1000,
       ackIdle: 250,
       requestTimeout: 10000,
+      rateLimitDelay: 5000,
       storageKey: 'switchboard',
       random: Math.random,
       ...options,
@@ -179,9 +180,12 @@ export class SwitchboardClient {
     this._stopped = true; // no connect() yet, or close()d / terminal close
     this._attempt = 0;
     this._reconnectTimer = null;
+    this._reconnectHold = false; // the pending reconnect is a 4429 back-off: 'online' does not cut it short
     this._stableTimer = null;
     this._ackTimer = null;
     this._idleAckTimer = null;
+    this._ackRetryTimer = null;
+    this._ackRetryAttempt = 0;
     this._subRetryTimer = null;
     this._subRetryAttempt = 0;
     this._nextR = 1;
@@ -192,7 +196,7 @@ export class SwitchboardClient {
     this.hello = null;
 
     this._onOnline = () => {
-      if (this._state === 'reconnecting' && this._reconnectTimer !== null) {
+      if (this._state === 'reconnecting' && this._reconnectTimer !== null && !this._reconnectHold) {
         clearTimeout(this._reconnectTimer);
         this._reconnectTimer = null;
         this._open();
@@ -264,7 +268,7 @@ export class SwitchboardClient {
   _stop() {
     this._stopped = true;
     this._gen++;
-    for (const t of ['_reconnectTimer', '_stableTimer', '_ackTimer', '_idleAckTimer', '_subRetryTimer']) {
+    for (const t of ['_reconnectTimer', '_stableTimer', '_ackTimer', '_idleAckTimer', '_ackRetryTimer', '_subRetryTimer']) {
       if (this[t] !== null) clearTimeout(this[t]);
       this[t] = null;
     }
@@ -361,6 +365,8 @@ export class SwitchboardClient {
     for (const s of this._streams.values()) {
       s.active = false;
       s.subR = null;
+      // An ack that failed (or whose retry was not answered) goes again after the resubscribe.
+      if (s.ackRetry) s.acked = null;
     }
     for (const [r, p] of this._pending) {
       if (p.kind === 'request' || p.kind === 'auth') p.sent = false;
@@ -372,7 +378,7 @@ export class SwitchboardClient {
     const ws = this._ws;
     this._ws = null;
     if (ws) this._detach(ws);
-    for (const t of ['_stableTimer', '_ackTimer', '_idleAckTimer', '_subRetryTimer']) {
+    for (const t of ['_stableTimer', '_ackTimer', '_idleAckTimer', '_ackRetryTimer', '_subRetryTimer']) {
       if (this[t] !== null) clearTimeout(this[t]);
       this[t] = null;
     }
@@ -390,16 +396,20 @@ export class SwitchboardClient {
       return;
     }
     this._setState('reconnecting');
-    this._scheduleReconnect();
+    // 4429: the server closed us for exceeding its rate limit (§7): stay away longer than
+    // after an ordinary drop. Unanswered requests are resent after the HELLO, with their `k`.
+    this._scheduleReconnect(code === 4429 ? this._opts.rateLimitDelay : 0);
   }
 
-  _scheduleReconnect() {
+  _scheduleReconnect(extraDelay = 0) {
     if (this._stopped) return;
     if (this._reconnectTimer !== null) clearTimeout(this._reconnectTimer);
     const { minDelay, maxDelay, random } = this._opts;
-    const delay = backoffDelay(this._attempt++, minDelay, maxDelay, random);
+    const delay = extraDelay + backoffDelay(this._attempt++, minDelay, maxDelay, random);
+    this._reconnectHold = extraDelay > 0;
     this._reconnectTimer = setTimeout(() => {
       this._reconnectTimer = null;
+      this._reconnectHold = false;
       this._open();
     }, delay);
   }
@@ -422,6 +432,7 @@ export class SwitchboardClient {
     const p = r !== undefined ? this._pending.get(Number(r)) : undefined;
     if (f.method === 'SUB' && f.status !== null) return this._onSubReply(f, p && p.kind === 'sub' ? Number(r) : null);
     if (p && f.status !== null) return this._settle(Number(r), p, f);
+    if (f.method === 'ACK' && f.status !== null && f.status >= 500) return this._ackFailed(f.target);
     if (f.status !== null && f.status >= 400) {
       this._emit('error', makeError(`${f.method}${f.status} ${f.target}: ${f.body}`, { code: 'server', frame: f }));
     }
@@ -460,7 +471,7 @@ export class SwitchboardClient {
   _record(stream) {
     let s = this._streams.get(stream);
     if (!s) {
-      s = { last: null, epoch: null, acked: null, handlers: new Set(), active: false, subR: null, subSince: false, ack: true };
+      s = { last: null, epoch: null, acked: null, handlers: new Set(), active: false, subR: null, subSince: false, ack: true, ackRetry: false };
       this._streams.set(stream, s);
     }
     return s;
@@ -621,9 +632,32 @@ export class SwitchboardClient {
     if (this._state !== 'open') return;
     for (const [stream, s] of this._streams) {
       if (s.ack && s.active && s.last !== null && s.last !== s.acked) {
-        if (this._send(encodeFrame({ method: 'ACK', target: stream, meta: { id: s.last } }))) s.acked = s.last;
+        // The retry of a failed ack asks for an answer (ACK200), to know when the engine is back.
+        const r = s.ackRetry ? this._nextR++ : undefined;
+        if (this._send(encodeFrame({ method: 'ACK', target: stream, meta: { r, id: s.last } }))) {
+          s.acked = s.last;
+          if (r !== undefined) this._pending.set(r, { kind: 'ack', stream, id: s.last });
+        }
       }
     }
+  }
+
+  // ACK503 (the engine could not record it, §4.4): the ack is lost. Keep the stream marked,
+  // send its highest processed offset again later (backing off while it keeps failing), and
+  // after a reconnect.
+  _ackFailed(stream) {
+    const s = this._streams.get(stream);
+    if (!s || !s.ack) return;
+    s.ackRetry = true;
+    s.acked = null;
+    if (this._ackRetryTimer !== null || this._state !== 'open') return;
+    const { ackInterval, maxDelay, random } = this._opts;
+    const base = Math.max(1, ackInterval);
+    const delay = Math.max(base, backoffDelay(this._ackRetryAttempt++, base, Math.max(base, maxDelay), random));
+    this._ackRetryTimer = setTimeout(() => {
+      this._ackRetryTimer = null;
+      this._flushAcks();
+    }, delay);
   }
 
   // ----- subscriptions -----------------------------------------------------
@@ -751,6 +785,16 @@ export class SwitchboardClient {
       return;
     }
     if (p.kind === 'unsub') return;
+    if (p.kind === 'ack') {
+      const s = this._streams.get(p.stream);
+      if (f.method === 'ACK' && f.status === 200) {
+        this._ackRetryAttempt = 0;
+        if (s && s.last !== null && p.id >= s.last) s.ackRetry = false; // recorded up to the top
+      } else if (f.status >= 500 || f.status === 429) {
+        this._ackFailed(p.stream); // ACK503, or ERR429: send it again later
+      }
+      return;
+    }
     clearTimeout(p.timer);
     const result = { status: f.status, body: f.body, meta: f.meta };
     if (p.kind === 'auth' && f.status !== 200) {

@@ -143,6 +143,9 @@ struct ClientState {
             } else if let r, let waiter = self.subscribeWaiters.removeValue(forKey: r) {
                 // e.g. ERR400/ERR429 answering a SUB.
                 self.failSubscribe(waiter, error: .refused(status: frame.status ?? 0, body: frame.bodyString))
+            } else if frame.method == .ack, frame.status == 503 {
+                // The ack was not recorded (the node's engine was away): send it again next tick.
+                self.book.ackFailed(frame.target)
             } else if let status = frame.status, status >= 400 {
                 self.logger.warning("switchboard error frame", metadata: ["frame": "\(frame.method)\(status) \(frame.target) \(frame.bodyString)"])
             }
@@ -155,7 +158,7 @@ struct ClientState {
         let resumed = frame.meta["resumed"] == "1"
         if let old = self.session, old != sid {
             // The old session's own stream cannot be resumed by a new session.
-            self.book.forget("/sessions/" + PathSegment.encode(old))
+            self.book.forget(BuiltinStream.session(old))
         }
         self.session = sid
         self.phase = .connected(id: id, since: .now)
@@ -168,10 +171,10 @@ struct ClientState {
             self.sendSubscribe(waiter.stream, r: r)
             done.insert(waiter.stream)
         }
-        let ownSessionStream = "/sessions/" + PathSegment.encode(sid)
+        let ownSessionStream = BuiltinStream.session(sid)
         var streams = Set(self.subscriptions.filter { $0.value.explicit }.keys)
         for stream in self.book.streams where BuiltInStreams.isBuiltIn(stream) && self.book.last(of: stream) != nil {
-            if stream.hasPrefix("/sessions/") && stream != ownSessionStream { continue }
+            if BuiltinStream.isSessionStream(stream) && stream != ownSessionStream { continue }
             streams.insert(stream)
         }
         for stream in streams.subtracting(done).sorted() {
@@ -312,6 +315,10 @@ struct ClientState {
             self.attempt += 1
         case .reconnectAfterRandomDelay(let max):
             delay = .nanoseconds(Int64.random(in: 0...Backoff.nanoseconds(max)))
+        case .reconnectAfterPause(let pause):
+            // Unanswered requests are re-sent after HELLO with their `r` and idempotency key.
+            delay = pause + Backoff(min: configuration.minReconnectDelay, max: configuration.maxReconnectDelay).delay(attempt: self.attempt)
+            self.attempt += 1
         }
         self.phase = .waitingToReconnect
         return delay

@@ -1,3 +1,5 @@
+import SwitchboardWire
+
 /// Per-stream resume bookkeeping (protocol §9), as a pure value type.
 ///
 /// For every stream it keeps `last` (the offset handed to the application), the
@@ -104,6 +106,12 @@ public struct StreamBook: Sendable, Equatable {
         return .resubscribe(notRecovered: notRecovered)
     }
 
+    /// The server could not record the ack of `stream` (ACK503: its engine was away): it is
+    /// taken again by the next `takeAcks`.
+    public mutating func ackFailed(_ stream: String) {
+        self.entries[stream]?.acked = nil
+    }
+
     /// Streams whose `last` advanced past the last ack; marks them acked.
     public mutating func takeAcks() -> [(stream: String, id: Int64)] {
         var acks: [(stream: String, id: Int64)] = []
@@ -136,10 +144,15 @@ public enum CloseDisposition: Sendable, Equatable {
     /// Do not reconnect (4403 disconnected on purpose, 4409 session taken over).
     case stop
 
+    /// Reconnect with backoff, but wait at least this long first (4429: the connection kept
+    /// exceeding the rate limit; coming straight back would only repeat it).
+    case reconnectAfterPause(Duration)
+
     public static func forCloseCode(_ code: UInt16?) -> CloseDisposition {
         switch code {
         case 4403, 4409: return .stop
         case 4503: return .reconnectAfterRandomDelay(max: .seconds(3))
+        case 4429: return .reconnectAfterPause(.seconds(5))
         default: return .reconnect
         }
     }
@@ -148,6 +161,6 @@ public enum CloseDisposition: Sendable, Equatable {
 /// Built-in streams the server subscribes every connection to (protocol §3.3).
 enum BuiltInStreams {
     static func isBuiltIn(_ stream: String) -> Bool {
-        stream == "/broadcast" || stream.hasPrefix("/users/") || stream.hasPrefix("/sessions/")
+        BuiltinStream.isBuiltin(stream)
     }
 }

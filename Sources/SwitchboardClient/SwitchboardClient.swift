@@ -110,7 +110,9 @@ public final class SwitchboardClient: Sendable {
     }
 
     /// Sends an application request and waits for its response (any status). Survives reconnects:
-    /// the request is resent, with the same `r` and idempotency key `k`, until `timeout`.
+    /// the request is resent, with the same `r` and idempotency key `k`, until `timeout`. A
+    /// request other than GET, HEAD, OPTIONS and AUTH without `idempotencyKey` gets a random one,
+    /// so a resend is applied once by routes that honour `k`.
     public func request(
         _ method: String,
         _ path: String,
@@ -124,7 +126,11 @@ public final class SwitchboardClient: Sendable {
         let timeout = timeout ?? self.configuration.requestTimeout
         let r = self.state.withLock { $0.makeRequestID() }
         var meta: Meta = [MetaKey.requestID: r]
-        if let idempotencyKey { meta[MetaKey.idempotencyKey] = idempotencyKey }
+        // A request may be sent again after a reconnect (it was not answered, e.g. after 4429):
+        // one that changes something carries a key, so the server applies it once.
+        if let key = idempotencyKey ?? (Self.isSafe(method) ? nil : Self.newIdempotencyKey()) {
+            meta[MetaKey.idempotencyKey] = key
+        }
         let text = encodeFrame(method: method, target: path, meta: meta, body: body)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ClientResponse, any Error>) in
@@ -144,6 +150,15 @@ public final class SwitchboardClient: Sendable {
         } onCancel: {
             self.failRequest(r, error: CancellationError())
         }
+    }
+
+    static func isSafe(_ method: Method) -> Bool {
+        method == .get || method == "HEAD" || method == "OPTIONS" || method == .auth
+    }
+
+    static func newIdempotencyKey() -> String {
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
+        return String((0..<16).map { _ in alphabet.randomElement()! })
     }
 
     /// Subscribes to `stream` (SUB, resuming after the last offset if one is known) and waits for

@@ -26,8 +26,8 @@ final class StandaloneBackend: RedisBackend {
     let client: RESPClient
     let sharded: Bool
 
-    init(configuration: RESPConfiguration, sharded: Bool, logger: Logger) {
-        self.client = RESPClient(configuration: configuration, logger: logger)
+    init(configuration: RESPConfiguration, sharded: Bool, reconnect: RESPReconnectPolicy, logger: Logger) {
+        self.client = RESPClient(configuration: configuration, reconnectPolicy: reconnect, logger: logger)
         self.sharded = sharded
     }
 
@@ -70,10 +70,12 @@ final class ClusterBackend: RedisBackend {
     private let continuation: AsyncStream<RESPClientEvent>.Continuation
     private let state = Locked(State())
     private let logger: Logger
+    private let reconnect: RESPReconnectPolicy
 
-    init(seeds: [RESPClusterClient.Node], configuration: RESPConfiguration, logger: Logger) {
+    init(seeds: [RESPClusterClient.Node], configuration: RESPConfiguration, reconnect: RESPReconnectPolicy, logger: Logger) {
         self.seeds = seeds
         self.configuration = configuration
+        self.reconnect = reconnect
         self.logger = logger
         (self.events, self.continuation) = AsyncStream<RESPClientEvent>.makeStream(bufferingPolicy: .bufferingNewest(64))
     }
@@ -90,12 +92,12 @@ final class ClusterBackend: RedisBackend {
     /// Until a seed answers: then the client keeps itself up to date, and the subscriber's
     /// outages become this backend's events.
     private func connectLoop() async {
-        let policy = RESPReconnectPolicy()
+        let policy = self.reconnect
         var attempt = 0
         while !Task.isCancelled {
             do {
                 let client = try await RESPClusterClient.connect(seeds: self.seeds, configuration: self.configuration, logger: self.logger)
-                let subscriber = RESPClusterSubscriber(cluster: client, logger: self.logger)
+                let subscriber = RESPClusterSubscriber(cluster: client, retryPolicy: self.reconnect, logger: self.logger)
                 let installed = self.state.withLock { s -> Bool in
                     guard !s.shutdown else { return false }
                     s.client = client

@@ -35,10 +35,32 @@ extension RedisEngine {
 
     /// One heartbeat: this node's entry, its presence members, dead nodes' cleanup.
     func heartbeat() async {
-        let (node, address, started, connections, shutdown) = self.state.withLock {
-            ($0.node, $0.address, $0.startedAt, $0.sessions.count, $0.shutdown)
+        let deadAfter = Duration.milliseconds(self.deadAfterMs)
+        let pulse = self.state.withLock { s -> (node: String, address: String?, started: Double, connections: Int, judge: Bool)? in
+            guard !s.node.isEmpty, !s.shutdown else { return nil }
+            guard !s.heartbeating else {
+                // One is running: it beats again when done (an announced address goes out then).
+                s.heartbeatAgain = true
+                return nil
+            }
+            s.heartbeating = true
+            s.heartbeatAgain = false
+            // Others' silence counts only if this node heard Redis all that time itself.
+            let judge = s.connectedSince.map { ContinuousClock.now - $0 >= deadAfter } ?? false
+            return (s.node, s.address, s.startedAt, s.sessions.count, judge)
         }
-        guard !node.isEmpty, !shutdown, self.backend.isConnected else { return }
+        guard let pulse else { return }
+        await self.beat(pulse.node, address: pulse.address, started: pulse.started, connections: pulse.connections, judge: pulse.judge)
+        let again = self.state.withLock { s -> Bool in
+            s.heartbeating = false
+            return s.heartbeatAgain
+        }
+        if again { await self.heartbeat() }
+    }
+
+    private func beat(_ node: String, address: String?, started: Double, connections: Int, judge: Bool) async {
+        let deadAfter = Duration.milliseconds(self.deadAfterMs)
+        guard self.backend.isConnected else { return }
         self.subscribeControl()
         let start = ContinuousClock.now
         do {
@@ -51,10 +73,17 @@ extension RedisEngine {
             let (beatReply, infoReply) = try await (beat, info)
             self.state.withLock { $0.lastRoundTrip = ContinuousClock.now - start }
             // This node's entry was gone: Redis lost it, or others declared this node dead and
-            // released its sessions. Register them again.
-            if infoReply.int == 0 { await self.restoreSessions() }
+            // released its sessions and members. Register them again, and announce the members.
+            if infoReply.int == 0 {
+                await self.restoreSessions()
+                await self.restorePresence()
+            }
             let dead = (beatReply.array ?? []).compactMap(\.string).filter { $0 != node }
-            for id in dead { await self.cleanUp(deadNode: id) }
+            if judge {
+                for id in dead { await self.cleanUp(deadNode: id) }
+            } else if !dead.isEmpty {
+                self.logger.debug("not judging \(dead.count) silent nodes until this node has been connected for \(deadAfter)")
+            }
         } catch {
             self.logger.debug("heartbeat failed: \(error)")
         }
@@ -71,9 +100,10 @@ extension RedisEngine {
             await withTaskGroup(of: Void.self) { group in
                 for session in sessions {
                     group.addTask {
-                        _ = try? await self.run(RedisScripts.touchSession, keys: [self.sessionKey(session)], args: [
+                        let count = try? await self.run(RedisScripts.touchSession, keys: [self.sessionKey(session)], args: [
                             .int(-1), .int(max(1, Int((self.configuration.sessionTTL * 1000).rounded()))), .string(id),
                         ])
+                        if count?.int == 0 { await self.endHolds(ofSession: session) }
                     }
                 }
             }

@@ -43,7 +43,22 @@ extension RedisEngine {
             .int(connected ? 1 : -1), .int(self.sessionTTLms), .string(node),
         ])
         async let index = self.send(RESPCommand(connected ? "SADD" : "SREM", .string(self.nodeSessionsKey(node)), .string(id)))
-        _ = try await (record, index)
+        let (count, _) = try await (record, index)
+        if !connected, count.int == 0 { await self.endHolds(ofSession: id) }
+    }
+
+    /// The session's last connection closed: it holds the history of each stream it acked for
+    /// its TTL, no longer (an expired session must not keep others' history from being trimmed).
+    func endHolds(ofSession id: String) async {
+        guard let fields = try? await self.backend.hgetall(self.sessionKey(id)) else { return }
+        let streams = fields.keys.filter { $0.hasPrefix("c:") }.map { String($0.dropFirst(2)) }
+        await withTaskGroup(of: Void.self) { group in
+            for stream in streams {
+                group.addTask {
+                    _ = try? await self.run(RedisScripts.endHold, keys: [self.keys(stream).holds], args: [.string(id), .int(self.sessionTTLms)])
+                }
+            }
+        }
     }
 
     /// After Redis came back (perhaps without its data): every session with a live connection
@@ -69,12 +84,12 @@ extension RedisEngine {
 
     public func ack(session: String, stream: String, offset: Int64) async throws {
         let k = self.keys(stream)
-        // Sessions that have not acked for this long no longer hold history back: by then
-        // their session expired, or age trimming dropped what they would protect.
+        // A session that has not acked for this long no longer holds history back: by then age
+        // trimming dropped what it would protect (or its session expired).
         let staleAfter = Int((max(self.configuration.historyAge, self.configuration.sessionTTL) * 2000).rounded())
         let streamTTL = self.configuration.streamIdleTTL > 0 ? max(1, Int((self.configuration.streamIdleTTL * 1000).rounded())) : 0
         async let streamSide = self.run(RedisScripts.ack, keys: k.scriptKeys, args: [
-            .string(session), .int(Int(offset)), .int(max(1, staleAfter)), .int(streamTTL),
+            .string(session), .int(Int(offset)), .int(max(1, staleAfter)), .int(streamTTL), .string(Self.newEpoch()),
         ])
         async let sessionSide = self.run(RedisScripts.sessionCursor, keys: [self.sessionKey(session)], args: [
             .string("c:" + stream), .int(Int(offset)),
@@ -85,7 +100,7 @@ extension RedisEngine {
     public func release(session: String, stream: String) async throws {
         let k = self.keys(stream)
         async let a = self.send(RESPCommand("ZREM", .string(k.acks), .string(session)))
-        async let b = self.send(RESPCommand("ZREM", .string(k.ackt), .string(session)))
+        async let b = self.send(RESPCommand("ZREM", .string(k.holds), .string(session)))
         async let c = self.send(RESPCommand("HDEL", .string(self.sessionKey(session)), .string("c:" + stream)))
         _ = try await (a, b, c)
     }
@@ -152,6 +167,34 @@ extension RedisEngine {
         return (reply.array ?? []).compactMap { v in
             v.bytes.flatMap { try? decoder.decode(PresenceMember.self, from: Data($0.readableBytesView)) }
         }
+    }
+
+    /// After this node's entry was lost (it was wrongly declared dead, or Redis lost its data):
+    /// every member joined through it is added again, to its stream and to this node's index,
+    /// and each one that was missing (a survivor removed it, with a leave) is announced with a join.
+    func restorePresence() async {
+        let snapshot = self.state.withLock { $0.presence }
+        guard !snapshot.isEmpty else { return }
+        let ttl = self.presenceTTLms
+        let index = self.nodePresenceKey(self.nodeID)
+        let decoder = JSONDecoder()
+        var restored = 0
+        await withTaskGroup(of: Bool.self) { group in
+            for (stream, members) in snapshot {
+                for encoded in members {
+                    group.addTask {
+                        _ = try? await self.send(RESPCommand("SADD", .string(index), .string(stream + "\t" + encoded)))
+                        guard let added = try? await self.run(RedisScripts.presenceJoin, keys: [self.keys(stream).presence], args: [.int(ttl), .string(encoded)]),
+                            added.int == 1, let member = try? decoder.decode(PresenceMember.self, from: Data(encoded.utf8))
+                        else { return false }
+                        _ = try? await self.publish(PresenceEvents.stream(for: stream), body: PresenceEvents.body(.join, member), idempotencyKey: nil)
+                        return true
+                    }
+                }
+            }
+            for await announced in group where announced { restored += 1 }
+        }
+        if restored > 0 { self.logger.notice("restored \(restored) presence members after this node's entry was lost") }
     }
 
     /// Re-arms the expiry of every member joined through this engine: members of a node that

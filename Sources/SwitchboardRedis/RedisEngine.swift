@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import RESP
 import Switchboard
+import SwitchboardWire
 
 /// Connection changes of a `RedisEngine`, for tests and operators.
 public enum RedisEngineEvent: Sendable, Equatable {
@@ -71,6 +72,13 @@ public final class RedisEngine: SwitchboardEngine {
         /// Where the next live check starts, when there are more streams than one round checks.
         var liveCheckCursor = 0
         var lastRoundTrip: Duration?
+        /// Since when this node has been connected to Redis without a break (nil while away):
+        /// other nodes' heartbeats are judged only once it has been for a dead node's silence,
+        /// so its own outage never makes live nodes look dead.
+        var connectedSince: ContinuousClock.Instant?
+        /// A heartbeat is running (they never overlap: a restore must finish before a refresh).
+        var heartbeating = false
+        var heartbeatAgain = false
         var started = false
         var shutdown = false
     }
@@ -79,9 +87,11 @@ public final class RedisEngine: SwitchboardEngine {
         self.configuration = configuration
         self.logger = logger
         if let seeds = configuration.clusterSeeds {
-            self.backend = ClusterBackend(seeds: seeds, configuration: configuration.redis, logger: logger)
+            self.backend = ClusterBackend(seeds: seeds, configuration: configuration.redis, reconnect: configuration.reconnect, logger: logger)
         } else {
-            self.backend = StandaloneBackend(configuration: configuration.redis, sharded: configuration.useShardedPubSub, logger: logger)
+            self.backend = StandaloneBackend(
+                configuration: configuration.redis, sharded: configuration.useShardedPubSub, reconnect: configuration.reconnect, logger: logger
+            )
         }
         (self.events, self.eventsContinuation) = AsyncStream<RedisEngineEvent>.makeStream(bufferingPolicy: .bufferingNewest(64))
     }
@@ -146,7 +156,10 @@ public final class RedisEngine: SwitchboardEngine {
             } catch {
                 throw EngineError.unavailable("cannot reach Redis at \(self.configuration.redis.host):\(self.configuration.redis.port): \(error)")
             }
-            self.state.withLock { if $0.availability == .unavailable { $0.availability = .available } }
+            self.state.withLock { s in
+                if s.availability == .unavailable { s.availability = .available }
+                if s.connectedSince == nil { s.connectedSince = .now }
+            }
             await self.register()
         }
     }
@@ -191,16 +204,25 @@ public final class RedisEngine: SwitchboardEngine {
     private func handle(_ event: RESPClientEvent) async {
         switch event {
         case .connected:
-            self.state.withLock { if $0.availability == .unavailable { $0.availability = .available } }
+            self.state.withLock { s in
+                if s.availability == .unavailable { s.availability = .available }
+                if s.connectedSince == nil { s.connectedSince = .now }
+            }
             await self.loadScripts()
             await self.register()
         case .disconnected:
             self.logger.warning("Redis unavailable")
-            self.state.withLock { $0.availability = .unavailable }
+            self.state.withLock { s in
+                s.availability = .unavailable
+                s.connectedSince = nil
+            }
             self.eventsContinuation.yield(.disconnected)
         case .reconnected:
             self.logger.info("Redis available again; catching up live streams")
-            self.state.withLock { $0.availability = .catchingUp }
+            self.state.withLock { s in
+                s.availability = .catchingUp
+                s.connectedSince = .now
+            }
             // Re-register before anything else: a restarted Redis may have lost this node.
             await self.loadScripts()
             await self.register()
@@ -213,16 +235,16 @@ public final class RedisEngine: SwitchboardEngine {
     // MARK: keys
 
     struct StreamKeys {
-        let meta: String, log: String, acks: String, ackt: String, presence: String, channel: String
+        let meta: String, log: String, acks: String, holds: String, presence: String, channel: String
         let base: String
         func idempotency(_ key: String) -> String { base + ":idem:" + key }
-        var scriptKeys: [String] { [meta, log, acks, ackt] }
+        var scriptKeys: [String] { [meta, log, acks, holds] }
     }
 
     /// `sb:{P}:…`: the hash tag keeps a stream's keys (and its sharded channel) in one slot.
     func keys(_ stream: String) -> StreamKeys {
         let base = "\(self.configuration.keyPrefix):{\(stream)}"
-        return StreamKeys(meta: base + ":meta", log: base + ":log", acks: base + ":acks", ackt: base + ":ackt",
+        return StreamKeys(meta: base + ":meta", log: base + ":log", acks: base + ":acks", holds: base + ":holds",
                           presence: base + ":presence", channel: base, base: base)
     }
 
@@ -241,10 +263,10 @@ public final class RedisEngine: SwitchboardEngine {
             .int(max(1, self.ms(c.idempotencyTTL))), .string(k.channel), .int(self.backend.sharded ? 1 : 0),
             .int(c.approximateTrimming ? 1 : 0), .int(self.streamTTLms),
         ])
-        guard let a = reply.array, a.count == 3, let offset = a[0].int, let epoch = a[1].string, let dup = a[2].int else {
+        guard let a = reply.array, a.count == 3, let offset = Self.offset(a[0]), let epoch = a[1].string, let dup = a[2].int else {
             throw EngineError.unavailable("unexpected publish reply: \(reply)")
         }
-        return PublishResult(offset: Int64(offset), epoch: epoch, duplicate: dup == 1)
+        return PublishResult(offset: offset, epoch: epoch, duplicate: dup == 1)
     }
 
     public func read(_ stream: String, after offset: Int64, epoch: String?, limit: Int) async throws -> HistoryRead {
@@ -252,19 +274,21 @@ public final class RedisEngine: SwitchboardEngine {
         let after = max(0, offset)
         let reply = try await self.run(RedisScripts.read, keys: k.scriptKeys, args: [
             .int(Int(after)), .string(Self.newEpoch()), .int(max(0, limit)), .int(self.ms(self.configuration.historyAge)),
-            .string(epoch ?? ""), .int(self.streamTTLms),
+            .string(epoch ?? ""), .int(self.streamTTLms), .int(max(0, self.configuration.historySize)),
         ])
-        guard let a = reply.array, a.count >= 3, a.count % 2 == 1, let e = a[0].string, let top = a[1].int, let gone = a[2].int else {
+        guard let a = reply.array, a.count >= 3, a.count % 2 == 1, let e = a[0].string, let top = Self.offset(a[1]), let gone = a[2].int else {
             throw EngineError.unavailable("unexpected read reply: \(reply)")
         }
-        let position = StreamPosition(epoch: e, top: Int64(top))
+        let position = StreamPosition(epoch: e, top: top)
         if gone == 1 { return .gone(position) }
         var messages: [StreamMessage] = []
         messages.reserveCapacity((a.count - 3) / 2)
         var i = 3
         while i + 1 < a.count {
-            guard let o = a[i].int, let body = a[i + 1].bytes else { throw EngineError.unavailable("unexpected read entry") }
-            messages.append(StreamMessage(stream: stream, offset: Int64(o), epoch: e, body: body))
+            guard let o = Self.offset(a[i]), o > after, o <= top, let body = a[i + 1].bytes else {
+                throw EngineError.unavailable("unexpected read entry")
+            }
+            messages.append(StreamMessage(stream: stream, offset: o, epoch: e, body: body))
             i += 2
         }
         return .messages(messages, position)
@@ -369,11 +393,13 @@ public final class RedisEngine: SwitchboardEngine {
         let view = payload.readableBytesView
         let comma = UInt8(ascii: ",")
         guard let c1 = view.firstIndex(of: comma), c1 > view.startIndex else { return nil }
+        guard c1 - view.startIndex <= 16 else { return nil }
         var offset: Int64 = 0
         for b in view[view.startIndex..<c1] {
             guard b >= 48, b <= 57 else { return nil }
-            offset = offset &* 10 &+ Int64(b - 48)
+            offset = offset * 10 + Int64(b - 48)
         }
+        guard offset <= StreamOffset.maximum else { return nil }
         guard let c2 = view[(c1 + 1)...].firstIndex(of: comma),
               let body = payload.getSlice(at: c2 + 1, length: view.endIndex - (c2 + 1)) else { return nil }
         let epoch = String(decoding: view[(c1 + 1)..<c2], as: UTF8.self)
@@ -454,7 +480,8 @@ public final class RedisEngine: SwitchboardEngine {
         let values = reply.array ?? []
         var out: [String: StreamPosition] = [:]
         for (i, stream) in streams.enumerated() where 2 * i + 1 < values.count {
-            out[stream] = StreamPosition(epoch: values[2 * i].string ?? "", top: Int64(values[2 * i + 1].int ?? 0))
+            guard let top = Self.offset(values[2 * i + 1]) else { continue }
+            out[stream] = StreamPosition(epoch: values[2 * i].string ?? "", top: top)
         }
         return out
     }
@@ -514,6 +541,12 @@ public final class RedisEngine: SwitchboardEngine {
         if let e = error as? RESPError { return EngineError.unavailable(e.description) }
         if error is EngineError { return error }
         return EngineError.unavailable("\(error)")
+    }
+
+    /// An offset in a reply: 0…`StreamOffset.maximum`, else the reply is not one of ours.
+    static func offset(_ value: RESPValue) -> Int64? {
+        guard let int = value.int, int >= 0, Int64(int) <= StreamOffset.maximum else { return nil }
+        return Int64(int)
     }
 
     static func newEpoch() -> String {

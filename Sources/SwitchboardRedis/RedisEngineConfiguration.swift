@@ -39,6 +39,10 @@ public struct RedisEngineConfiguration: Sendable {
     /// Seconds between checks that every live subscription still receives what is published
     /// (a subscription that went silently dead is found and caught up).
     public var liveCheckInterval: Double
+    /// Backoff between attempts to reach Redis after it went away. The ceiling bounds how long a
+    /// node stays not-ready once Redis accepts connections again: with the default (500 ms, full
+    /// jitter) it reconnects within half a second, then catches its live streams up.
+    public var reconnect: RESPReconnectPolicy
 
     public init(redis: RESPConfiguration = RESPConfiguration(),
                 historySize: Int = 1000, historyAge: Double = 300, sessionTTL: Double = 120,
@@ -60,6 +64,7 @@ public struct RedisEngineConfiguration: Sendable {
         self.clusterSeeds = nil
         self.heartbeatInterval = 2
         self.liveCheckInterval = 5
+        self.reconnect = RESPReconnectPolicy(initialDelay: .milliseconds(50), maxDelay: .milliseconds(500))
     }
 
     /// Redis Cluster from `redis://host:port,host:port,…` (any reachable subset of the nodes).

@@ -10,8 +10,11 @@ import RESP
 ///   TIME) and `d` (body)
 /// - `sb:{P}:acks`  sorted set session → acked offset (a sorted set rather than a hash so the
 ///   minimum is O(log n) on every ack)
-/// - `sb:{P}:ackt`  sorted set session → time of its last ack (ms); sessions that have not
-///   acked for `staleAfter` are dropped from `acks`, so expired sessions stop holding history
+/// - `sb:{P}:holds` sorted set session → when its hold on the history ends (ms, Redis TIME):
+///   an ack sets it `holdFor` ahead (twice the longer of history age and session TTL, so a
+///   quiet session never loses a hold age retention would not have dropped anyway); a session
+///   whose connection closed keeps it for `sessionTTL` (`RedisEngine.touchSession`). An ack
+///   drops the holds that ended from `acks`, so expired sessions stop holding history
 /// - `sb:{P}:idem:<key>` string `<offset>,<epoch>` with a TTL
 /// - `sb:{P}:presence` hash member → expiry (ms, Redis TIME)
 /// - channel `sb:{P}` carries `<offset>,<epoch>,<body>`
@@ -52,21 +55,21 @@ enum RedisScripts {
       end
     end
     -- The stream's epoch and top; creates the stream (new epoch, empty history) if missing.
-    local function ensure(meta, log, acks, ackt, candidate)
+    local function ensure(meta, log, acks, holds, candidate)
       local m = redis.call('HMGET', meta, 'epoch', 'top')
       if m[1] then return m[1], tonumber(m[2]) end
-      redis.call('DEL', log, acks, ackt)
+      redis.call('DEL', log, acks, holds)
       redis.call('HSET', meta, 'epoch', candidate, 'top', 0)
       return candidate, 0
     end
 
     """
 
-    /// KEYS meta, log, acks, ackt[, idem]. ARGV body, candidate epoch, historySize,
+    /// KEYS meta, log, acks, holds[, idem]. ARGV body, candidate epoch, historySize,
     /// historyAge ms, idempotency TTL ms, channel, sharded 0/1, approximate 0/1, stream TTL ms.
     /// Returns {offset, epoch, duplicate 0/1}.
     static let publish = RESPScript(source: prelude + """
-    local meta, log, acks, ackt, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+    local meta, log, acks, holds, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
     if idem then
       local seen = redis.call('GET', idem)
       if seen then
@@ -74,7 +77,7 @@ enum RedisScripts {
         return {tonumber(string.sub(seen, 1, c - 1)), string.sub(seen, c + 1), 1}
       end
     end
-    local epoch = ensure(meta, log, acks, ackt, ARGV[2])
+    local epoch = ensure(meta, log, acks, holds, ARGV[2])
     local top = redis.call('HINCRBY', meta, 'top', 1)
     local now = now_ms()
     local id = top .. '-0'
@@ -90,13 +93,15 @@ enum RedisScripts {
       redis.call('PUBLISH', ARGV[6], top .. ',' .. epoch .. ',' .. ARGV[1])
     end
     if idem then redis.call('SET', idem, top .. ',' .. epoch, 'PX', ARGV[5]) end
-    touch_keys(ARGV[9], meta, log, acks, ackt)
+    touch_keys(ARGV[9], meta, log, acks, holds)
     return {top, epoch, 0}
     """)
 
-    /// KEYS meta, log, acks, ackt. ARGV after, candidate epoch, limit, historyAge ms,
-    /// expected epoch ('' = any), stream TTL ms.
-    /// Returns {epoch, top, gone 0/1, offset1, body1, offset2, body2, …}.
+    /// KEYS meta, log, acks, holds. ARGV after, candidate epoch, limit, historyAge ms,
+    /// expected epoch ('' = any), stream TTL ms, historySize.
+    /// Returns {epoch, top, gone 0/1, offset1, body1, offset2, body2, …}. History is the last
+    /// `historySize` offsets exactly, whatever `MAXLEN ~` left in the log, so both engines
+    /// answer the same reads.
     static let read = RESPScript(source: prelude + """
     local meta, log = KEYS[1], KEYS[2]
     local epoch, top = ensure(meta, log, KEYS[3], KEYS[4], ARGV[2])
@@ -112,6 +117,7 @@ enum RedisScripts {
       local head = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)
       local first = top + 1
       if #head > 0 then first = offset_of(head[1][1]) end
+      first = math.max(first, top - tonumber(ARGV[7]) + 1)
       if after + 1 < first then gone = 1 end
     end
     local out = {epoch, top, gone}
@@ -125,29 +131,37 @@ enum RedisScripts {
     return out
     """)
 
-    /// KEYS meta, log, acks, ackt. ARGV session, offset, staleAfter ms, stream TTL ms.
-    /// Records max(acked, min(offset, top)) and trims the log up to the lowest ack.
+    /// KEYS meta, log, acks, holds. ARGV session, offset, holdFor ms, stream TTL ms, candidate
+    /// epoch. Records max(acked, min(offset, top)) and trims the log up to the lowest ack of a
+    /// session whose hold has not ended. A stream without messages yet is created, so this
+    /// consumer holds its history from the start (a later subscriber's acks must not trim what
+    /// this one has not read).
     static let ack = RESPScript(source: prelude + """
-    local meta, log, acks, ackt = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-    local top = tonumber(redis.call('HGET', meta, 'top'))
-    if not top then return -1 end
+    local meta, log, acks, holds = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+    local _, top = ensure(meta, log, acks, holds, ARGV[5])
     local off = math.min(tonumber(ARGV[2]), top)
     if off < 0 then off = 0 end
     redis.call('ZADD', acks, 'GT', off, ARGV[1])
     local now = now_ms()
-    redis.call('ZADD', ackt, now, ARGV[1])
-    local stale = redis.call('ZRANGEBYSCORE', ackt, '-inf', now - tonumber(ARGV[3]), 'LIMIT', 0, 100)
-    if #stale > 0 then
-      redis.call('ZREM', acks, unpack(stale))
-      redis.call('ZREM', ackt, unpack(stale))
+    redis.call('ZADD', holds, now + tonumber(ARGV[3]), ARGV[1])
+    local ended = redis.call('ZRANGEBYSCORE', holds, '-inf', '(' .. now, 'LIMIT', 0, 100)
+    if #ended > 0 then
+      redis.call('ZREM', acks, unpack(ended))
+      redis.call('ZREM', holds, unpack(ended))
     end
     local low = redis.call('ZRANGE', acks, 0, 0, 'WITHSCORES')
     if #low > 0 then
       local min = tonumber(low[2])
       if min > 0 then redis.call('XTRIM', log, 'MINID', (min + 1) .. '-0') end
     end
-    touch_keys(ARGV[4], meta, log, acks, ackt)
+    touch_keys(ARGV[4], meta, log, acks, holds)
     return off
+    """)
+
+    /// KEYS holds. ARGV session, ms. A session whose connection closed holds the stream's
+    /// history for `ms` more (its TTL), unless it has no hold there.
+    static let endHold = RESPScript(source: prelude + """
+    return redis.call('ZADD', KEYS[1], 'XX', now_ms() + tonumber(ARGV[2]), ARGV[1])
     """)
 
     /// KEYS session. ARGV field, offset. Raises the session's cursor (if the session exists).
@@ -282,7 +296,7 @@ enum RedisScripts {
     """)
 
     static let all: [RESPScript] = [
-        publish, read, ack, sessionCursor, saveSession, touchSession, restoreSession, nodeHeartbeat, nodeInfo, liveNodes,
+        publish, read, ack, endHold, sessionCursor, saveSession, touchSession, restoreSession, nodeHeartbeat, nodeInfo, liveNodes,
         presenceJoin, presenceList, tops, takeToken,
     ]
 }

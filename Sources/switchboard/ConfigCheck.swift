@@ -3,20 +3,22 @@ import Foundation
 
 /// `switchboard config check FILE`: validates a configuration file (and the `SWITCHBOARD_*`
 /// environment, which `serve` would apply over it) without starting a node, and prints the
-/// settings a node would run with. Exit 0 when valid; otherwise the error names the key.
-struct Config: ParsableCommand {
+/// settings a node would run with. It runs the same validation as `serve` (the secret's length,
+/// the key set, the Redis URL included). Exit 0 when valid; otherwise the error names the value.
+struct Config: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Work with configuration files.", subcommands: [Check.self]
     )
 
-    struct Check: ParsableCommand {
+    struct Check: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Validate a JSON configuration file and print the resulting settings.")
 
         @Argument(help: "The JSON file (keys are serve's long option names).") var file: String
 
-        func run() throws {
+        func run() async throws {
             let serve = try Serve.parse(["--config", self.file])
-            let s = try serve.settings()
+            // Exactly what `serve` runs before it starts: settings, keys, engine URL.
+            let s = try await serve.resolve().settings
             let g = s.gateway
             var lines = [
                 "\(self.file): OK",

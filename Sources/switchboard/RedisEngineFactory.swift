@@ -5,16 +5,16 @@ import SwitchboardRedis
 
 /// Builds the cluster engine for `--redis`, with the same history and session limits.
 enum RedisEngineFactory {
-    static func make(url: String, cluster: Bool, history: MemoryEngine.Configuration, logger: Logger) throws -> any SwitchboardEngine {
+    /// The engine's settings, validated without connecting (`config check` uses this too).
+    static func configuration(url: String, cluster: Bool, history: MemoryEngine.Configuration) throws -> RedisEngineConfiguration {
         do {
-            let configuration = cluster
+            return cluster
                 ? try RedisEngineConfiguration(
                     clusterURL: url, historySize: history.historySize, historyAge: history.historyAge,
                     sessionTTL: history.sessionTTL, idempotencyTTL: history.idempotencyTTL)
                 : try RedisEngineConfiguration(
                     url: url, historySize: history.historySize, historyAge: history.historyAge,
                     sessionTTL: history.sessionTTL, idempotencyTTL: history.idempotencyTTL)
-            return RedisEngine(configuration: configuration, logger: logger)
         } catch {
             throw ConfigError("--redis \(url): \(error)")
         }

@@ -6,6 +6,7 @@ import Metrics
 import Prometheus
 import ServiceLifecycle
 import Switchboard
+import SwitchboardRedis
 
 /// `switchboard serve`: one node. Every option can also come from the environment
 /// (`SWITCHBOARD_<NAME>`, e.g. `SWITCHBOARD_MAX_QUEUE_BYTES`) and from a JSON file given with
@@ -42,6 +43,11 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("max-subscriptions"), help: "Subscriptions per connection (env SWITCHBOARD_MAX_SUBSCRIPTIONS).") var maxSubscriptions: Int?
     @Option(name: .customLong("max-in-flight"), help: "Requests in flight per connection (env SWITCHBOARD_MAX_IN_FLIGHT).") var maxInFlight: Int?
     @Option(name: .customLong("drain-window"), help: "Seconds over which a draining node closes its clients (env SWITCHBOARD_DRAIN_WINDOW).") var drainWindow: Double?
+    @Option(name: .customLong("handshake-timeout"), help: "Seconds a new connection has to send its first request and finish a WebSocket upgrade (env SWITCHBOARD_HANDSHAKE_TIMEOUT).") var handshakeTimeout: Double?
+    @Option(name: .customLong("request-timeout"), help: "Seconds an HTTP request's body has to arrive (env SWITCHBOARD_REQUEST_TIMEOUT).") var requestTimeout: Double?
+    @Option(name: .customLong("idle-timeout"), help: "Seconds a kept-alive HTTP connection may wait for its next request (env SWITCHBOARD_IDLE_TIMEOUT).") var idleTimeout: Double?
+    @Option(name: .customLong("max-handshakes"), help: "Connections in their handshake at once; more are closed at accept (env SWITCHBOARD_MAX_HANDSHAKES).") var maxHandshakes: Int?
+    @Option(name: .customLong("max-connections"), help: "Connections the node holds at most; past it new ones wait in the listen backlog (env SWITCHBOARD_MAX_CONNECTIONS; default: the open-file limit less a reserve).") var maxConnections: Int?
     @Option(name: .customLong("echo-path"), help: "Serve a WebSocket echo endpoint here, for conformance tests (env SWITCHBOARD_ECHO_PATH; off by default; never in production).") var echoPath: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (env SWITCHBOARD_LOG_LEVEL).") var logLevel: String?
 
@@ -54,7 +60,8 @@ struct Serve: AsyncParsableCommand {
         "request-rate": .number, "request-burst": .number, "user-request-rate": .number, "user-request-burst": .number,
         "connection-rate": .number, "connection-burst": .number, "max-connections-per-user": .integer,
         "max-subscriptions": .integer, "max-in-flight": .integer, "drain-window": .number, "echo-path": .string,
-        "log-level": .string,
+        "log-level": .string, "handshake-timeout": .number, "request-timeout": .number, "idle-timeout": .number,
+        "max-handshakes": .integer, "max-connections": .integer,
     ]
 
     /// Everything a node is started with, resolved from flags, environment, file and defaults.
@@ -98,24 +105,32 @@ struct Serve: AsyncParsableCommand {
         g.echoPath = self.echoPath ?? env["ECHO_PATH"] ?? file.string("echo-path")
         g.allowedOrigins = Self.list(self.allowedOrigins, env["ALLOWED_ORIGINS"], file.strings("allowed-origins"))
 
+        g.handshakeTimeout = try self.handshakeTimeout ?? env.double("HANDSHAKE_TIMEOUT") ?? file.double("handshake-timeout") ?? g.handshakeTimeout
+        g.requestTimeout = try self.requestTimeout ?? env.double("REQUEST_TIMEOUT") ?? file.double("request-timeout") ?? g.requestTimeout
+        g.idleTimeout = try self.idleTimeout ?? env.double("IDLE_TIMEOUT") ?? file.double("idle-timeout") ?? g.idleTimeout
+        g.maxHandshakes = try self.maxHandshakes ?? env.int("MAX_HANDSHAKES") ?? file.int("max-handshakes") ?? g.maxHandshakes
+        g.maxConnections = try self.maxConnections ?? env.int("MAX_CONNECTIONS") ?? file.int("max-connections")
+
         guard (0...65535).contains(g.port) else { throw ConfigError("--port must be 0-65535, got \(g.port)") }
         guard g.webSocketPath.hasPrefix("/") else { throw ConfigError("--ws-path must start with '/', got '\(g.webSocketPath)'") }
         if let echo = g.echoPath, !echo.hasPrefix("/") || echo == g.webSocketPath {
             throw ConfigError("--echo-path must start with '/' and differ from --ws-path, got '\(echo)'")
         }
-        guard g.maxMessageSize >= 128 else { throw ConfigError("--max-message-size must be at least 128, got \(g.maxMessageSize)") }
-        guard g.maxQueueBytes >= g.maxMessageSize else {
-            throw ConfigError("--max-queue-bytes (\(g.maxQueueBytes)) must be at least --max-message-size (\(g.maxMessageSize))")
-        }
-        guard g.requestRate > 0, g.requestBurst >= 1 else {
-            throw ConfigError("--request-rate must be positive and --request-burst at least 1")
-        }
-        guard g.maxSubscriptions > 0, g.maxInFlightRequests > 0, g.pingInterval > 0 else {
-            throw ConfigError("--max-subscriptions, --max-in-flight and --ping-interval must be positive")
-        }
-        if let rate = g.connectionRate, rate <= 0 { throw ConfigError("--connection-rate must be positive, got \(rate)") }
-        if let burst = g.connectionBurst, burst < 1 { throw ConfigError("--connection-burst must be at least 1, got \(burst)") }
-        if let max = g.maxConnectionsPerUser, max < 1 { throw ConfigError("--max-connections-per-user must be at least 1, got \(max)") }
+        try Bounds.integer("--max-message-size", g.maxMessageSize, 128...(64 << 20))
+        try Bounds.integer("--max-queue-bytes", g.maxQueueBytes, g.maxMessageSize...(1 << 40), below: "--max-message-size (\(g.maxMessageSize))")
+        try Bounds.number("--request-rate", g.requestRate, above: 0, max: 1e9)
+        try Bounds.number("--request-burst", g.requestBurst, atLeast: 1, max: 1e9)
+        try Bounds.integer("--max-subscriptions", g.maxSubscriptions, 1...1_000_000)
+        try Bounds.integer("--max-in-flight", g.maxInFlightRequests, 1...1_000_000)
+        try Bounds.number("--ping-interval", g.pingInterval, above: 0, max: Bounds.day)
+        try Bounds.number("--handshake-timeout", g.handshakeTimeout, above: 0, max: Bounds.day)
+        try Bounds.number("--request-timeout", g.requestTimeout, above: 0, max: Bounds.day)
+        try Bounds.number("--idle-timeout", g.idleTimeout, above: 0, max: Bounds.day)
+        try Bounds.integer("--max-handshakes", g.maxHandshakes, 1...10_000_000)
+        if let max = g.maxConnections { try Bounds.integer("--max-connections", max, 1...100_000_000) }
+        if let rate = g.connectionRate { try Bounds.number("--connection-rate", rate, above: 0, max: 1e9) }
+        if let burst = g.connectionBurst { try Bounds.number("--connection-burst", burst, atLeast: 1, max: 1e9) }
+        if let max = g.maxConnectionsPerUser { try Bounds.integer("--max-connections-per-user", max, 1...10_000_000) }
         for origin in g.allowedOrigins where !(origin.hasPrefix("http://") || origin.hasPrefix("https://")) || origin.hasSuffix("/") {
             throw ConfigError("--allowed-origin must look like https://host[:port] (no path, no trailing '/'), got '\(origin)'")
         }
@@ -125,9 +140,9 @@ struct Serve: AsyncParsableCommand {
         m.historySize = try self.historySize ?? env.int("HISTORY_SIZE") ?? file.int("history-size") ?? m.historySize
         m.historyAge = try self.historyAge ?? env.double("HISTORY_AGE") ?? file.double("history-age") ?? m.historyAge
         m.sessionTTL = try self.sessionTTL ?? env.double("SESSION_TTL") ?? file.double("session-ttl") ?? m.sessionTTL
-        guard m.historySize > 0, m.historyAge > 0, m.sessionTTL > 0 else {
-            throw ConfigError("--history-size, --history-age and --session-ttl must be positive")
-        }
+        try Bounds.integer("--history-size", m.historySize, 1...100_000_000)
+        try Bounds.number("--history-age", m.historyAge, above: 0, max: 100 * Bounds.year)
+        try Bounds.number("--session-ttl", m.sessionTTL, above: 0, max: Bounds.year)
         s.memory = m
 
         s.jwtJWKS = self.jwtJWKS ?? env["JWT_JWKS"] ?? file.string("jwt-jwks")
@@ -139,10 +154,10 @@ struct Serve: AsyncParsableCommand {
         s.redisCluster = self.redisCluster || cluster
         s.userRequestRate = try self.userRequestRate ?? env.double("USER_REQUEST_RATE") ?? file.double("user-request-rate")
         s.userRequestBurst = try self.userRequestBurst ?? env.double("USER_REQUEST_BURST") ?? file.double("user-request-burst")
-        if let rate = s.userRequestRate, rate <= 0 { throw ConfigError("--user-request-rate must be positive, got \(rate)") }
-        if let burst = s.userRequestBurst, burst < 1 { throw ConfigError("--user-request-burst must be at least 1, got \(burst)") }
+        if let rate = s.userRequestRate { try Bounds.number("--user-request-rate", rate, above: 0, max: 1e9) }
+        if let burst = s.userRequestBurst { try Bounds.number("--user-request-burst", burst, atLeast: 1, max: 1e9) }
         s.drainWindow = try self.drainWindow ?? env.double("DRAIN_WINDOW") ?? file.double("drain-window") ?? s.drainWindow
-        guard s.drainWindow >= 0 else { throw ConfigError("--drain-window must not be negative") }
+        try Bounds.number("--drain-window", s.drainWindow, atLeast: 0, max: Bounds.day)
         let level = self.logLevel ?? env["LOG_LEVEL"] ?? file.string("log-level") ?? "info"
         guard let parsed = Logger.Level(rawValue: level) else {
             throw ConfigError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(level)'")
@@ -158,8 +173,45 @@ struct Serve: AsyncParsableCommand {
         return file ?? []
     }
 
+    /// What `serve` starts with and `config check` validates: the settings, the token verifier
+    /// (secret or key set read and checked) and the Redis engine's settings. Both commands run
+    /// exactly this, so a file the check passes is one `serve` accepts.
+    struct Resolved {
+        var settings: Settings
+        var verifier: TokenVerifier?
+        var redis: RedisEngineConfiguration?
+    }
+
+    func resolve(environment: Environment = Environment()) async throws -> Resolved {
+        let settings = try self.settings(environment: environment)
+        let verifier: TokenVerifier?
+        if let path = settings.jwtJWKS {
+            let json: String
+            do { json = try String(contentsOfFile: path, encoding: .utf8) } catch { throw ConfigError("--jwt-jwks \(path): \(error.localizedDescription)") }
+            do {
+                verifier = try await TokenVerifier.jwks(json: json)
+            } catch {
+                throw ConfigError("--jwt-jwks \(path): \(error)")
+            }
+        } else if let secret = settings.jwtSecret {
+            do {
+                verifier = try await TokenVerifier.hs256(secret: secret)
+            } catch {
+                throw ConfigError("--jwt-secret: \(error) (this one has \(secret.utf8.count))")
+            }
+        } else {
+            verifier = nil
+        }
+        let redis = try settings.redis.map {
+            try RedisEngineFactory.configuration(url: $0, cluster: settings.redisCluster, history: settings.memory)
+        }
+        return Resolved(settings: settings, verifier: verifier, redis: redis)
+    }
+
     func run() async throws {
-        let settings = try self.settings()
+        let resolved = try await self.resolve()
+        let settings = resolved.settings
+        let verifier = resolved.verifier
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = settings.logLevel
@@ -169,20 +221,6 @@ struct Serve: AsyncParsableCommand {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
 
-        let verifier: TokenVerifier?
-        if let path = settings.jwtJWKS {
-            let json: String
-            do { json = try String(contentsOfFile: path, encoding: .utf8) } catch { throw ConfigError("--jwt-jwks \(path): \(error.localizedDescription)") }
-            verifier = try await TokenVerifier.jwks(json: json)
-        } else if let secret = settings.jwtSecret {
-            do {
-                verifier = try await TokenVerifier.hs256(secret: secret)
-            } catch {
-                throw ConfigError("--jwt-secret: \(error)")
-            }
-        } else {
-            verifier = nil
-        }
         if verifier == nil && !settings.gateway.allowAnonymous {
             logger.warning("no --jwt-secret or --jwt-jwks and no --allow-anonymous: every connection will be refused")
         }
@@ -191,8 +229,8 @@ struct Serve: AsyncParsableCommand {
         }
 
         let engine: any SwitchboardEngine
-        if let url = settings.redis {
-            engine = try RedisEngineFactory.make(url: url, cluster: settings.redisCluster, history: settings.memory, logger: logger)
+        if let redis = resolved.redis {
+            engine = RedisEngine(configuration: redis, logger: logger)
         } else {
             engine = MemoryEngine(configuration: settings.memory)
         }

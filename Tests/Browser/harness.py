@@ -234,6 +234,12 @@ class ChatPage:
     def texts(self):
         return [text for _, text in self.messages()]
 
+    def local_messages(self):
+        """[(text, status)] of this page's own messages the room's stream has not delivered yet,
+        top to bottom; status is 'pending' (the server has not answered) or 'sent'."""
+        return [tuple(m) for m in self.js("""return [...document.querySelectorAll('#messages li.local')]
+            .map(li => [li.querySelector('.text').textContent, li.dataset.status]);""")]
+
     def offsets(self):
         return self.js("return [...document.querySelectorAll('#messages li.message')].map(li => Number(li.dataset.offset));")
 

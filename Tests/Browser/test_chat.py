@@ -5,6 +5,8 @@ import signal
 import time
 import unittest
 
+from selenium.webdriver.common.by import By
+
 from harness import API_KEY, ChatNode, ChatPage, Nginx, Redis, Workdir, http, wait_until
 
 
@@ -159,6 +161,58 @@ class SingleNode(ChatTestCase):
         _, _, history = http("GET", url + "/rooms/ops/messages", headers=auth)
         self.assertEqual([m["text"] for m in history["messages"]].count("once"), 1)
 
+    def test_input_patterns_are_valid_and_enforced_by_the_browser(self):
+        # Browsers compile `pattern` with the `v` flag: an invalid one (an unescaped '-' in a
+        # class) is ignored without a word, and the input accepts anything.
+        node = self.start(ChatNode(self.workdir))
+        page = self.page("ann", node.url)
+        wait_until(lambda: page.driver.find_element(By.ID, "name").is_displayed(), 15, "the sign-in form")
+        inputs = page.js("""
+            const mismatch = (input, value) => { input.value = value; return input.validity.patternMismatch; };
+            return [...document.querySelectorAll('input[pattern]')].map(input => {
+                let compiles = true;
+                try { new RegExp('^(?:' + input.pattern + ')$', 'v'); } catch (error) { compiles = String(error); }
+                const result = {id: input.id, compiles, space: mismatch(input, 'ann smith'), markup: mismatch(input, '<b>x'),
+                                good: mismatch(input, 'ann_1-x')};
+                input.value = '';
+                return result;
+            });""")
+        self.assertEqual(sorted(i["id"] for i in inputs), ["name", "new-room"], inputs)
+        for i in inputs:
+            self.assertIs(i["compiles"], True, i)
+            self.assertEqual((i["space"], i["markup"], i["good"]), (True, True, False), i)
+
+        # The form is not submitted with a bad name; a good one signs in.
+        name = page.driver.find_element(By.ID, "name")
+        name.send_keys("no spaces")
+        page.driver.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
+        self.assertFalse(page.js("return document.getElementById('sign-in').checkValidity();"))
+        time.sleep(0.5)  # give a wrongly accepted submit the chance to sign in
+        self.assertTrue(name.is_displayed(), "still on the sign-in form")
+        self.assertIsNone(page.js("return sessionStorage.getItem('chat.user');"))
+        name.clear()
+        page.sign_in("ann_1-x")
+        page.wait_room("lobby")
+
+    def test_the_favicon_is_served(self):
+        node = self.start(ChatNode(self.workdir))
+        page = self.page("ann", node.url, "ann")
+        href = page.js("const link = document.querySelector('link[rel~=icon]'); return link && link.href;")
+        self.assertEqual(href, node.url + "/favicon.svg")
+        results = page.driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            Promise.all(arguments[0].map(url => fetch(url, {cache: 'no-store'})
+                .then(r => r.text().then(body => ({url, status: r.status, type: r.headers.get('content-type'), body})))
+                .catch(error => ({url, status: 0, type: null, body: String(error)}))))
+              .then(done);""", [href, "/favicon.ico"])
+        svg, ico = results
+        self.assertEqual(svg["status"], 200, svg)
+        self.assertTrue((svg["type"] or "").startswith("image/svg+xml"), svg)
+        self.assertIn("<svg", svg["body"])
+        self.assertIn(ico["status"], (200, 204), f"/favicon.ico (asked for by browsers without the link): {ico}")
+        not_found = [line for line in page.console() if "status of 404" in line]
+        self.assertEqual(not_found, [], "no 404 in the browser log")
+
 
 class Cluster(ChatTestCase):
     def test_the_page_reconnects_after_its_node_restarts_and_misses_nothing(self):
@@ -191,6 +245,64 @@ class Cluster(ChatTestCase):
         self.assertEqual(bob.texts(), expected)
         self.assertEqual(ann.room(), "lobby")
         ann.screenshot("reconnect-ann")
+
+    def test_a_message_typed_while_the_node_is_down_shows_as_pending_then_as_sent(self):
+        redis = self.start(Redis(self.workdir))
+        a = self.start(ChatNode(self.workdir, "node-a", redis))
+        ann = self.page("ann", a.url, "ann")
+        ann.wait_room("lobby")
+        ann.send("online first")
+        ann.wait_texts(["online first"])
+        wait_until(lambda: ann.local_messages() == [], 10, "the send while connected settled")
+
+        a.stop(signal.SIGKILL)
+        wait_until(lambda: ann.state() != "open", 15, "ann's page notices the lost connection")
+        text = "typed while the node is down"
+        # Record what the list shows for this text after every change: its state, and copies.
+        ann.js("""
+            const text = arguments[0];
+            const seen = window.__pending = {states: [], maxCopies: 0};
+            const copies = () => [...document.querySelectorAll('#messages li')]
+                .filter(li => li.querySelector('.text') && li.querySelector('.text').textContent === text);
+            new MutationObserver(() => {
+                const found = copies();
+                seen.maxCopies = Math.max(seen.maxCopies, found.length);
+                const li = found[0];
+                const state = !li ? 'none' : li.classList.contains('local') ? li.dataset.status : 'delivered';
+                if (seen.states[seen.states.length - 1] !== state) seen.states.push(state);
+            }).observe(document.getElementById('messages'), {subtree: true, childList: true, attributes: true, characterData: true});
+            """, text)
+        ann.send(text)
+        wait_until(lambda: ann.local_messages() == [(text, "pending")], 2, "the message shown as pending at once")
+        self.assertEqual(ann.js("return document.querySelector('#messages li.local .status').textContent;"), "sending…")
+        self.assertLess(float(ann.js("return getComputedStyle(document.querySelector('#messages li.local')).opacity;")), 1,
+                        "greyed while pending")
+        self.assertEqual(ann.texts(), ["online first"], "not shown as delivered")
+        time.sleep(1)
+        self.assertEqual(ann.local_messages(), [(text, "pending")], "still pending while the node is down")
+
+        a.start()  # same port, same Redis: the session resumes, the client resends the POST
+        ann.wait_connected(timeout=45)
+        ann.wait_texts(["online first", text], timeout=30)
+        wait_until(lambda: ann.local_messages() == [], 10, "the pending entry replaced by the delivered message")
+        time.sleep(0.5)  # give a duplicate the chance to show
+        self.assertEqual(ann.texts(), ["online first", text], "shown once")
+        self.assertEqual(ann.local_messages(), [])
+        seen = ann.js("return window.__pending;")
+        self.assertEqual(seen["maxCopies"], 1, seen)
+        self.assertEqual(seen["states"][0], "pending", seen)
+        self.assertEqual(seen["states"][-1], "delivered", seen)
+        self.assertTrue(set(seen["states"]) <= {"pending", "sent", "delivered"}, seen)
+        # Stored once, whatever was resent: the room's stream holds exactly two offsets. (Its
+        # history may already be trimmed by ann's acks, the only subscriber: read the top.)
+        self.assertEqual(ann.offsets(), [1, 2])
+        token = http("POST", a.url + "/auth/sign-in", {"name": "ann"})[2]["token"]
+        _, _, history = http("GET", a.url + "/rooms/lobby/messages", headers={"Authorization": "Bearer " + token})
+        if "messages" in history:
+            self.assertEqual([m["text"] for m in history["messages"]], ["online first", text])
+        else:
+            self.assertIn("(top 2)", history.get("reason", ""), history)
+        ann.screenshot("pending-then-sent-ann")
 
     def test_users_on_different_nodes_behind_nginx_chat(self):
         redis = self.start(Redis(self.workdir))

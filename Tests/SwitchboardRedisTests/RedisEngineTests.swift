@@ -202,6 +202,59 @@ struct RedisEngineTests {
         }
     }
 
+    /// protocol.md §4.4 on Redis: a session that subscribed before the stream had a message holds
+    /// its history against a later subscriber's acks, while connected and for its TTL after its
+    /// connection closed; an expired session no longer does.
+    @Test(.timeLimit(.minutes(1)))
+    func aSubscriberHoldsHistoryFromBeforeTheFirstMessageUntilItsSessionExpires() async throws {
+        try await withEngines({ $0.sessionTTL = 1.5 }) { _, engines, _ in
+            let e = engines[0]
+            func held() async throws -> [Int64] {
+                if case .messages(let m, _) = try await e.read("/hold", after: 0, epoch: nil, limit: 100) { return m.map(\.offset) }
+                return []
+            }
+            for session in ["a", "b"] {
+                try await e.saveSession(SessionRecord(id: session, user: session))
+                try await e.touchSession(session, user: session, connected: true)
+            }
+            // A subscribes live to a stream with no message yet (the gateway acks the top, 0).
+            try await e.ack(session: "a", stream: "/hold", offset: 0)
+            for i in 1...3 { _ = try await e.publish("/hold", body: ByteBuffer(text: "\(i)"), idempotencyKey: nil) }
+            // B subscribes at the top and acks it: A (connected) has read nothing.
+            try await e.ack(session: "b", stream: "/hold", offset: 3)
+            #expect(try await held() == [1, 2, 3])
+            // A's connection closes: its session holds 1-3 for its TTL.
+            try await e.touchSession("a", user: "a", connected: false)
+            try await e.ack(session: "b", stream: "/hold", offset: 3)
+            #expect(try await held() == [1, 2, 3])
+            // Expired: B's next ack trims.
+            try await Task.sleep(for: .seconds(2))
+            try await e.ack(session: "b", stream: "/hold", offset: 3)
+            #expect(try await held() == [])
+        }
+    }
+
+    /// `historySize` is exact on both engines, whatever `MAXLEN ~` leaves in the log.
+    @Test(.timeLimit(.minutes(1)))
+    func historySizeIsExactLikeTheMemoryEngine() async throws {
+        try await withEngines({ $0.historySize = 5 }) { _, engines, _ in
+            let e = engines[0]
+            for i in 1...8 { _ = try await e.publish("/size", body: ByteBuffer(text: "\(i)"), idempotencyKey: nil) }
+            guard case .gone = try await e.read("/size", after: 0, epoch: nil, limit: 100) else {
+                Issue.record("offsets 1-3 are beyond the history size"); return
+            }
+            guard case .messages(let kept, _) = try await e.read("/size", after: 3, epoch: nil, limit: 100) else {
+                Issue.record("the last five are kept"); return
+            }
+            #expect(kept.map(\.offset) == [4, 5, 6, 7, 8])
+        }
+        let memory = MemoryEngine(configuration: .init(historySize: 5))
+        for i in 1...8 { _ = try await memory.publish("/size", body: ByteBuffer(text: "\(i)"), idempotencyKey: nil) }
+        guard case .gone = try await memory.read("/size", after: 0, epoch: nil, limit: 100) else {
+            Issue.record("the memory engine agrees"); return
+        }
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func sessionsSaveLoadExpire() async throws {
         try await withEngines(count: 2, { $0.sessionTTL = 2 }) { _, engines, _ in
@@ -362,6 +415,69 @@ struct RedisEngineTests {
             let event = try JSONDecoder().decode(PresenceEvents.Event.self, from: Data(collectors[1].messages.last!.body.readableBytesView))
             #expect(event == PresenceEvents.Event(event: .leave, user: "zed", session: "gone", connection: "crashed/1"))
             #expect(try await a.nodes().map(\.id) == ["node0", "node1"])
+        }
+    }
+
+    /// A short Redis outage must not make nodes declare each other dead (false "leave" events
+    /// for members still connected), and nodes are ready again soon after Redis is back.
+    @Test(.timeLimit(.minutes(1)))
+    func aRedisOutageDoesNotMakeLiveNodesLookDead() async throws {
+        try await withEngines(count: 2, redisArgs: try durableRedisArgs(), { $0.heartbeatInterval = 0.3 }) { server, engines, _ in
+            let (a, b) = (engines[0], engines[1])
+            // A member on each node: whichever node is back first must not remove the other's.
+            let ann = PresenceMember(user: "ann", session: "s-ann", connection: "node0/1")
+            let bob = PresenceMember(user: "bob", session: "s-bob", connection: "node1/1")
+            try await a.presenceJoin("/p", member: ann)
+            try await b.presenceJoin("/p", member: bob)
+            // Down for several times a dead node's silence (0.9 s), then back with its data.
+            server.stop()
+            try await eventually { !a.isAvailable && !b.isAvailable }
+            try await Task.sleep(for: .seconds(2))
+            try await server.start()
+            let back = ContinuousClock.now
+            #expect(try await eventually(timeout: .seconds(20)) {
+                let (ha, hb) = (await a.health(), await b.health())
+                return ha.isReady && hb.isReady
+            })
+            let ready = ContinuousClock.now - back
+            #expect(ready < .seconds(4), "ready \(ready) after Redis came back")
+            // Several heartbeats later nobody was declared dead.
+            try await Task.sleep(for: .seconds(2))
+            // No event was published on the presence stream (a live subscriber might have missed
+            // it while resubscribing: read its history).
+            if case .messages(let events, _) = try await a.read("/presence/p", after: 0, epoch: nil, limit: 10) {
+                #expect(events.isEmpty, "\(events.map(\.body.text))")
+            }
+            #expect(Set(try await a.presence(of: "/p")) == [ann, bob])
+            #expect(try await a.nodes().map(\.id) == ["node0", "node1"])
+        }
+    }
+
+    /// A node that others declared dead while it was alive (a partition) restores its members
+    /// and announces them with a join, after the leave the survivor published.
+    @Test(.timeLimit(.minutes(1)))
+    func aNodeWronglyDeclaredDeadRestoresAndAnnouncesItsMembers() async throws {
+        try await withEngines(count: 2, { $0.heartbeatInterval = 0.3 }) { server, engines, collectors in
+            let (a, b) = (engines[0], engines[1])
+            let bob = PresenceMember(user: "bob", session: "s-bob", connection: "node1/1")
+            try await b.presenceJoin("/p", member: bob)
+            try await a.subscribe("/presence/p")
+            // What a survivor does to a node it believes dead.
+            let redis = try await RESPConnection.connect(configuration: server.configuration)
+            defer { Task { await redis.close() } }
+            _ = try await redis.send("HDEL", "sb:{/p}:presence", .string(try RedisEngine.encode(bob)))
+            _ = try await a.publish(PresenceEvents.stream(for: "/p"), body: PresenceEvents.body(.leave, bob), idempotencyKey: nil)
+            _ = try await redis.send("DEL", "sb:node:{node1}", "sb:node:{node1}:sessions", "sb:node:{node1}:presence")
+            // Node B finds its entry gone at its next heartbeat.
+            #expect(try await eventually {
+                collectors[0].messages.filter { $0.stream == "/presence/p" }.map(\.body.text).last?.contains("join") == true
+            })
+            let events = collectors[0].messages.filter { $0.stream == "/presence/p" }
+            let last = try JSONDecoder().decode(PresenceEvents.Event.self, from: Data(events.last!.body.readableBytesView))
+            #expect(last == PresenceEvents.Event(event: .join, user: "bob", session: "s-bob", connection: "node1/1"))
+            #expect(try await a.presence(of: "/p") == [bob])
+            // Indexed under its node again, so a real death later releases it.
+            #expect(try await redis.send("SCARD", "sb:node:{node1}:presence").int == 1)
         }
     }
 

@@ -29,9 +29,9 @@ func engineConfiguration(_ server: RedisServer, _ modify: (inout RedisEngineConf
 }
 
 /// A fresh server plus started engines; everything stopped afterwards, even on failure.
-func withEngines<T>(count: Int = 1, _ modify: (inout RedisEngineConfiguration) -> Void = { _ in },
+func withEngines<T>(count: Int = 1, redisArgs: [String] = [], _ modify: (inout RedisEngineConfiguration) -> Void = { _ in },
                     _ body: (RedisServer, [RedisEngine], [Collector]) async throws -> T) async throws -> T {
-    let server = try await RedisServer()
+    let server = try await RedisServer(extraArgs: redisArgs)
     defer { server.stop() }
     var engines: [RedisEngine] = []
     var collectors: [Collector] = []
@@ -57,4 +57,12 @@ func withEngines<T>(count: Int = 1, _ modify: (inout RedisEngineConfiguration) -
 extension ByteBuffer {
     init(text: String) { self = ByteBuffer(string: text) }
     var text: String { String(buffer: self) }
+}
+
+/// redis-server arguments that keep every write across a SIGKILL and restart (AOF, fsync always)
+/// in a fresh directory.
+func durableRedisArgs() throws -> [String] {
+    let dir = NSTemporaryDirectory() + "switchboard-redis-\(UUID().uuidString)"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return ["--appendonly", "yes", "--appendfsync", "always", "--dir", dir]
 }

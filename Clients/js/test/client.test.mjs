@@ -624,3 +624,129 @@ test('gap detection: a push skipping ahead is not delivered; the client resubscr
   push(ws, 8);
   assert.deepEqual(got.map(([, o]) => o), [6, 7, 8]);
 });
+
+test('ACK503 (answered without r): the ack is sent again later with the highest processed offset, backing off until ACK200', (t) => {
+  const { client, WS, events, tick } = setup(t, { ackInterval: 1000, ackIdle: 0 });
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  subscribed(client, ws, 5);
+  ws.take();
+  push(ws, 6);
+  push(ws, 7);
+  tick(1000);
+  assert.deepEqual(ws.take('ACK'), ['ACK|/rooms/a|id=7|']);
+  // The engine could not record it: the server answers the error even though the ACK had no r.
+  ws.receive('ACK503|/rooms/a||{"error":"ack_failed","reason":"redis unavailable"}');
+  tick(999);
+  assert.deepEqual(ws.take('ACK'), [], 'not at once');
+  tick(1);
+  const [retry] = ws.take('ACK');
+  const m = /^ACK\|\/rooms\/a\|r=(\d+);id=(\d+)\|$/.exec(retry);
+  assert.ok(m, retry);
+  assert.ok(Number(m[2]) >= 7, 'same or higher offset');
+  // Still failing: the next retry waits longer (random() = 1: 2000 ms), answered with r this time.
+  ws.receive(`ACK503|/rooms/a|r=${m[1]}|{"error":"ack_failed","reason":"redis unavailable"}`);
+  push(ws, 8); // processed meanwhile: the retry carries it
+  tick(1000);
+  const [withNew] = ws.take('ACK');
+  assert.match(withNew, /^ACK\|\/rooms\/a\|r=\d+;id=8\|$/, 'the regular tick re-sends it too, with the new top');
+  ws.receive(`ACK503|/rooms/a|r=${rOf(withNew)}|{"error":"ack_failed"}`);
+  tick(999); // the retry set 2000 ms after the second failure
+  assert.deepEqual(ws.take('ACK'), []);
+  tick(1);
+  const [again] = ws.take('ACK');
+  assert.match(again, /^ACK\|\/rooms\/a\|r=\d+;id=8\|$/);
+  ws.receive(`ACK200|/rooms/a|r=${rOf(again)}|`);
+  tick(60000);
+  assert.deepEqual(ws.take('ACK'), [], 'recorded: no more retries');
+  push(ws, 9);
+  tick(1000);
+  assert.deepEqual(ws.take('ACK'), ['ACK|/rooms/a|id=9|'], 'back to plain acks');
+  assert.deepEqual(events.filter(([n]) => n === 'error'), [], 'a retried ack is not an application error');
+});
+
+test('ACK503 just before the socket drops: the ack is sent again after the reconnect', (t) => {
+  const { client, WS, tick } = setup(t, { ackInterval: 1000, ackIdle: 0 });
+  client.connect();
+  WS.last.hello('sess1');
+  subscribed(client, WS.last, 5);
+  push(WS.last, 6);
+  tick(1000);
+  assert.deepEqual(WS.last.take('ACK'), ['ACK|/rooms/a|id=6|']);
+  WS.last.receive('ACK503|/rooms/a||{"error":"ack_failed"}');
+  WS.last.serverClose(1006);
+  tick(500);
+  const ws = WS.last;
+  ws.hello('sess1', { resumed: true });
+  const [sub] = ws.take('SUB');
+  assert.match(sub, /^SUB\|\/rooms\/a\|r=\d+;since=6;e=E1\|$/);
+  ws.receive(`SUB200|/rooms/a|r=${rOf(sub)};id=6;e=E1;recovered=1|`);
+  tick(1000);
+  const acks = ws.take('ACK');
+  assert.equal(acks.length, 1, String(acks));
+  assert.match(acks[0], /^ACK\|\/rooms\/a\|r=\d+;id=6\|$/);
+});
+
+test('4429: backs off longer than after an ordinary drop, then resends every unanswered request with its k', async (t) => {
+  const listeners = new Map();
+  const saved = [globalThis.addEventListener, globalThis.removeEventListener];
+  globalThis.addEventListener = (type, fn) => listeners.set(type, fn);
+  globalThis.removeEventListener = (type, fn) => listeners.get(type) === fn && listeners.delete(type);
+  t.after(() => ([globalThis.addEventListener, globalThis.removeEventListener] = saved));
+  const { client, WS, events, tick } = setup(t, { minDelay: 500, rateLimitDelay: 5000, requestTimeout: 30000 });
+  client.connect();
+  WS.last.hello('sess1');
+  const p1 = client.request('POST', '/orders', { n: 1 });
+  const p2 = client.request('POST', '/orders', { n: 2 }, { idempotencyKey: 'mine-2' });
+  const p3 = client.request('GET', '/status');
+  const first = WS.last.take();
+  assert.equal(first.length, 3);
+  const keys = first.map((f) => /[|;]k=([^;|]+)/.exec(f)?.[1]);
+  assert.ok(keys[0], 'a POST gets an idempotency key');
+  assert.equal(keys[1], 'mine-2');
+  assert.equal(keys[2], undefined, 'GET is safe to resend as is');
+
+  // None answered: the server closes for exceeding its rate limit.
+  WS.last.serverClose(4429, 'rate limit');
+  assert.equal(client.state, 'reconnecting');
+  assert.equal(events.find(([n]) => n === 'close')[1].willReconnect, true);
+  let settled = 0;
+  for (const p of [p1, p2, p3]) p.then(() => settled++, () => settled++);
+  listeners.get('online')(); // coming back online does not cut the back-off short
+  tick(5499); // rateLimitDelay + the ordinary backoff (random() = 1: 500 ms)
+  assert.equal(WS.instances.length, 1, 'no reconnect during the back-off');
+  await flush();
+  assert.equal(settled, 0, 'requests are kept, not rejected');
+  tick(1);
+  assert.equal(WS.instances.length, 2);
+  const ws = WS.last;
+  ws.hello('sess1', { resumed: true });
+  const resent = ws.take().filter((f) => !f.startsWith('SUB|') && !f.startsWith('ACK|'));
+  assert.deepEqual(resent, first, 'the same frames: same r, same k, same body');
+
+  ws.receive(`POST201|/orders|r=${rOf(resent[1])}|{"id":2,"duplicate":false}`);
+  ws.receive(`POST201|/orders|r=${rOf(resent[0])}|{"id":1,"duplicate":true}`);
+  ws.receive(`GET200|/status|r=${rOf(resent[2])}|up`);
+  assert.deepEqual(
+    (await Promise.all([p1, p2, p3])).map((res) => [res.status, res.body]),
+    [[201, '{"id":1,"duplicate":true}'], [201, '{"id":2,"duplicate":false}'], [200, 'up']],
+  );
+});
+
+test('after 4429 an ordinary drop uses the ordinary backoff again', (t) => {
+  const { client, WS, tick } = setup(t, { minDelay: 100, maxDelay: 1000, rateLimitDelay: 3000 });
+  client.connect();
+  WS.last.hello();
+  WS.last.serverClose(4429);
+  tick(3099);
+  assert.equal(WS.instances.length, 1);
+  tick(1);
+  assert.equal(WS.instances.length, 2);
+  WS.last.hello();
+  WS.last.serverClose(1006);
+  tick(199); // attempt 1: 200 ms
+  assert.equal(WS.instances.length, 2);
+  tick(1);
+  assert.equal(WS.instances.length, 3);
+});

@@ -14,6 +14,11 @@ let current = null; // the room on screen: { room, stops, last, members }
 const rooms = new Set(['lobby']);
 const typing = new Map(); // user -> until (ms)
 let lastTypingSent = 0;
+// Messages this page sent that the room's stream has not delivered yet, by idempotency key:
+// { key, room, text, status: 'pending' | 'sent', offset, epoch, seen, seenEpoch, li }. Shown at the bottom of
+// the room at once ('pending': greyed, "sending…"), 'sent' once the POST answered 2xx (offset
+// and epoch known), replaced by the message itself when its PUSH arrives.
+const outbox = new Map();
 
 const roomStream = (room) => `/rooms/${room}`;
 
@@ -34,6 +39,12 @@ function el(tag, text, props = {}) {
   if (text !== undefined) node.textContent = text;
   Object.assign(node, props);
   return node;
+}
+
+/** A random idempotency key (hex; randomUUID needs a secure context, getRandomValues does not). */
+function newKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
 // ----- sign-in ---------------------------------------------------------------
@@ -161,12 +172,12 @@ $('create-room').addEventListener('submit', async (event) => {
 async function join(room, { force = false } = {}) {
   if (!force && current && current.room === room) return;
   if (current) leaveView();
-  const view = { room, stops: [], last: 0, members: new Map() };
+  const view = { room, stops: [], last: 0, epoch: null, members: new Map() };
   current = view;
   $('room').hidden = false;
   $('room-title').textContent = '#' + room;
   $('room-title').dataset.room = room;
-  $('messages').replaceChildren();
+  $('messages').replaceChildren(...[...outbox.values()].filter((e) => e.room === room).map((e) => e.li));
   typing.clear();
   renderTyping();
   renderMembers();
@@ -191,8 +202,13 @@ async function join(room, { force = false } = {}) {
   // The room's log is its history: replay the last HISTORY messages, then live. Not acked,
   // so the gateway keeps it for whoever joins next (acks would let it trim what all read).
   view.last = Math.max(0, info.top - HISTORY);
+  view.epoch = info.epoch;
+  // Sent messages the replay will not bring (older than it, or from a lost epoch) are dropped.
+  for (const entry of [...outbox.values()]) {
+    if (entry.room === room && entry.status === 'sent' && (entry.epoch !== view.epoch || entry.offset <= view.last)) dropLocal(entry);
+  }
   view.stops.push(
-    client.subscribe(roomStream(room), (body, { offset }) => onMessage(view, body, offset), {
+    client.subscribe(roomStream(room), (body, { offset, epoch }) => onMessage(view, body, offset, epoch), {
       since: view.last,
       epoch: info.epoch,
       ack: false,
@@ -224,27 +240,101 @@ $('leave').addEventListener('click', async () => {
 
 // ----- messages --------------------------------------------------------------
 
-function onMessage(view, body, offset) {
+function onMessage(view, body, offset, epoch) {
   if (view !== current || offset <= view.last) return; // the client already dedupes; a rejoin resets
   view.last = offset;
+  if (epoch) view.epoch = epoch;
   let m;
   try {
     m = JSON.parse(body);
   } catch {
     return;
   }
-  const li = el('li', undefined, { className: 'message' + (m.from === user ? ' mine' : '') });
+  // One of ours still shown as pending/sent: that entry becomes this message (never two copies).
+  const own = ownEntry(view, offset, m.from === user ? m.text : null);
+  const li = own ? own.li : el('li');
+  if (own) {
+    outbox.delete(own.key);
+    li.remove();
+    delete li.dataset.local;
+    delete li.dataset.status;
+  }
+  li.className = 'message' + (m.from === user ? ' mine' : '');
   li.dataset.offset = String(offset);
-  li.append(
+  li.replaceChildren(
     el('span', m.from, { className: 'from' }),
     el('span', m.text, { className: 'text' }),
     el('time', new Date(m.ts).toLocaleTimeString(), { className: 'time' }),
   );
   const list = $('messages');
   const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 40;
-  list.append(li);
+  list.insertBefore(li, list.querySelector('li.local')); // above our own not yet delivered ones
   if (atBottom) list.scrollTop = list.scrollHeight;
   if (typing.delete(m.from)) renderTyping();
+}
+
+/**
+ * The outbox entry the PUSH at `offset` delivers: the 'sent' one the POST reply gave this
+ * offset, else, for a message of ours (`text` not null) that overtook the reply, the oldest
+ * 'pending' one with the same text sent when the room was at an earlier offset. Sent entries the stream has gone past (or from another
+ * epoch) will not come: dropped.
+ */
+function ownEntry(view, offset, text) {
+  let match = null;
+  for (const entry of [...outbox.values()]) {
+    if (entry.room !== view.room || entry.status !== 'sent') continue;
+    if (entry.epoch === view.epoch && entry.offset === offset) match = entry;
+    else if (entry.epoch !== view.epoch || entry.offset < offset) dropLocal(entry);
+  }
+  if (match || text === null) return match;
+  for (const entry of outbox.values()) {
+    // Only a message published after it was sent: not an older one the history replays.
+    const later = entry.seenEpoch === view.epoch && offset > entry.seen;
+    if (entry.room === view.room && entry.status === 'pending' && later && entry.text === text) return entry;
+  }
+  return null;
+}
+
+function setLocalStatus(entry, status) {
+  entry.status = status;
+  entry.li.dataset.status = status;
+  entry.li.className = 'mine local ' + status;
+  entry.li.querySelector('.status').textContent = status === 'pending' ? 'sending…' : 'sent';
+}
+
+function dropLocal(entry) {
+  outbox.delete(entry.key);
+  entry.li.remove();
+}
+
+/** Show a message being sent, at once, below the delivered ones. */
+function addLocal(room, text, key) {
+  const li = el('li');
+  li.dataset.local = key;
+  li.append(el('span', user, { className: 'from' }), el('span', text, { className: 'text' }), el('span', '', { className: 'status' }));
+  const view = current && current.room === room ? current : null;
+  // `seen`/`seenEpoch`: where the room was when it was sent; its PUSH comes after that.
+  const entry = { key, room, text, status: 'pending', offset: null, epoch: null, seen: view ? view.last : 0, seenEpoch: view ? view.epoch : null, li };
+  setLocalStatus(entry, 'pending');
+  outbox.set(key, entry);
+  if (view) {
+    const list = $('messages');
+    list.append(li);
+    list.scrollTop = list.scrollHeight;
+  }
+  return entry;
+}
+
+/** The POST answered 2xx with `{room, offset, epoch, duplicate}`. */
+function markSent(entry, posted) {
+  if (outbox.get(entry.key) !== entry) return; // its PUSH came first and took its place
+  const view = current && current.room === entry.room ? current : null;
+  const offset = Number(posted && posted.offset);
+  if (!view || !Number.isSafeInteger(offset)) return dropLocal(entry); // the room's history will show it
+  if (posted.epoch === view.epoch && offset <= view.last) return dropLocal(entry); // already delivered
+  entry.offset = offset;
+  entry.epoch = posted.epoch;
+  setLocalStatus(entry, 'sent');
 }
 
 $('composer').addEventListener('submit', async (event) => {
@@ -254,21 +344,34 @@ $('composer').addEventListener('submit', async (event) => {
   if (!current || text.trim() === '') return;
   input.value = '';
   lastTypingSent = 0;
+  // Shown at once as pending. Sent now if connected, else as soon as the socket is back; its
+  // idempotency key makes a resend after a reconnect count once.
+  const key = newKey();
+  const entry = addLocal(current.room, text.trim(), key);
+  let res;
   try {
-    // Sent now if connected, else as soon as the socket is back; its idempotency key makes
-    // a resend after a reconnect count once.
-    const res = await client.request('POST', `/rooms/${current.room}/messages`, { text }, { timeout: 120000 });
-    if (res.status === 429) {
-      notice('Slow down: you are sending too fast.');
-      if (!input.value) input.value = text;
-    } else if (res.status >= 400) {
-      notice(reason(res));
-    } else {
-      notice('');
-    }
+    res = await client.request('POST', `/rooms/${entry.room}/messages`, { text }, { timeout: 120000, idempotencyKey: key });
   } catch (err) {
+    dropLocal(entry);
     notice('Not sent: ' + err.message);
     if (!input.value) input.value = text;
+    return;
+  }
+  if (res.status >= 200 && res.status < 300) {
+    let posted = null;
+    try {
+      posted = JSON.parse(res.body);
+    } catch {}
+    markSent(entry, posted);
+    notice('');
+    return;
+  }
+  dropLocal(entry);
+  if (res.status === 429) {
+    notice('Slow down: you are sending too fast.');
+    if (!input.value) input.value = text;
+  } else {
+    notice(reason(res));
   }
 });
 

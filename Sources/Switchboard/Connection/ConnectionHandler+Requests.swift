@@ -48,8 +48,8 @@ extension ConnectionHandler {
             self.unsubscribe(target)
             if let requestID { self.writeFrame(method: .unsub, status: 200, target: target, meta: [MetaKey.requestID: requestID]) }
         case .ack:
-            guard let offset = frame.meta[MetaKey.offset].flatMap({ Int64($0) }), offset >= 0 else {
-                return self.replyError(status: 400, method: .ack, target: target, requestID: requestID, error: "bad_ack", reason: "ACK needs id=<offset>")
+            guard let offset = frame.meta[MetaKey.offset].flatMap({ StreamOffset.parse($0) }) else {
+                return self.replyError(status: 400, method: .ack, target: target, requestID: requestID, error: "bad_ack", reason: "ACK needs id=<offset> (0…\(StreamOffset.maximum))")
             }
             guard self.acknowledge(target, offset: offset, requestID: requestID) else {
                 return self.replyError(status: 404, method: .ack, target: target, requestID: requestID, error: "not_subscribed", reason: "not subscribed to \(target)")
@@ -72,14 +72,14 @@ extension ConnectionHandler {
     private func handleSubscribe(_ frame: Frame, stream: String, requestID: String?) {
         var since: Int64? = nil
         if let value = frame.meta[MetaKey.since] {
-            guard let parsed = Int64(value), parsed >= 0 else {
-                return self.replyError(status: 400, method: .sub, target: stream, requestID: requestID, error: "bad_since", reason: "since must be a non-negative offset")
+            guard let parsed = StreamOffset.parse(value) else {
+                return self.replyError(status: 400, method: .sub, target: stream, requestID: requestID, error: "bad_since", reason: "since must be an offset 0…\(StreamOffset.maximum)")
             }
             since = parsed
         }
         let epoch = frame.meta[MetaKey.epoch]
         let resumeAfter = since
-        if self.streams[stream] == nil, self.streams.count >= self.configuration.maxSubscriptions {
+        if self.streams[stream] == nil, self.applicationStreamCount >= self.configuration.maxSubscriptions {
             return self.replyError(status: 429, method: .sub, target: stream, requestID: requestID, error: "too_many_subscriptions", reason: "at most \(self.configuration.maxSubscriptions) subscriptions per connection")
         }
         switch self.core.authorizeBuiltin(stream: stream, session: self.session, user: self.identity?.user) {
@@ -98,7 +98,7 @@ extension ConnectionHandler {
                     if let requestID { meta[MetaKey.requestID] = requestID }
                     return self.writeFrame(method: .sub, status: Int(response.status.code), target: stream, meta: meta, body: body)
                 }
-                guard self.streams[stream] != nil || self.streams.count < self.configuration.maxSubscriptions else {
+                guard self.streams[stream] != nil || self.applicationStreamCount < self.configuration.maxSubscriptions else {
                     return self.replyError(status: 429, method: .sub, target: stream, requestID: requestID, error: "too_many_subscriptions", reason: "at most \(self.configuration.maxSubscriptions) subscriptions per connection")
                 }
                 self.subscribe(stream, since: resumeAfter, epoch: epoch, requestID: requestID)
@@ -109,6 +109,12 @@ extension ConnectionHandler {
                 }
             }
         }
+    }
+
+    /// Subscriptions that count toward `maxSubscriptions`: the built-in streams every connection
+    /// has (its session's, its user's, broadcast) do not.
+    var applicationStreamCount: Int {
+        self.streams.count(where: { !BuiltinStream.isBuiltin($0) })
     }
 
     /// Send a frame through the router in a task; `completion` runs back on the loop.
@@ -169,9 +175,10 @@ extension ConnectionHandler {
                         return self.replyError(status: 403, method: .auth, target: "/", requestID: requestID, error: "forbidden", reason: "a refreshed token must name the same user")
                     }
                     self.identity = identity
+                    self.loopHub.watchExpiry(identity.expiresAt)
                     var meta = Meta()
                     if let requestID { meta[MetaKey.requestID] = requestID }
-                    self.writeFrame(method: .auth, status: 200, target: "/", meta: meta, body: JSONBody.object(["expiresAt": Int(identity.expiresAt.timeIntervalSince1970)]))
+                    self.writeFrame(method: .auth, status: 200, target: "/", meta: meta, body: JSONBody.object(["expiresAt": Int(identity.expiresAtSeconds)]))
                 }
             }
         }

@@ -20,10 +20,14 @@ extension ConnectionHandler {
         let session = self.session
         let loop = self.loopHub.loop
         Task {
+            // Whether this connection holds a node-level subscription to give back on failure.
+            var held = !isNew
             do {
-                if isNew { try await core.engine.subscribe(stream) }
+                if isNew {
+                    try await core.engine.subscribe(stream)
+                    held = true
+                }
                 if let since {
-                    try await core.engine.ack(session: session, stream: stream, offset: since)
                     try await self.replay(stream, generation: generation, after: since, epoch: epoch, requestID: requestID, reply: true)
                 } else {
                     let position = try await core.engine.position(of: stream)
@@ -31,7 +35,7 @@ extension ConnectionHandler {
                     loop.execute { self.startedLive(stream, generation: generation, position: position, requestID: requestID) }
                 }
             } catch {
-                loop.execute { self.subscriptionFailed(stream, generation: generation, requestID: requestID, error: error, isNew: isNew) }
+                loop.execute { [held] in self.subscriptionFailed(stream, generation: generation, requestID: requestID, error: error, held: held) }
             }
         }
     }
@@ -45,6 +49,22 @@ extension ConnectionHandler {
         var reply = reply
         while true {
             let read = try await self.core.engine.read(stream, after: after, epoch: epoch, limit: limit)
+            if reply {
+                // The subscription's first read: where the session now stands in the stream is
+                // recorded before anything is written, so it holds the history it is about to
+                // read (no other session's acks trim it), never past the stream's top.
+                switch read {
+                case .gone(let position) where epoch == position.epoch && after > position.top:
+                    // Same epoch, an offset the stream never reached: the client's mistake.
+                    let reason = "since=\(after) is beyond the stream's top \(position.top)"
+                    loop.execute { self.subscriptionRefused(stream, generation: generation, requestID: requestID, status: 400, error: "bad_since", reason: reason) }
+                    return
+                case .gone(let position):
+                    try await self.core.engine.ack(session: self.session, stream: stream, offset: position.top)
+                case .messages(_, let position):
+                    try await self.core.engine.ack(session: self.session, stream: stream, offset: min(after, position.top))
+                }
+            }
             let first = reply
             let next: Int64? = try await loop.submit {
                 self.applyHistory(stream, generation: generation, read: read, limit: limit, requestID: requestID, reply: first)
@@ -143,23 +163,31 @@ extension ConnectionHandler {
             do {
                 try await self.replay(stream, generation: generation, after: after, epoch: epoch, requestID: nil, reply: false)
             } catch {
-                loop.execute { self.subscriptionFailed(stream, generation: generation, requestID: nil, error: error, isNew: false) }
+                loop.execute { self.subscriptionFailed(stream, generation: generation, requestID: nil, error: error, held: true) }
             }
         }
     }
 
-    private func subscriptionFailed(_ stream: String, generation: UInt32, requestID: String?, error: any Error, isNew: Bool) {
+    private func subscriptionFailed(_ stream: String, generation: UInt32, requestID: String?, error: any Error, held: Bool) {
+        self.logger.warning("subscription failed", metadata: ["stream": "\(stream)", "error": "\(error)"])
+        let (status, reason) = EngineFailure.status(of: error)
+        self.subscriptionRefused(stream, generation: generation, requestID: requestID, status: status, error: "subscribe_failed", reason: reason, held: held)
+    }
+
+    /// Drops the subscription of `generation` (if still current) and answers SUB with `status`.
+    private func subscriptionRefused(
+        _ stream: String, generation: UInt32, requestID: String?, status: Int, error: String, reason: String, held: Bool = true
+    ) {
         guard let cursor = self.streams[stream], cursor.generation == generation else { return }
         if case .open = self.state {} else { return }
-        self.logger.warning("subscription failed", metadata: ["stream": "\(stream)", "error": "\(error)"])
         self.streams[stream] = nil
         self.loopHub.removeSubscriber(stream, self)
-        if !isNew {
+        if held {
+            // The node-level subscription this connection took (or shared): give it back.
             let engine = self.core.engine
             Task { await engine.unsubscribe(stream) }
         }
-        let status = (error as? EngineError).map { if case .unavailable = $0 { 503 } else { 400 } } ?? 500
-        self.replyError(status: status, method: .sub, target: stream, requestID: requestID, error: "subscribe_failed", reason: "\(error)")
+        self.replyError(status: status, method: .sub, target: stream, requestID: requestID, error: error, reason: reason)
     }
 
     static func subscriptionMeta(requestID: String?, position: StreamPosition, recovered: Bool?) -> Meta {
@@ -260,8 +288,10 @@ extension ConnectionHandler {
                     loop.execute { self.writeFrame(method: .ack, status: 200, target: stream, meta: [MetaKey.requestID: requestID]) }
                 }
             } catch {
+                let (status, reason) = EngineFailure.status(of: error)
                 loop.execute {
-                    self.replyError(status: 503, method: .ack, target: stream, requestID: requestID, error: "ack_failed", reason: "\(error)")
+                    self.logger.debug("ack failed", metadata: ["stream": "\(stream)", "error": "\(error)"])
+                    self.replyError(status: status, method: .ack, target: stream, requestID: requestID, error: "ack_failed", reason: reason)
                 }
             }
         }

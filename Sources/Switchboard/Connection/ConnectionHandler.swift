@@ -87,6 +87,9 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             // Upgrades that raced past the check at the handshake end here.
             return self.close(code: .policyViolation, reason: "user already holds \(max) connections")
         }
+        if let identity = self.identity, !self.echo {
+            self.loopHub.watchExpiry(identity.expiresAt)
+        }
         if context.channel.isActive, !self.echo {
             self.start()
         }
@@ -264,6 +267,10 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             return self.replyError(status: 429, method: .error, target: "/", requestID: requestID, error: "rate_limited", reason: "over \(self.configuration.requestRate) requests per second")
         }
         self.strikes = 0
+        // A token that expired since the last timer pass is enforced before anything it asks.
+        if let identity = self.identity, identity.isExpired(at: Date()) {
+            return self.closeExpired()
+        }
         let frame: Frame
         do {
             frame = try Frame(parsing: data)
@@ -371,11 +378,24 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         )
     }
 
+    /// Called by the loop's expiry timer: closes the connection if its token expired by `now`;
+    /// otherwise returns when it will (nil: no token, or not open).
+    func closeIfExpired(at now: Date) -> Date? {
+        guard case .open = self.state, let identity = self.identity else { return nil }
+        guard identity.isExpired(at: now) else { return identity.expiresAt }
+        self.closeExpired()
+        return nil
+    }
+
+    func closeExpired() {
+        self.close(code: .unauthorized, reason: "token expired; reconnect with a fresh token")
+    }
+
     /// Called by the loop's ping timer.
     func heartbeat(now: NIODeadline) {
         guard case .open = self.state, let context = self.context else { return }
-        if let identity = self.identity, identity.expiresAt < Date() {
-            return self.close(code: .unauthorized, reason: "token expired; reconnect with a fresh token")
+        if let identity = self.identity, identity.isExpired(at: Date()) {
+            return self.closeExpired()
         }
         if self.pingOutstanding {
             // No pong since the last ping: the peer is gone.

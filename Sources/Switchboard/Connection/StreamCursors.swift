@@ -29,6 +29,11 @@ struct StreamCursors {
     var count: Int { self.cursors.count }
     var names: [String] { self.cursors.map(\.stream) }
 
+    /// How many subscribed streams' names satisfy `predicate`.
+    func count(where predicate: (String) -> Bool) -> Int {
+        self.cursors.reduce(0) { $0 + (predicate($1.stream) ? 1 : 0) }
+    }
+
     func index(of stream: String) -> Int? {
         self.cursors.firstIndex { $0.stream == stream }
     }

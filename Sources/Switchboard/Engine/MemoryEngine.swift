@@ -2,6 +2,7 @@ import Foundation
 import DequeModule
 import NIOConcurrencyHelpers
 import NIOCore
+import SwitchboardWire
 
 /// The single-node engine: streams, sessions and presence in this process.
 ///
@@ -40,6 +41,8 @@ public final class MemoryEngine: SwitchboardEngine {
         var consumers: [String: Int64] = [:]
         var idempotency: [String: (result: PublishResult, expires: NIODeadline)] = [:]
         var presence: Set<PresenceMember> = []
+
+        var isUnused: Bool { self.top == 0 && self.consumers.isEmpty && self.presence.isEmpty && self.idempotency.isEmpty }
 
         /// Oldest offset still readable: a reader after `firstKept - 1` is covered.
         var firstKept: Int64 { self.log.first?.offset ?? (self.top + 1) }
@@ -237,13 +240,21 @@ public final class MemoryEngine: SwitchboardEngine {
 
     public func ack(session: String, stream: String, offset: Int64) async throws {
         self.state.withLockedValue { state in
+            let acked = min(max(0, offset), state.streams[stream]?.top ?? 0)
             if var s = state.sessions[session] {
-                s.record.cursors[stream] = max(s.record.cursors[stream] ?? 0, offset)
+                s.record.cursors[stream] = max(s.record.cursors[stream] ?? 0, acked)
                 state.sessions[session] = s
             }
-            guard state.streams[stream] != nil else { return }
-            let acked = min(offset, state.streams[stream]!.top)
-            state.streams[stream]!.consumers[session] = max(state.streams[stream]!.consumers[session] ?? 0, acked)
+            if state.streams[stream] == nil {
+                // A session's own stream has no other consumer to protect: it needs no state yet.
+                // Any other stream records this consumer now, even before its first message, or a
+                // later subscriber's acks would trim what this one has not read (protocol §4.4).
+                if BuiltinStream.isSessionStream(stream) { return }
+                state.streams[stream] = StreamState(epoch: self.epoch)
+            }
+            Self.inPlace(&state.streams[stream]!) { s in
+                s.consumers[session] = max(s.consumers[session] ?? 0, acked)
+            }
         }
     }
 
@@ -292,6 +303,8 @@ public final class MemoryEngine: SwitchboardEngine {
                 state.streams[GatewayCore.sessionStream(s.record.id)] = nil
             }
             let gone = Set(expired.map(\.record.id))
+            // A stream that never had a message and has nobody left holding it is the same as none.
+            for key in state.streams.compactMap({ $0.value.isUnused ? $0.key : nil }) { state.streams[key] = nil }
             for index in state.streams.indices {
                 // In place, through the dictionary's values: no copy of any history.
                 self.trim(&state.streams.values[index], now: now)

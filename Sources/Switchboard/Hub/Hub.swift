@@ -16,10 +16,12 @@ final class Hub: EngineDelivery, @unchecked Sendable {
     let allocator = ByteBufferAllocator()
     let metrics: GatewayMetrics
 
+    static let maxLoops = 64
+
     init(group: any EventLoopGroup, metrics: GatewayMetrics) {
         self.metrics = metrics
         let all = Array(group.makeIterator())
-        precondition(all.count <= 64, "at most 64 event loops")
+        precondition(all.count <= Self.maxLoops, "a gateway runs on at most \(Self.maxLoops) event loops (Gateway.defaultEventLoopGroup)")
         for (i, loop) in all.enumerated() {
             let hub = LoopHub(loop: loop, index: i, hub: self)
             self.loops.append(hub)

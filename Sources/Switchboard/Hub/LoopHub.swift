@@ -1,3 +1,4 @@
+import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import SwitchboardWire
@@ -16,6 +17,9 @@ final class LoopHub: @unchecked Sendable {
     private var dirty: [ConnectionHandler] = []
     private var flushScheduled = false
     private var pingTask: RepeatedTask?
+    /// The expiry timer: when it fires, and the task (see `watchExpiry`).
+    private var expiryCheck: (at: NIODeadline, task: Scheduled<Void>)?
+    private var lastExpiryScan = NIODeadline.uptimeNanoseconds(0)
     /// Live frames written since the last batch ended, added to the metric once per batch.
     var delivered = 0
     /// Live messages handed over from other threads, delivered in one loop task.
@@ -155,6 +159,42 @@ final class LoopHub: @unchecked Sendable {
     func stopPinging() {
         self.pingTask?.cancel()
         self.pingTask = nil
+        self.expiryCheck?.task.cancel()
+        self.expiryCheck = nil
+    }
+
+    /// A connection's token expires at `date`. Tokens are enforced at their expiry without a
+    /// timer per connection: the loop has one timer, set for the earliest expiry it was told
+    /// of; when it fires it looks at every connection (at most once a second), closes the
+    /// expired ones with 4401 and sets itself for the earliest expiry left.
+    func watchExpiry(_ date: Date) {
+        self.loop.preconditionInEventLoop()
+        let now = NIODeadline.now()
+        let due = now + .nanoseconds(Identity(user: "", expiresAt: date).nanosecondsUntilExpiry(from: Date()))
+        self.scheduleExpiryCheck(at: due, now: now)
+    }
+
+    private func scheduleExpiryCheck(at due: NIODeadline, now: NIODeadline) {
+        let at = max(due, self.lastExpiryScan + .seconds(1))
+        if let current = self.expiryCheck, current.at <= at { return }
+        self.expiryCheck?.task.cancel()
+        let task = self.loop.scheduleTask(deadline: at) { [weak self] () -> Void in self?.checkExpiries() }
+        self.expiryCheck = (at, task)
+    }
+
+    private func checkExpiries() {
+        self.expiryCheck = nil
+        let now = NIODeadline.now()
+        self.lastExpiryScan = now
+        let date = Date()
+        var earliest: Date?
+        for connection in self.connections {
+            if let next = connection.closeIfExpired(at: date), next < (earliest ?? .distantFuture) { earliest = next }
+        }
+        if let earliest {
+            let due = now + .nanoseconds(Identity(user: "", expiresAt: earliest).nanosecondsUntilExpiry(from: date))
+            self.scheduleExpiryCheck(at: due, now: now)
+        }
     }
 }
 

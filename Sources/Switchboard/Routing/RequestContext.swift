@@ -1,3 +1,4 @@
+import Foundation
 import Hummingbird
 import Logging
 import NIOCore
@@ -54,6 +55,13 @@ public struct SwitchboardRequestContext: SwitchboardRequestContextProtocol {
         self.transport = source.transport
         self.meta = source.meta
         self.switchboard = SwitchboardPublisher(core: source.gateway)
+    }
+
+    /// JSON replies as clients expect them: `"/streams/lobby"`, not `"\/streams\/lobby"`.
+    public var responseEncoder: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .withoutEscapingSlashes
+        return encoder
     }
 
     /// The WebSocket connection that sent this request, if any.

@@ -4,7 +4,8 @@ import NIOConcurrencyHelpers
 import NIOCore
 
 /// Counts and times every routed request by route pattern, method, status and transport
-/// (`http` or `ws`): `switchboard_requests_total` and `switchboard_request_duration_seconds`.
+/// (`http` or `ws`): `switchboard_requests_total` and `switchboard_request_duration_seconds`,
+/// labelled with the node like every other series.
 /// Add it first, so it sees what every other middleware answers.
 public struct RouteMetricsMiddleware<Context: SwitchboardRequestContextProtocol>: RouterMiddleware {
     private let cache = RouteMetricsCache()
@@ -30,7 +31,10 @@ public struct RouteMetricsMiddleware<Context: SwitchboardRequestContextProtocol>
 
     private func record(_ request: Request, _ context: Context, _ transport: String, _ status: HTTPResponse.Status, since start: NIODeadline) {
         // Unmatched paths share one label, so a scanner cannot grow the label set.
-        let key = RouteMetricsCache.Key(route: context.endpointPath ?? "unmatched", method: request.method.rawValue, status: Int(status.code), transport: transport)
+        let key = RouteMetricsCache.Key(
+            node: context.switchboard.nodeID, route: context.endpointPath ?? "unmatched", method: request.method.rawValue,
+            status: Int(status.code), transport: transport
+        )
         let (counter, timer) = self.cache.metrics(for: key)
         counter.increment()
         timer.recordNanoseconds((NIODeadline.now() - start).nanoseconds)
@@ -39,6 +43,7 @@ public struct RouteMetricsMiddleware<Context: SwitchboardRequestContextProtocol>
 
 final class RouteMetricsCache: Sendable {
     struct Key: Hashable {
+        let node: String
         let route: String
         let method: String
         let status: Int
@@ -50,7 +55,7 @@ final class RouteMetricsCache: Sendable {
     func metrics(for key: Key) -> (Counter, Metrics.Timer) {
         self.storage.withLockedValue { storage in
             if let made = storage[key] { return made }
-            let dimensions = [("route", key.route), ("method", key.method), ("status", String(key.status)), ("transport", key.transport)]
+            let dimensions = [("node", key.node), ("route", key.route), ("method", key.method), ("status", String(key.status)), ("transport", key.transport)]
             let made = (
                 Counter(label: "switchboard_requests_total", dimensions: dimensions),
                 Metrics.Timer(label: "switchboard_request_duration_seconds", dimensions: dimensions, preferredDisplayUnit: .seconds)

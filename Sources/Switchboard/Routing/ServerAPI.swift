@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import SwitchboardWire
 import NIOCore
 
 /// The HTTP API for backends in any language (`/api/…`, API key in `X-API-Key`): publish to
@@ -80,7 +81,7 @@ public enum ServerAPI {
     public static func add<Context: SwitchboardRequestContextProtocol>(to api: RouterGroup<Context>) {
         api.post("/publish") { request, context -> EditedResponse<Published> in
             let body = try await request.decode(as: Publish.self, context: context)
-            let result = try await Self.engine { try await context.switchboard.publish(body.data.text, to: body.stream, idempotencyKey: body.idempotencyKey) }
+            let result = try await context.switchboard.publish(body.data.text, to: body.stream, idempotencyKey: body.idempotencyKey)
             return EditedResponse(status: .created, response: Published(body.stream, result))
         }
         // Many publishes in one request, pipelined to the engine; results in request order.
@@ -90,43 +91,43 @@ public enum ServerAPI {
                 throw HTTPError(.badRequest, message: "a batch holds 1 to \(Self.maxBatch) messages")
             }
             // Every name is checked first: a bad one refuses the whole batch before any is appended.
-            for m in body.messages { try await Self.engine { try SwitchboardPublisher.validate(stream: m.stream) } }
+            for m in body.messages { try SwitchboardPublisher.validate(stream: m.stream) }
             let publisher = context.switchboard
-            let results = try await Self.engine {
-                try await withThrowingTaskGroup(of: (Int, PublishResult).self) { group in
-                    for (i, m) in body.messages.enumerated() {
-                        group.addTask { (i, try await publisher.publish(m.data.text, to: m.stream, idempotencyKey: m.idempotencyKey)) }
-                    }
-                    var out = [PublishResult?](repeating: nil, count: body.messages.count)
-                    for try await (i, r) in group { out[i] = r }
-                    return out.map { $0! }
+            let results = try await withThrowingTaskGroup(of: (Int, PublishResult).self) { group in
+                for (i, m) in body.messages.enumerated() {
+                    group.addTask { (i, try await publisher.publish(m.data.text, to: m.stream, idempotencyKey: m.idempotencyKey)) }
                 }
+                var out = [PublishResult?](repeating: nil, count: body.messages.count)
+                for try await (i, r) in group { out[i] = r }
+                return out.map { $0! }
             }
             return EditedResponse(status: .created, response: BatchResult(results: zip(body.messages, results).map { Published($0.stream, $1) }))
         }
         api.post("/users/:user/messages") { request, context -> EditedResponse<Published> in
             let user = try Self.pathParameter(context, "user")
             let body = try await request.decode(as: Message.self, context: context)
-            let result = try await Self.engine { try await context.switchboard.send(body.data.text, toUser: user, idempotencyKey: body.idempotencyKey) }
+            let result = try await context.switchboard.send(body.data.text, toUser: user, idempotencyKey: body.idempotencyKey)
             return EditedResponse(status: .created, response: Published(GatewayCore.userStream(user), result))
         }
         api.post("/sessions/:session/messages") { request, context -> EditedResponse<Published> in
             let session = try Self.pathParameter(context, "session")
             let body = try await request.decode(as: Message.self, context: context)
-            let result = try await Self.engine { try await context.switchboard.send(body.data.text, toSession: session, idempotencyKey: body.idempotencyKey) }
+            let result = try await context.switchboard.send(body.data.text, toSession: session, idempotencyKey: body.idempotencyKey)
             return EditedResponse(status: .created, response: Published(GatewayCore.sessionStream(session), result))
         }
         api.post("/broadcast") { request, context -> EditedResponse<Published> in
             let body = try await request.decode(as: Message.self, context: context)
-            let result = try await Self.engine { try await context.switchboard.broadcast(body.data.text, idempotencyKey: body.idempotencyKey) }
+            let result = try await context.switchboard.broadcast(body.data.text, idempotencyKey: body.idempotencyKey)
             return EditedResponse(status: .created, response: Published(GatewayCore.broadcastStream, result))
         }
         api.get("/history") { request, context -> History in
             let stream = try Self.query(request, "stream")
             let after = try Self.query(request, "after", default: 0)
             let limit = try Self.query(request, "limit", default: 100)
-            guard after >= 0, (1...1000).contains(limit) else { throw HTTPError(.badRequest, message: "after ≥ 0, limit 1-1000") }
-            switch try await Self.engine({ try await context.switchboard.history(of: stream, after: Int64(after), limit: limit) }) {
+            guard (0...Int(StreamOffset.maximum)).contains(after), (1...1000).contains(limit) else {
+                throw HTTPError(.badRequest, message: "after must be 0…\(StreamOffset.maximum), limit 1…1000")
+            }
+            switch try await context.switchboard.history(of: stream, after: Int64(after), limit: limit) {
             case .gone(let position):
                 throw HTTPError(.gone, message: "history no longer reaches back to offset \(after); the stream is at \(position.top) in epoch \(position.epoch)")
             case .messages(let messages, let position):
@@ -136,31 +137,22 @@ public enum ServerAPI {
         }
         api.get("/presence") { request, context -> Response in
             let stream = try Self.query(request, "stream")
-            let members = try await Self.engine { try await context.switchboard.presence(of: stream) }
+            let members = try await context.switchboard.presence(of: stream)
             return Response(status: .ok, headers: [.contentType: "application/json"],
                             body: .init(byteBuffer: JSONBody.encode(PresenceList(stream: stream, members: members))))
         }
         api.post("/sessions/:session/disconnect") { _, context -> Disconnected in
             let session = try Self.pathParameter(context, "session")
-            return Disconnected(disconnected: try await Self.engine { try await context.switchboard.disconnect(session: session) })
+            return Disconnected(disconnected: try await context.switchboard.disconnect(session: session))
         }
         api.post("/users/:user/disconnect") { _, context -> HTTPResponse.Status in
             let user = try Self.pathParameter(context, "user")
-            try await Self.engine { try await context.switchboard.disconnect(user: user) }
+            try await context.switchboard.disconnect(user: user)
             return .accepted
         }
         api.get("/nodes") { _, context -> Response in
-            let nodes = try await Self.engine { try await context.switchboard.nodes() }
+            let nodes = try await context.switchboard.nodes()
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: JSONBody.encode(["nodes": nodes])))
-        }
-    }
-
-    /// Engine failures as HTTP errors (503 when Redis is away: nothing was accepted).
-    static func engine<T>(_ body: () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch let error as EngineError {
-            throw HTTPError(error)
         }
     }
 
@@ -184,17 +176,6 @@ public enum ServerAPI {
         guard let raw = request.uri.queryParameters[name[...]] else { return value }
         guard let parsed = Int(raw) else { throw HTTPError(.badRequest, message: "query parameter \(name) must be an integer") }
         return parsed
-    }
-}
-
-extension HTTPError {
-    /// How an engine failure reaches an HTTP caller.
-    init(_ error: EngineError) {
-        switch error {
-        case .invalidStream(let why): self.init(.badRequest, message: why)
-        case .unavailable(let why): self.init(.serviceUnavailable, message: why)
-        case .unknownNode(let node): self.init(.notFound, message: "no live node \(node)")
-        }
     }
 }
 

@@ -53,10 +53,7 @@ public enum StandardRoutes {
     }
 
     static func publish<Context: SwitchboardRequestContextProtocol>(_ context: Context, _ data: String, to stream: String, key: String?) async throws -> PublishResult {
-        do {
-            return try await context.switchboard.publish(data, to: stream, idempotencyKey: key)
-        } catch let error as EngineError {
-            throw HTTPError(error)
-        }
+        // An EngineError answers for itself (503 + Retry-After while the engine is away).
+        try await context.switchboard.publish(data, to: stream, idempotencyKey: key)
     }
 }

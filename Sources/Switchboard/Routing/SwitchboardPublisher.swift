@@ -76,6 +76,9 @@ public struct SwitchboardPublisher: Sendable {
     }
 
     /// The live nodes of the cluster.
+    /// This node's id.
+    public var nodeID: String { self.core.nodeID }
+
     public func nodes() async throws -> [NodeInfo] {
         try await self.core.engine.nodes()
     }

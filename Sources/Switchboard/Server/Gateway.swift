@@ -29,7 +29,7 @@ public final class Gateway: Service, Sendable {
         engine: any SwitchboardEngine = MemoryEngine(),
         verifier: TokenVerifier? = nil,
         drainWindow: Double = 5,
-        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        eventLoopGroup: any EventLoopGroup = Gateway.defaultEventLoopGroup,
         logger: Logger = Logger(label: "switchboard")
     ) {
         self.eventLoopGroup = eventLoopGroup
@@ -47,6 +47,14 @@ public final class Gateway: Service, Sendable {
             logger: logger
         )
     }
+
+    /// NIO's shared group, or on a machine with more than 64 cores a shared group of 64 threads:
+    /// a stream's interest in loops is a 64-bit mask (see `Hub`).
+    public static var defaultEventLoopGroup: any EventLoopGroup {
+        System.coreCount <= Hub.maxLoops ? MultiThreadedEventLoopGroup.singleton : cappedGroup
+    }
+
+    private static let cappedGroup = MultiThreadedEventLoopGroup(numberOfThreads: Hub.maxLoops)
 
     /// Publish, send and disconnect from application code.
     public var publisher: SwitchboardPublisher { SwitchboardPublisher(core: self.core) }
@@ -74,7 +82,12 @@ public final class Gateway: Service, Sendable {
         }
         let server = Server(
             childChannelSetup: GatewayChildChannel(core: core),
-            configuration: ServerConfiguration(address: .hostname(core.configuration.host, port: core.configuration.port)),
+            configuration: ServerConfiguration(
+                address: .hostname(core.configuration.host, port: core.configuration.port),
+                availableConnectionsDelegate: ConnectionCap(
+                    maximum: core.configuration.maxConnections ?? ConnectionCap.defaultMaximum(), metrics: core.metrics
+                )
+            ),
             onServerRunning: { channel in self.listening(on: channel.localAddress?.port ?? core.configuration.port) },
             eventLoopGroup: self.eventLoopGroup,
             logger: core.logger

@@ -66,6 +66,11 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             pipeline.enableErrorHandling = false
             pipeline.enableResponseHeaderValidation = false
             let outcome = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: pipeline)
+            // Between the decoder and the upgrade handler: it sees whole request heads.
+            let upgradeHandler = try channel.pipeline.syncOperations.context(handlerType: NIOTypedHTTPServerUpgradeHandler<UpgradeOutcome>.self)
+            try channel.pipeline.syncOperations.addHandler(
+                HTTPConnectionGuard(core: self.core), name: HTTPConnectionGuard.name, position: .before(upgradeHandler.handler)
+            )
             return Value(outcome: outcome, channel: channel)
         }
     }

@@ -27,6 +27,18 @@ public struct GatewayConfiguration: Sendable {
     public var replayBatchSize: Int = 256
     /// Seconds to wait for the peer's close frame before dropping the socket.
     public var closeTimeout: Double = 3
+    /// Seconds a new connection has to send its first request head and, for a WebSocket, to
+    /// finish the upgrade (silent sockets and slowloris are closed after it).
+    public var handshakeTimeout: Double = 10
+    /// Seconds a request's body has to arrive after its head.
+    public var requestTimeout: Double = 30
+    /// Seconds a kept-alive HTTP connection may wait for its next request.
+    public var idleTimeout: Double = 60
+    /// Connections that may be in their handshake at once; more are closed as they arrive.
+    public var maxHandshakes: Int = 2048
+    /// Connections (HTTP and WebSocket) the node holds at most; past it the listener stops
+    /// accepting until one closes. Nil: the open-file limit less a reserve (see `ConnectionCap`).
+    public var maxConnections: Int?
     /// Node id, unique in a cluster; random when nil.
     public var nodeID: String?
     /// Browser origins (`Origin` header, e.g. `https://chat.example.com`) allowed to upgrade;

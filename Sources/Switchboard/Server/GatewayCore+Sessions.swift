@@ -7,10 +7,10 @@ enum BuiltinAuthorization {
 }
 
 extension GatewayCore {
-    static let broadcastStream = "/broadcast"
+    static let broadcastStream = BuiltinStream.broadcast
 
-    static func userStream(_ user: String) -> String { "/users/" + PathSegment.encode(user) }
-    static func sessionStream(_ session: String) -> String { "/sessions/" + PathSegment.encode(session) }
+    static func userStream(_ user: String) -> String { BuiltinStream.user(user) }
+    static func sessionStream(_ session: String) -> String { BuiltinStream.session(session) }
 
     func personalStreams(session: String, user: String?) -> [String] {
         var streams = [Self.sessionStream(session), Self.broadcastStream]
@@ -19,7 +19,7 @@ extension GatewayCore {
     }
 
     func isBuiltinStream(_ stream: String) -> Bool {
-        stream == Self.broadcastStream || stream.hasPrefix("/users/") || stream.hasPrefix("/sessions/")
+        BuiltinStream.isBuiltin(stream)
     }
 
     /// Streams whose subscribers are tracked as presence: those subscribed through a route.
@@ -29,8 +29,8 @@ extension GatewayCore {
 
     func authorizeBuiltin(stream: String, session: String, user: String?) -> BuiltinAuthorization {
         if stream == Self.broadcastStream { return .allowed }
-        if stream.hasPrefix("/users/") { return user.map { Self.userStream($0) == stream } == true ? .allowed : .forbidden }
-        if stream.hasPrefix("/sessions/") { return Self.sessionStream(session) == stream ? .allowed : .forbidden }
+        if stream.hasPrefix(BuiltinStream.userPrefix) { return user.map { Self.userStream($0) == stream } == true ? .allowed : .forbidden }
+        if stream.hasPrefix(BuiltinStream.sessionPrefix) { return Self.sessionStream(session) == stream ? .allowed : .forbidden }
         return .notBuiltin
     }
 

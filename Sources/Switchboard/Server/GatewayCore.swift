@@ -22,6 +22,8 @@ final class GatewayCore: Sendable {
     private let connectionBucket: NIOLockedValueBox<TokenBucket>?
     /// Open WebSocket connections per user on this node.
     private let userConnections = NIOLockedValueBox<[String: Int]>([:])
+    /// Connections between their accept and their first request head (or upgrade).
+    private let handshakes = NIOLockedValueBox(0)
     let metrics: GatewayMetrics
 
     struct Bookkeeping {
@@ -57,6 +59,21 @@ final class GatewayCore: Sendable {
         let burst = self.configuration.connectionBurst ?? max(1, rate)
         return bucket.withLockedValue { $0.take(rate: rate, burst: burst) }
     }
+
+    /// Counts a connection into its handshake; false when `maxHandshakes` are already in theirs.
+    func beginHandshake() -> Bool {
+        self.handshakes.withLockedValue { n in
+            guard n < self.configuration.maxHandshakes else { return false }
+            n += 1
+            return true
+        }
+    }
+
+    func endHandshake() {
+        self.handshakes.withLockedValue { $0 -= 1 }
+    }
+
+    var handshakesInProgress: Int { self.handshakes.withLockedValue { $0 } }
 
     /// Connections `user` holds on this node.
     func connectionCount(of user: String) -> Int {

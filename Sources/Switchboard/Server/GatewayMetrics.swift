@@ -23,6 +23,13 @@ final class GatewayMetrics: Sendable {
     let resumesRecovered: Counter
     let resumesNotRecovered: Counter
     let upgradesRefused: [Int: Counter]
+    /// Connections closed at accept because `maxHandshakes` were in their handshake.
+    let handshakeRefused: Counter
+    /// Requests the HTTP decoder could not parse (answered 400/431 and closed).
+    let badRequests: Counter
+    private let timeouts: [HTTPConnectionGuard.Phase: Counter]
+    /// Times the listener paused accepting because the process ran out of file descriptors.
+    let acceptBackoffs: Counter
     let engineAvailable: Gauge
     let engineRoundTrip: Gauge
 
@@ -64,6 +71,14 @@ final class GatewayMetrics: Sendable {
             refused[status] = Counter(label: "switchboard_upgrades_refused_total", dimensions: labels + [("status", String(status))])
         }
         self.upgradesRefused = refused
+        self.handshakeRefused = Counter(label: "switchboard_handshakes_refused_total", dimensions: labels)
+        self.badRequests = Counter(label: "switchboard_http_bad_requests_total", dimensions: labels)
+        var timeouts: [HTTPConnectionGuard.Phase: Counter] = [:]
+        for phase in HTTPConnectionGuard.Phase.allCases {
+            timeouts[phase] = Counter(label: "switchboard_connections_timed_out_total", dimensions: labels + [("phase", phase.rawValue)])
+        }
+        self.timeouts = timeouts
+        self.acceptBackoffs = Counter(label: "switchboard_accept_backoffs_total", dimensions: labels)
         self.engineAvailable = Gauge(label: "switchboard_engine_available", dimensions: labels)
         self.engineRoundTrip = Gauge(label: "switchboard_engine_round_trip_seconds", dimensions: labels)
     }
@@ -74,6 +89,10 @@ final class GatewayMetrics: Sendable {
 
     func messageIn(_ kind: MessageKind) {
         self.messagesIn[kind]!.increment()
+    }
+
+    func timedOut(_ phase: HTTPConnectionGuard.Phase) {
+        self.timeouts[phase]?.increment()
     }
 
     func upgradeRefused(status: Int) {

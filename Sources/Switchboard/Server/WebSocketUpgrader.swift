@@ -53,6 +53,9 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
         promise.completeWithTask {
             try await self.decide(upgradeRequest, headers: initialResponseHeaders)
         }
+        // Accepted: the HTTP guard leaves before the upgrade handler removes the decoder (which
+        // may pass on bytes the client sent after its request), so only WebSocket handlers follow.
+        promise.futureResult.whenSuccess { _ in HTTPConnectionGuard.remove(from: channel) }
         return promise.futureResult
     }
 
@@ -69,6 +72,8 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
             throw self.refuse(.notFound, "no WebSocket endpoint at \(path); use \(configuration.webSocketPath)")
         }
         guard head.method == .GET else { throw self.refuse(.badRequest, "WebSocket upgrades use GET") }
+        // RFC 6455 §4.1: the opening handshake is an HTTP/1.1 (or later) request.
+        guard (head.version.major, head.version.minor) >= (1, 1) else { throw self.refuse(.badRequest, "WebSocket upgrades need HTTP/1.1") }
         guard head.headers["sec-websocket-version"].first == "13",
             let key = head.headers["sec-websocket-key"].first, Data(base64Encoded: key)?.count == 16
         else {
@@ -125,7 +130,8 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
                 try await self.core.engine.saveSession(SessionRecord(id: accepted.session, user: identity?.user))
             }
         } catch {
-            throw self.refuse(.serviceUnavailable, "session store unavailable: \(error)")
+            self.core.logger.warning("upgrade refused: session store unavailable", metadata: ["error": "\(error)"])
+            throw self.refuse(.serviceUnavailable, EngineFailure.unavailableReason)
         }
         self.accepted.withLockedValue { $0 = accepted }
         let offered = head.headers["sec-websocket-protocol"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces) }

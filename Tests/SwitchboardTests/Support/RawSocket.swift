@@ -74,6 +74,13 @@ final class RawSocket: @unchecked Sendable {
         return true
     }
 
+    /// Waits (at most `timeout`) until the peer closes the connection; returns what it sent.
+    func readUntilClosed(timeout: Duration = .seconds(10)) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while try await self.more(timeout: deadline - ContinuousClock.now) {}
+        return self.buffer.readString(length: self.buffer.readableBytes) ?? ""
+    }
+
     func write(_ bytes: [UInt8]) async throws {
         try await self.channel.writeAndFlush(ByteBuffer(bytes: bytes))
     }

@@ -6,8 +6,8 @@ import NIOCore
 import Switchboard
 
 /// The page and the browser client, read from disk on every request (they are small, and an
-/// edit shows on the next reload). Only these four paths are served: nothing else on disk
-/// is reachable.
+/// edit shows on the next reload). Only the paths listed in `addRoutes` are served: nothing
+/// else on disk is reachable.
 struct StaticFiles: Sendable {
     let publicDir: URL
     let clientJS: URL
@@ -48,6 +48,9 @@ struct StaticFiles: Sendable {
             ("/app.js", self.publicDir.appendingPathComponent("app.js"), "text/javascript; charset=utf-8"),
             ("/style.css", self.publicDir.appendingPathComponent("style.css"), "text/css; charset=utf-8"),
             ("/js/switchboard.js", self.clientJS, "text/javascript; charset=utf-8"),
+            // The page links the SVG; browsers that ask for /favicon.ico anyway get it too.
+            ("/favicon.svg", self.publicDir.appendingPathComponent("favicon.svg"), "image/svg+xml"),
+            ("/favicon.ico", self.publicDir.appendingPathComponent("favicon.svg"), "image/svg+xml"),
         ]
         for (path, file, type) in pages {
             router.get(RouterPath(path)) { _, _ -> Response in

@@ -1,41 +1,12 @@
 import Foundation
-import HTTPTypes
 import JWTKit
 
-/// Who is on the other end, as proven by a verified token.
-public struct Identity: Sendable, Equatable {
-    public var user: String
-    public var roles: Set<String>
-    public var expiresAt: Date
-
-    public init(user: String, roles: Set<String> = [], expiresAt: Date) {
-        self.user = user
-        self.roles = roles
-        self.expiresAt = expiresAt
-    }
-}
-
-/// Claims Switchboard reads from a JWT: `sub` (the user), `exp` (required) and optional `roles`.
-public struct SwitchboardClaims: JWTPayload, Equatable {
-    public var sub: SubjectClaim
-    public var exp: ExpirationClaim
-    public var roles: [String]?
-
-    public init(sub: String, exp: Date, roles: [String]? = nil) {
-        self.sub = SubjectClaim(value: sub)
-        self.exp = ExpirationClaim(value: exp)
-        self.roles = roles
-    }
-
+/// The claims are checked by `SwitchboardClaims.identity(at:)` (module SwitchboardAuth);
+/// jwt-kit checks the signature.
+extension SwitchboardClaims: JWTPayload {
     public func verify(using algorithm: some JWTAlgorithm) async throws {
-        try self.exp.verifyNotExpired()
+        _ = try self.identity(at: Date())
     }
-}
-
-/// Why a token was refused; the message goes into the 401 body.
-public struct AuthError: Error, Sendable, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
 }
 
 /// Verifies tokens against a key collection (HS256, RS256, ES256, EdDSA; `kid` aware).
@@ -99,10 +70,9 @@ public struct TokenVerifier: Sendable {
         if let kids = self.kids, let kid = Self.kid(of: token), !kids.contains(kid) {
             throw AuthError("unknown key id (kid)")
         }
+        let claims: SwitchboardClaims
         do {
-            let claims = try await self.keys.verify(token, as: SwitchboardClaims.self)
-            guard !claims.sub.value.isEmpty else { throw AuthError("token has an empty subject") }
-            return Identity(user: claims.sub.value, roles: Set(claims.roles ?? []), expiresAt: claims.exp.value)
+            claims = try await self.keys.verify(token, as: SwitchboardClaims.self)
         } catch let error as AuthError {
             throw error
         } catch let error as JWTError {
@@ -110,6 +80,7 @@ public struct TokenVerifier: Sendable {
         } catch {
             throw AuthError("invalid token")
         }
+        return try claims.identity(at: Date())
     }
 
     /// The `kid` in a token's header, if it has one (the header is not trusted, only read).
@@ -128,55 +99,5 @@ public struct TokenVerifier: Sendable {
         case .malformedToken: return "malformed token"
         default: return "invalid token"
         }
-    }
-}
-
-/// Where a token may travel: `Authorization: Bearer`, a `bearer.<token>` entry in
-/// `Sec-WebSocket-Protocol` (what browsers can set), the `sb_token` cookie, or `?access_token=`.
-enum TokenExtractor {
-    static let subprotocolPrefix = "bearer."
-
-    static func token(from request: HTTPRequest) -> String? {
-        if let auth = request.headerFields[.authorization] {
-            let parts = auth.split(separator: " ", maxSplits: 1)
-            if parts.count == 2, parts[0].lowercased() == "bearer" { return String(parts[1]) }
-        }
-        for value in request.headerFields[values: .secWebSocketProtocol] {
-            for proto in value.split(separator: ",") {
-                let p = proto.trimmingCharacters(in: .whitespaces)
-                if p.hasPrefix(subprotocolPrefix) { return String(p.dropFirst(subprotocolPrefix.count)) }
-            }
-        }
-        for value in request.headerFields[values: .cookie] {
-            for cookie in value.split(separator: ";") {
-                let kv = cookie.trimmingCharacters(in: .whitespaces).split(separator: "=", maxSplits: 1)
-                if kv.count == 2, kv[0] == "sb_token" { return String(kv[1]) }
-            }
-        }
-        if let path = request.path, let q = path.firstIndex(of: "?") {
-            return QueryString.value(of: "access_token", in: path[path.index(after: q)...])
-        }
-        return nil
-    }
-}
-
-enum QueryString {
-    static func value(of name: String, in query: Substring) -> String? {
-        for pair in query.split(separator: "&") {
-            let kv = pair.split(separator: "=", maxSplits: 1)
-            if kv.count == 2, kv[0] == name {
-                return String(kv[1]).removingPercentEncoding ?? String(kv[1])
-            }
-        }
-        return nil
-    }
-}
-
-extension Data {
-    /// Decodes base64url (RFC 4648 §5), with or without padding.
-    init?(base64URL string: String) {
-        var base64 = string.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
-        base64 += String(repeating: "=", count: (4 - base64.count % 4) % 4)
-        self.init(base64Encoded: base64)
     }
 }

@@ -1,0 +1,35 @@
+/// The streams every connection has (protocol.md §3.3), named the same way by the gateway,
+/// the engines and the clients.
+public enum BuiltinStream {
+    /// Messages to everyone.
+    public static let broadcast = "/broadcast"
+    public static let userPrefix = "/users/"
+    public static let sessionPrefix = "/sessions/"
+
+    /// Messages to every connection of `user`.
+    public static func user(_ user: String) -> String { userPrefix + PathSegment.encode(user) }
+    /// Messages to one session (its live connection, across reconnects).
+    public static func session(_ session: String) -> String { sessionPrefix + PathSegment.encode(session) }
+
+    public static func isBuiltin(_ stream: String) -> Bool {
+        stream == broadcast || stream.hasPrefix(userPrefix) || stream.hasPrefix(sessionPrefix)
+    }
+
+    /// A session's own stream has one consumer, that session.
+    public static func isSessionStream(_ stream: String) -> Bool { stream.hasPrefix(sessionPrefix) }
+}
+
+/// Offsets a frame may carry: at most 2^53 - 1, the largest integer every client (JavaScript's
+/// numbers, Redis's Lua) holds exactly. Larger values are refused as bad input, so no offset
+/// arithmetic can overflow.
+public enum StreamOffset {
+    public static let maximum: Int64 = (1 << 53) - 1
+
+    /// `text` as an offset in 0...maximum (decimal digits only), else nil.
+    public static func parse<S: StringProtocol>(_ text: S) -> Int64? {
+        guard !text.isEmpty, text.utf8.count <= 16, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
+            let value = Int64(text), value <= maximum
+        else { return nil }
+        return value
+    }
+}
