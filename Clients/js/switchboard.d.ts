@@ -80,7 +80,10 @@ export interface SwitchboardOptions {
    * The browser's `online` event does not cut it short.
    */
   rateLimitDelay?: number;
-  /** Where the session id and stream positions are persisted (e.g. `sessionStorage`). */
+  /**
+   * Where the session id and stream positions (offset, epoch and tag of the last message handed
+   * over) are persisted (e.g. `sessionStorage`).
+   */
   storage?: StorageLike;
   /** Key prefix in `storage` (default 'switchboard'): `<prefix>.sid`, `<prefix>.streams`. */
   storageKey?: string;
@@ -139,6 +142,12 @@ export interface PushInfo {
   stream: string;
   offset: number;
   epoch: string | null;
+  /**
+   * The message's tag (META `t`, six of `[0-9a-z]`): with offset and epoch, its identity. null
+   * when the server sent none (an older server). Keep it with the offset to resume from this
+   * message later (`subscribe(stream, handler, { since: offset, epoch, tag })`).
+   */
+  tag: string | null;
 }
 
 export type PushHandler = (body: string, info: PushInfo) => void;
@@ -153,6 +162,14 @@ export interface SubscribeOptions {
   since?: number;
   /** The epoch `since` belongs to (from an earlier push or HTTP read); omit when unknown. */
   epoch?: string;
+  /**
+   * The tag of the message at `since` (`PushInfo.tag`), used only with `since`; omit when
+   * unknown (e.g. `since` came from a SUB or HTTP reply, not from a message). With it the server
+   * answers not recovered (`notRecovered`) when the message it now keeps at `since` is another one
+   * (a Redis failover lost it and wrote the offset again); without it the resume goes by offset
+   * alone. Letters, digits and `_.~-`, at most 32 characters (else a TypeError).
+   */
+  tag?: string;
   /**
    * `false`: never ACK this stream. Acks let the server trim history once every subscriber
    * acked it, so a stream that later readers replay (a chat room's log) should not be acked.
@@ -195,8 +212,12 @@ export class SwitchboardClient {
   subscribe(stream: string, handler: PushHandler, options?: SubscribeOptions): () => void;
   /** Remove every handler of `stream` and send UNSUB; false when nothing was subscribed. */
   unsubscribe(stream: string): boolean;
-  /** `{last, epoch}` of a tracked stream, or null. */
-  position(stream: string): { last: number | null; epoch: string | null } | null;
+  /**
+   * `{last, epoch, tag}` of a tracked stream, or null. `tag` is the tag of the message at `last`,
+   * null when `last` came from a SUB reply (subscribed live, not recovered, epoch changed) or the
+   * message had none.
+   */
+  position(stream: string): { last: number | null; epoch: string | null; tag: string | null } | null;
 
   /**
    * Send a request; resent after reconnects (4429 included) until answered or timed out, with

@@ -10,6 +10,8 @@ const META_KEY = /^[a-z0-9_-]{1,32}$/;
 const META_VALUE = /^[\x21-\x7e]*$/;
 const TARGET = /^\/(?:[\x21-\x24\x26-\x7b\x7d\x7e]|%[0-9A-Fa-f]{2})*$/; // printable, no '|', valid %XX
 const HEAD = /^([A-Z]{1,16})(\d{3})?$/;
+// A message tag (META `t`): six of [0-9a-z] today; anything else a server sends is taken as "no tag".
+const TAG = /^[0-9A-Za-z_.~-]{1,32}$/;
 
 // ---------------------------------------------------------------------------
 // Pure helpers
@@ -130,10 +132,16 @@ function isBuiltinStream(stream) {
   return stream === '/broadcast' || /^\/(?:users|sessions)\/[^/?]+$/.test(stream);
 }
 
+/** An offset `id`: a plain decimal 0…2^53−1, else null (treated like a missing `id`). */
 function toOffset(value) {
   if (value === undefined || !/^\d+$/.test(value)) return null;
   const n = Number(value);
   return Number.isSafeInteger(n) ? n : null;
+}
+
+/** A message tag `t`, or null (absent, empty, or not a tag: an older server, no check on resume). */
+function toTag(value) {
+  return typeof value === 'string' && TAG.test(value) ? value : null;
 }
 
 function randomKey() {
@@ -471,7 +479,9 @@ export class SwitchboardClient {
   _record(stream) {
     let s = this._streams.get(stream);
     if (!s) {
-      s = { last: null, epoch: null, acked: null, handlers: new Set(), active: false, subR: null, subSince: false, ack: true, ackRetry: false };
+      // last: offset handed to the application; tag: the tag of the message at `last`, null when
+      // `last` came from a SUB reply (or the message had none).
+      s = { last: null, epoch: null, tag: null, acked: null, handlers: new Set(), active: false, subR: null, subSince: false, ack: true, ackRetry: false };
       this._streams.set(stream, s);
     }
     return s;
@@ -483,6 +493,7 @@ export class SwitchboardClient {
     if (s.last !== null) {
       meta.since = s.last;
       if (s.epoch !== null) meta.e = s.epoch;
+      if (s.tag !== null) meta.t = s.tag; // the server answers SUB410 if it keeps another message there
     }
     s.subR = r;
     s.subSince = s.last !== null;
@@ -504,7 +515,8 @@ export class SwitchboardClient {
         this._subRetryAttempt = 0;
         if (e !== null) s.epoch = e;
         if (!s.subSince || s.last === null) {
-          s.last = id;
+          s.last = id; // live from the top: no message known there
+          s.tag = null;
           s.acked = id;
         }
         this._persistStreams();
@@ -541,9 +553,11 @@ export class SwitchboardClient {
     this._setPosition(s, id, e);
   }
 
+  // A position from a SUB reply (or an epoch change): the message there is unknown, so no tag.
   _setPosition(s, id, e) {
     s.last = id;
     s.epoch = e;
+    s.tag = null;
     s.acked = id;
     this._persistStreams();
   }
@@ -588,8 +602,9 @@ export class SwitchboardClient {
       return;
     }
     s.last = id;
+    s.tag = toTag(f.meta.t);
     this._persistStreams();
-    const info = { stream, offset: id, epoch: s.epoch };
+    const info = { stream, offset: id, epoch: s.epoch, tag: s.tag };
     for (const handler of [...s.handlers]) {
       try {
         handler(f.body, info);
@@ -664,9 +679,12 @@ export class SwitchboardClient {
 
   subscribe(stream, handler, options = {}) {
     if (typeof handler !== 'function') throw new TypeError('handler must be a function');
-    const { since, epoch, ack } = options || {};
+    const { since, epoch, tag, ack } = options || {};
     if (since !== undefined && since !== null && (!Number.isSafeInteger(since) || since < 0)) {
       throw new RangeError('since must be a non-negative integer');
+    }
+    if (tag !== undefined && tag !== null && (typeof tag !== 'string' || !TAG.test(tag))) {
+      throw new TypeError('tag must be a message tag (letters, digits, "_.~-", at most 32)');
     }
     const name = encodeTarget(stream);
     const s = this._record(name);
@@ -676,6 +694,7 @@ export class SwitchboardClient {
       // Start after `since` whatever was known: the server replays since+1 … (or answers SUB410).
       s.last = since;
       s.epoch = typeof epoch === 'string' ? epoch : null;
+      s.tag = tag ?? null; // the message at `since`, when the application kept it
       s.acked = since;
       s.active = false;
       this._persistStreams();
@@ -716,10 +735,10 @@ export class SwitchboardClient {
     this._persistStreams();
   }
 
-  /** Current `{last, epoch}` of a stream, or null when it is not tracked. */
+  /** Current `{last, epoch, tag}` of a stream, or null when it is not tracked. */
   position(stream) {
     const s = this._streams.get(encodeTarget(stream));
-    return s ? { last: s.last, epoch: s.epoch } : null;
+    return s ? { last: s.last, epoch: s.epoch, tag: s.tag } : null;
   }
 
   // ----- requests ----------------------------------------------------------
@@ -838,7 +857,8 @@ export class SwitchboardClient {
     if (!this._storage) return;
     const out = {};
     for (const [stream, s] of this._streams) {
-      if (s.last !== null) out[stream] = { last: s.last, epoch: s.epoch };
+      if (s.last === null) continue;
+      out[stream] = s.tag === null ? { last: s.last, epoch: s.epoch } : { last: s.last, epoch: s.epoch, tag: s.tag };
     }
     this._write('.streams', JSON.stringify(out));
   }
@@ -866,6 +886,7 @@ export class SwitchboardClient {
         const s = this._record(stream);
         s.last = pos.last;
         s.epoch = typeof pos.epoch === 'string' ? pos.epoch : null;
+        s.tag = toTag(pos.tag);
         s.acked = pos.last;
       }
     } catch {

@@ -115,11 +115,12 @@ struct ClientState {
 
     mutating func sendSubscribe(_ stream: String, r: String) {
         guard self.phase.isConnected else { return }
-        let (since, epoch) = self.book.prepareSubscribe(stream)
+        let (since, epoch, tag) = self.book.prepareSubscribe(stream)
         var meta: Meta = [MetaKey.requestID: r]
         if let since {
             meta[MetaKey.since] = String(since)
             if let epoch { meta[MetaKey.epoch] = epoch }
+            if let tag, !tag.isEmpty { meta[MetaKey.tag] = tag }
         }
         self.send(encodeFrame(method: .sub, target: stream, meta: meta))
     }
@@ -198,16 +199,19 @@ struct ClientState {
             return
         }
         let epoch = frame.meta[MetaKey.epoch]
-        guard let id = frame.meta[MetaKey.offset].flatMap({ Int64($0) }) else {
+        let tag = frame.meta[MetaKey.tag]
+        guard let id = frame.meta[MetaKey.offset].flatMap({ StreamOffset.parse($0) }) else {
             // Not a durable message: no offset to track.
             let message = ClientMessage(stream: stream, offset: 0, epoch: epoch ?? "", body: frame.bodyString)
             self.slot(for: stream, explicit: false).continuation.yield(message)
             return
         }
-        switch self.book.push(stream, id: id, epoch: epoch) {
+        switch self.book.push(stream, id: id, epoch: epoch, tag: tag) {
         case .deliver(let notRecovered):
             if notRecovered { self.events.yield(.notRecovered(stream: stream)) }
-            let message = ClientMessage(stream: stream, offset: id, epoch: epoch ?? self.book[stream]?.epoch ?? "", body: frame.bodyString)
+            let message = ClientMessage(
+                stream: stream, offset: id, epoch: epoch ?? self.book[stream]?.epoch ?? "", tag: tag ?? "", body: frame.bodyString
+            )
             if case .dropped = self.slot(for: stream, explicit: false).continuation.yield(message) {
                 self.logger.warning("subscription buffer full, message dropped", metadata: ["stream": "\(stream)", "id": "\(id)"])
             }
@@ -227,7 +231,7 @@ struct ClientState {
         if let r, let w = self.subscribeWaiters[r], w.stream == stream {
             waiter = self.subscribeWaiters.removeValue(forKey: r)
         }
-        let id = frame.meta[MetaKey.offset].flatMap { Int64($0) }
+        let id = frame.meta[MetaKey.offset].flatMap { StreamOffset.parse($0) }
         let outcome = self.book.subscribeReply(stream, status: status, id: id, epoch: frame.meta[MetaKey.epoch], solicited: r != nil)
         switch outcome {
         case .subscribed:

@@ -3,17 +3,22 @@ import SwitchboardWire
 /// Per-stream resume bookkeeping (protocol §9), as a pure value type.
 ///
 /// For every stream it keeps `last` (the offset handed to the application), the
-/// stream's `epoch`, the last offset acked and whether a SUB is awaiting its reply.
+/// stream's `epoch`, the tag of the message at `last`, the last offset acked and whether a SUB
+/// is awaiting its reply.
 public struct StreamBook: Sendable, Equatable {
     public struct Entry: Sendable, Equatable {
         public var last: Int64?
         public var epoch: String?
+        /// The tag of the message at `last`, when it was a message (not a SUB reply's top): a
+        /// resume names it, so a history rolled back and written again is not taken for this one.
+        public var tag: String?
         public var acked: Int64?
         /// A SUB we sent (with `r`) has not been answered yet.
         public var awaitingReply = false
-        public init(last: Int64? = nil, epoch: String? = nil) {
+        public init(last: Int64? = nil, epoch: String? = nil, tag: String? = nil) {
             self.last = last
             self.epoch = epoch
+            self.tag = tag
         }
     }
 
@@ -40,14 +45,23 @@ public struct StreamBook: Sendable, Equatable {
 
     public func last(of stream: String) -> Int64? { self.entries[stream]?.last }
 
-    /// Parameters of the SUB to send for `stream` (`since`/`e` when a position is known);
+    /// Parameters of the SUB to send for `stream` (`since`/`e`/`t` when a position is known);
     /// marks the stream as awaiting a reply.
-    public mutating func prepareSubscribe(_ stream: String) -> (since: Int64?, epoch: String?) {
+    public mutating func prepareSubscribe(_ stream: String) -> (since: Int64?, epoch: String?, tag: String?) {
         var entry = self.entries[stream] ?? Entry()
         entry.awaitingReply = true
         self.entries[stream] = entry
-        guard let last = entry.last else { return (nil, nil) }
-        return (last, entry.epoch)
+        guard let last = entry.last else { return (nil, nil, nil) }
+        return (last, entry.epoch, entry.tag)
+    }
+
+    /// Starts `stream` at a message the application kept (resume after it).
+    public mutating func seed(_ stream: String, last: Int64, epoch: String, tag: String?) {
+        var entry = self.entries[stream] ?? Entry()
+        entry.last = last
+        entry.epoch = epoch
+        entry.tag = tag
+        self.entries[stream] = entry
     }
 
     /// A SUB reply. `solicited` when it carried an `r` (an answer to our SUB).
@@ -60,13 +74,19 @@ public struct StreamBook: Sendable, Equatable {
                 let epochChanged = epoch != nil && entry.epoch != nil && epoch != entry.epoch
                 // Without a known position (or on another epoch) pushes follow from `id + 1`.
                 // With one, keep it: duplicates are dropped by offset, a gap triggers a resubscription.
-                if entry.last == nil || epochChanged { entry.last = id }
+                if entry.last == nil || epochChanged {
+                    entry.last = id
+                    entry.tag = nil
+                }
             }
             if let epoch { entry.epoch = epoch }
             self.entries[stream] = entry
             return .subscribed
         case 410:
-            if let id { entry.last = id }
+            if let id {
+                entry.last = id
+                entry.tag = nil
+            }
             if let epoch { entry.epoch = epoch }
             self.entries[stream] = entry
             return .notRecovered
@@ -80,8 +100,8 @@ public struct StreamBook: Sendable, Equatable {
         }
     }
 
-    /// A PUSH with offset `id` (and epoch `epoch`) on `stream`.
-    public mutating func push(_ stream: String, id: Int64, epoch: String?) -> PushDecision {
+    /// A PUSH with offset `id` (and epoch `epoch`, tag `tag`) on `stream`.
+    public mutating func push(_ stream: String, id: Int64, epoch: String?, tag: String? = nil) -> PushDecision {
         var entry = self.entries[stream] ?? Entry()
         defer { self.entries[stream] = entry }
         var notRecovered = false
@@ -90,16 +110,19 @@ public struct StreamBook: Sendable, Equatable {
                 // Treated as a SUB410 first: the position restarts at this push.
                 notRecovered = true
                 entry.last = id - 1
+                entry.tag = nil
             }
             entry.epoch = epoch
         }
         guard let last = entry.last else {
             entry.last = id
+            entry.tag = tag
             return .deliver(notRecovered: notRecovered)
         }
         if id <= last { return .drop }
         if id == last + 1 {
             entry.last = id
+            entry.tag = tag
             return .deliver(notRecovered: notRecovered)
         }
         if entry.awaitingReply { return .drop }

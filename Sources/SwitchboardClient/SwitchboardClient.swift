@@ -165,6 +165,18 @@ public final class SwitchboardClient: Sendable {
     /// the reply: SUB2xx, or SUB410 (subscribed, not recovered: also reported as `.notRecovered`).
     /// Throws `.refused` for any other status.
     public func subscribe(_ stream: String) async throws -> ClientSubscription {
+        try await self.subscribe(stream, seed: nil)
+    }
+
+    /// Subscribes to `stream` resuming after `message`, one the application kept from an earlier
+    /// run (its offset, epoch and tag): the missed messages follow, or `.notRecovered` when the
+    /// server's history no longer holds that message as it was (trimmed, a new epoch, or rolled
+    /// back by a failover).
+    public func subscribe(_ stream: String, after message: ClientMessage) async throws -> ClientSubscription {
+        try await self.subscribe(stream, seed: message)
+    }
+
+    private func subscribe(_ stream: String, seed: ClientMessage?) async throws -> ClientSubscription {
         try FrameValidation.checkTarget(stream)
         let timeout = self.configuration.requestTimeout
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
@@ -173,6 +185,7 @@ public final class SwitchboardClient: Sendable {
                     continuation.resume(throwing: SwitchboardClientError.closed)
                     return
                 }
+                if let seed { state.book.seed(stream, last: seed.offset, epoch: seed.epoch, tag: seed.tag.isEmpty ? nil : seed.tag) }
                 let created = state.subscriptions[stream] == nil || state.subscriptions[stream]?.explicit == false
                 let slot = state.slot(for: stream, explicit: true)
                 let r = state.makeRequestID()

@@ -25,12 +25,16 @@ public struct ClientMessage: Sendable, Equatable {
     public let stream: String
     public let offset: Int64
     public let epoch: String
+    /// The message's tag (protocol §4.1): keep it with the offset to resume after this message
+    /// (`SwitchboardClient.subscribe(_:after:)`).
+    public let tag: String
     public let body: String
 
-    public init(stream: String, offset: Int64, epoch: String, body: String) {
+    public init(stream: String, offset: Int64, epoch: String, tag: String = "", body: String) {
         self.stream = stream
         self.offset = offset
         self.epoch = epoch
+        self.tag = tag
         self.body = body
     }
 }

@@ -87,7 +87,15 @@ extension RedisEngine {
         } catch {
             self.logger.debug("heartbeat failed: \(error)")
         }
-        await self.refreshPresence()
+        // Members expire after `presenceTTL` without a refresh: three refreshes per TTL suffice,
+        // whatever the heartbeat interval (each one is a command per stream with members).
+        let every = Duration.milliseconds(Int((self.configuration.presenceTTL * 1000 / 3).rounded()))
+        let refresh = self.state.withLock { s -> Bool in
+            guard s.lastPresenceRefresh.map({ ContinuousClock.now - $0 >= every }) ?? true else { return false }
+            s.lastPresenceRefresh = .now
+            return true
+        }
+        if refresh { await self.refreshPresence() }
     }
 
     /// Releases the sessions of a dead node, unless another survivor is already doing it.

@@ -32,6 +32,9 @@ public final class RedisEngine: SwitchboardEngine {
     let logger: Logger
     let backend: any RedisBackend
     let state = Locked(State())
+    /// Rollbacks of a stream's history this node detected (each started a new epoch).
+    let rollbacks = Locked(0)
+    public var rollbacksDetected: Int { self.rollbacks.withLock { $0 } }
 
     struct LiveStream {
         var refs: Int
@@ -40,6 +43,21 @@ public final class RedisEngine: SwitchboardEngine {
         /// Last message delivered (offset, epoch), or the position when subscribed.
         var lastOffset: Int64?
         var lastEpoch: String?
+        /// Highest offset received live in `lastEpoch` (never from a position read): a live
+        /// message at or below it is an offset handed out twice, a rollback.
+        var received: Int64?
+        /// The tag of the message at `received`.
+        var receivedTag = ""
+        /// A rollback was found and the new epoch is being started: live messages are dropped.
+        var rollingBack = false
+        /// Until when the live check reads this stream: `liveCheckWindow` after its last traffic
+        /// here (a message received or published by this node), three check rounds after it was
+        /// subscribed. Idle streams are not read.
+        var activeUntil: ContinuousClock.Instant?
+        /// Highest offset this node published to the stream in `lastEpoch`, and the one a live
+        /// check found not received yet (the next check still not: the channel is dead).
+        var published: Int64?
+        var unheard: Int64?
         /// A top seen by the live check while this stream was behind it; still behind at the
         /// next check means the subscription lost messages.
         var suspect: Int64?
@@ -76,9 +94,12 @@ public final class RedisEngine: SwitchboardEngine {
         /// other nodes' heartbeats are judged only once it has been for a dead node's silence,
         /// so its own outage never makes live nodes look dead.
         var connectedSince: ContinuousClock.Instant?
+        /// Cluster: some shard's live channels are down while the others serve.
+        var degraded = false
         /// A heartbeat is running (they never overlap: a restore must finish before a refresh).
         var heartbeating = false
         var heartbeatAgain = false
+        var lastPresenceRefresh: ContinuousClock.Instant?
         var started = false
         var shutdown = false
     }
@@ -187,10 +208,14 @@ public final class RedisEngine: SwitchboardEngine {
     }
 
     public func health() async -> EngineHealth {
-        let (availability, lastRoundTrip) = self.state.withLock { ($0.availability, $0.lastRoundTrip) }
+        let (availability, lastRoundTrip, degraded) = self.state.withLock { ($0.availability, $0.lastRoundTrip, $0.degraded) }
         let target = self.configuration.clusterSeeds == nil
             ? "Redis \(self.configuration.redis.host):\(self.configuration.redis.port)"
             : "Redis Cluster (\(self.configuration.clusterSeeds!.count) seeds)"
+        if degraded, availability == .available {
+            // A cluster with a shard away still serves every other shard: ready, and said so.
+            return EngineHealth(available: true, detail: "\(target): a shard is failing over; its streams answer 503 until it is back", roundTrip: lastRoundTrip)
+        }
         switch availability {
         case .unavailable:
             return EngineHealth(available: false, detail: "\(target) unavailable")
@@ -210,6 +235,13 @@ public final class RedisEngine: SwitchboardEngine {
             }
             await self.loadScripts()
             await self.register()
+        case .disconnected where self.configuration.clusterSeeds != nil:
+            // Some shard's live channels are down (a master failing over): the others serve on.
+            // Operations on the failed slots fail on their own (503) until the replica takes over;
+            // the node stays ready. Its live streams there are caught up when they are back.
+            self.logger.warning("a Redis Cluster shard is unavailable")
+            self.state.withLock { $0.degraded = true }
+            self.eventsContinuation.yield(.disconnected)
         case .disconnected:
             self.logger.warning("Redis unavailable")
             self.state.withLock { s in
@@ -217,6 +249,11 @@ public final class RedisEngine: SwitchboardEngine {
                 s.connectedSince = nil
             }
             self.eventsContinuation.yield(.disconnected)
+        case .reconnected where self.configuration.clusterSeeds != nil:
+            self.logger.info("Redis Cluster live channels are back; catching up their streams")
+            let lagging = await self.catchUpLiveStreams()
+            self.state.withLock { $0.degraded = false }
+            self.eventsContinuation.yield(.reconnected(lagging: lagging))
         case .reconnected:
             self.logger.info("Redis available again; catching up live streams")
             self.state.withLock { s in
@@ -261,35 +298,38 @@ public final class RedisEngine: SwitchboardEngine {
         let reply = try await self.run(RedisScripts.publish, keys: keys, args: [
             .bytes(body), .string(Self.newEpoch()), .int(max(0, c.historySize)), .int(self.ms(c.historyAge)),
             .int(max(1, self.ms(c.idempotencyTTL))), .string(k.channel), .int(self.backend.sharded ? 1 : 0),
-            .int(c.approximateTrimming ? 1 : 0), .int(self.streamTTLms),
+            .int(c.approximateTrimming ? 1 : 0), .int(self.streamTTLms), .string(StreamMessage.newTag()),
         ])
-        guard let a = reply.array, a.count == 3, let offset = Self.offset(a[0]), let epoch = a[1].string, let dup = a[2].int else {
+        guard let a = reply.array, a.count == 4, let offset = Self.offset(a[0]), let epoch = a[1].string, let dup = a[2].int else {
             throw EngineError.unavailable("unexpected publish reply: \(reply)")
         }
+        self.published(stream, offset: offset, epoch: epoch)
         return PublishResult(offset: offset, epoch: epoch, duplicate: dup == 1)
     }
 
-    public func read(_ stream: String, after offset: Int64, epoch: String?, limit: Int) async throws -> HistoryRead {
+    public func read(_ stream: String, after offset: Int64, epoch: String?, tag: String?, limit: Int) async throws -> HistoryRead {
         let k = self.keys(stream)
         let after = max(0, offset)
         let reply = try await self.run(RedisScripts.read, keys: k.scriptKeys, args: [
             .int(Int(after)), .string(Self.newEpoch()), .int(max(0, limit)), .int(self.ms(self.configuration.historyAge)),
-            .string(epoch ?? ""), .int(self.streamTTLms), .int(max(0, self.configuration.historySize)),
+            .string(epoch ?? ""), .int(self.streamTTLms), .int(max(0, self.configuration.historySize)), .string(tag ?? ""),
         ])
-        guard let a = reply.array, a.count >= 3, a.count % 2 == 1, let e = a[0].string, let top = Self.offset(a[1]), let gone = a[2].int else {
+        guard let a = reply.array, a.count >= 3, (a.count - 3) % 4 == 0, let e = a[0].string, let top = Self.offset(a[1]), let gone = a[2].int else {
             throw EngineError.unavailable("unexpected read reply: \(reply)")
         }
         let position = StreamPosition(epoch: e, top: top)
         if gone == 1 { return .gone(position) }
         var messages: [StreamMessage] = []
-        messages.reserveCapacity((a.count - 3) / 2)
+        messages.reserveCapacity((a.count - 3) / 4)
         var i = 3
-        while i + 1 < a.count {
-            guard let o = Self.offset(a[i]), o > after, o <= top, let body = a[i + 1].bytes else {
+        while i + 3 < a.count {
+            guard let o = Self.offset(a[i]), o > after, o <= top, let tag = a[i + 1].string, let previous = a[i + 2].string,
+                let body = a[i + 3].bytes
+            else {
                 throw EngineError.unavailable("unexpected read entry")
             }
-            messages.append(StreamMessage(stream: stream, offset: o, epoch: e, body: body))
-            i += 2
+            messages.append(StreamMessage(stream: stream, offset: o, epoch: e, tag: tag, previousTag: previous, body: body))
+            i += 4
         }
         return .messages(messages, position)
     }
@@ -310,201 +350,6 @@ public final class RedisEngine: SwitchboardEngine {
             for try await (s, p) in group { out[s] = p }
             return out
         }
-    }
-
-    // MARK: live delivery
-
-    public func subscribe(_ stream: String) async throws {
-        guard self.isAvailable else { throw EngineError.unavailable("Redis not connected") }
-        let channel = self.keys(stream).channel
-        let backend = self.backend
-        let (generation, task, fresh) = try self.state.withLock { s -> (UInt64, Task<RESPSubscription, any Error>, Bool) in
-            if s.shutdown { throw EngineError.unavailable("engine shut down") }
-            if var l = s.live[stream] {
-                l.refs += 1
-                s.live[stream] = l
-                return (l.generation, l.task, false)
-            }
-            let generation = s.nextGeneration
-            s.nextGeneration += 1
-            let task = Task<RESPSubscription, any Error> {
-                try await backend.subscribe(channel) { [weak self] payload in
-                    self?.received(stream, generation: generation, payload: payload)
-                }
-            }
-            s.live[stream] = LiveStream(refs: 1, generation: generation, task: task)
-            return (generation, task, true)
-        }
-        do {
-            _ = try await task.value
-        } catch {
-            // The subscription failed for every caller waiting on it: forget it.
-            self.state.withLock { s in
-                if s.live[stream]?.generation == generation { s.live[stream] = nil }
-            }
-            throw Self.map(error)
-        }
-        // Where the stream stood once live messages flow: the live check measures from here.
-        if fresh, let position = try? await self.position(of: stream) {
-            self.state.withLock { s in
-                guard s.live[stream]?.generation == generation, s.live[stream]?.lastOffset == nil else { return }
-                s.live[stream]?.lastOffset = position.top
-                s.live[stream]?.lastEpoch = position.epoch
-            }
-        }
-    }
-
-    public func unsubscribe(_ stream: String) async {
-        let task = self.state.withLock { s -> Task<RESPSubscription, any Error>? in
-            guard var l = s.live[stream] else { return nil }
-            l.refs -= 1
-            if l.refs > 0 {
-                s.live[stream] = l
-                return nil
-            }
-            s.live[stream] = nil
-            return l.task
-        }
-        if let task, let subscription = try? await task.value {
-            try? await subscription.unsubscribe()
-        }
-    }
-
-    /// Runs on the pub/sub connection's event loop, one message at a time: order is kept.
-    private func received(_ stream: String, generation: UInt64, payload: ByteBuffer) {
-        guard let message = Self.decode(stream: stream, payload: payload) else {
-            self.logger.warning("undecodable live message on \(stream)")
-            return
-        }
-        let delivery = self.state.withLock { s -> (any EngineDelivery)? in
-            // A stale subscription (unsubscribed, being replaced) must not deliver twice.
-            guard var l = s.live[stream], l.generation == generation else { return nil }
-            l.lastOffset = message.offset
-            l.lastEpoch = message.epoch
-            if let suspect = l.suspect, message.offset >= suspect { l.suspect = nil }
-            s.live[stream] = l
-            return s.delivery
-        }
-        delivery?.deliver(message)
-    }
-
-    /// `<offset>,<epoch>,<body>`; the body is a slice of the received buffer.
-    static func decode(stream: String, payload: ByteBuffer) -> StreamMessage? {
-        let view = payload.readableBytesView
-        let comma = UInt8(ascii: ",")
-        guard let c1 = view.firstIndex(of: comma), c1 > view.startIndex else { return nil }
-        guard c1 - view.startIndex <= 16 else { return nil }
-        var offset: Int64 = 0
-        for b in view[view.startIndex..<c1] {
-            guard b >= 48, b <= 57 else { return nil }
-            offset = offset * 10 + Int64(b - 48)
-        }
-        guard offset <= StreamOffset.maximum else { return nil }
-        guard let c2 = view[(c1 + 1)...].firstIndex(of: comma),
-              let body = payload.getSlice(at: c2 + 1, length: view.endIndex - (c2 + 1)) else { return nil }
-        let epoch = String(decoding: view[(c1 + 1)..<c2], as: UTF8.self)
-        return StreamMessage(stream: stream, offset: offset, epoch: epoch, body: body)
-    }
-
-    // MARK: catching up
-
-    /// After an outage of the live channels: every subscribed stream whose position moved past
-    /// what was delivered is handed to the gateway to read from history. Returns those streams.
-    func catchUpLiveStreams() async -> [String: StreamPosition] {
-        let known = self.state.withLock { s in s.live.mapValues { ($0.lastOffset, $0.lastEpoch) } }
-        guard !known.isEmpty else { return [:] }
-        var lagging: [String: StreamPosition] = [:]
-        for attempt in 0..<5 {
-            guard let positions = try? await self.positions(of: Array(known.keys)) else {
-                try? await Task.sleep(for: .milliseconds(100 << attempt))
-                continue
-            }
-            for (stream, p) in positions {
-                guard let (offset, epoch) = known[stream] else { continue }
-                if let offset, let epoch {
-                    if epoch != p.epoch || p.top > offset { lagging[stream] = p }
-                } else if p.top > 0 {
-                    lagging[stream] = p
-                }
-            }
-            break
-        }
-        let delivery = self.state.withLock { $0.delivery }
-        for (stream, position) in lagging { delivery?.catchUp(stream, to: position) }
-        if !lagging.isEmpty { self.logger.info("caught up \(lagging.count) live streams after an outage") }
-        return lagging
-    }
-
-    /// Streams checked per round of `checkLiveSubscriptions`; a node with more takes turns.
-    static let liveCheckBatch = 512
-
-    /// Compares subscribed streams' tops with what was delivered (up to `liveCheckBatch` a
-    /// round, in turn, read in one call on a single server). A stream behind its top twice in a
-    /// row (so not just a message in flight) lost messages on a subscription that went silently
-    /// dead: the gateway catches it up, and the subscription is made again.
-    func checkLiveSubscriptions() async {
-        let known = self.state.withLock { s -> [(String, Int64, String?, Int64?)] in
-            let streams = s.live.compactMap { stream, l in l.lastOffset.map { (stream, $0, l.lastEpoch, l.suspect) } }
-                .sorted { $0.0 < $1.0 }
-            guard streams.count > Self.liveCheckBatch else { return streams }
-            let start = s.liveCheckCursor % streams.count
-            s.liveCheckCursor = start + Self.liveCheckBatch
-            return Array((streams + streams)[start..<(start + Self.liveCheckBatch)])
-        }
-        guard !known.isEmpty, self.isAvailable, let positions = try? await self.tops(of: known.map(\.0)) else { return }
-        var dead: [String: StreamPosition] = [:]
-        self.state.withLock { s in
-            for (stream, offset, epoch, suspect) in known {
-                guard let p = positions[stream], s.live[stream] != nil else { continue }
-                let behind = p.top > offset || (epoch != nil && !p.epoch.isEmpty && epoch != p.epoch)
-                if behind, let suspect, offset < suspect {
-                    dead[stream] = p
-                    s.live[stream]?.suspect = nil
-                } else {
-                    s.live[stream]?.suspect = behind ? p.top : nil
-                }
-            }
-        }
-        guard !dead.isEmpty else { return }
-        self.logger.warning("live subscriptions behind their stream: \(dead.keys.sorted()); resubscribing and catching up")
-        for stream in dead.keys { await self.resubscribe(stream) }
-        let delivery = self.state.withLock { $0.delivery }
-        for (stream, position) in dead { delivery?.catchUp(stream, to: position) }
-    }
-
-    /// Epoch and top of many streams without creating any: one script on a single server,
-    /// one read per stream on a cluster (their keys live in different slots).
-    func tops(of streams: [String]) async throws -> [String: StreamPosition] {
-        guard self.configuration.clusterSeeds == nil else { return try await self.positions(of: streams) }
-        let reply = try await self.run(RedisScripts.tops, keys: streams.map { self.keys($0).meta }, args: [])
-        let values = reply.array ?? []
-        var out: [String: StreamPosition] = [:]
-        for (i, stream) in streams.enumerated() where 2 * i + 1 < values.count {
-            guard let top = Self.offset(values[2 * i + 1]) else { continue }
-            out[stream] = StreamPosition(epoch: values[2 * i].string ?? "", top: top)
-        }
-        return out
-    }
-
-    /// Replaces the live subscription of `stream` with a new one (same local references).
-    private func resubscribe(_ stream: String) async {
-        let channel = self.keys(stream).channel
-        let backend = self.backend
-        let old = self.state.withLock { s -> Task<RESPSubscription, any Error>? in
-            guard var l = s.live[stream] else { return nil }
-            let generation = s.nextGeneration
-            s.nextGeneration += 1
-            let task = Task<RESPSubscription, any Error> {
-                try await backend.subscribe(channel) { [weak self] payload in
-                    self?.received(stream, generation: generation, payload: payload)
-                }
-            }
-            let previous = l.task
-            l = LiveStream(refs: l.refs, generation: generation, task: task, lastOffset: l.lastOffset, lastEpoch: l.lastEpoch)
-            s.live[stream] = l
-            return previous
-        }
-        if let old, let subscription = try? await old.value { try? await subscription.unsubscribe() }
     }
 
     // MARK: plumbing

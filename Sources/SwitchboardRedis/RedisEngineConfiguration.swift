@@ -39,6 +39,9 @@ public struct RedisEngineConfiguration: Sendable {
     /// Seconds between checks that every live subscription still receives what is published
     /// (a subscription that went silently dead is found and caught up).
     public var liveCheckInterval: Double
+    /// Seconds after its last message (received, or published by this node) that a stream stays
+    /// in the live check; idle streams are not read (see `RedisEngine.checkLiveSubscriptions`).
+    public var liveCheckWindow: Double
     /// Backoff between attempts to reach Redis after it went away. The ceiling bounds how long a
     /// node stays not-ready once Redis accepts connections again: with the default (500 ms, full
     /// jitter) it reconnects within half a second, then catches its live streams up.
@@ -64,6 +67,7 @@ public struct RedisEngineConfiguration: Sendable {
         self.clusterSeeds = nil
         self.heartbeatInterval = 2
         self.liveCheckInterval = 5
+        self.liveCheckWindow = 60
         self.reconnect = RESPReconnectPolicy(initialDelay: .milliseconds(50), maxDelay: .milliseconds(500))
     }
 

@@ -5,9 +5,12 @@ import RESP
 /// unchanged on Redis Cluster.
 ///
 /// Per stream P (prefix `sb`):
-/// - `sb:{P}:meta`  hash: `epoch`, `top` (offset of the newest message, 0 when empty)
+/// - `sb:{P}:meta`  hash: `epoch`, `top` (offset of the newest message, 0 when empty), `lt`
+///   (the tag of the message at `top`)
 /// - `sb:{P}:log`   Redis stream; entry id `<offset>-0`, fields `t` (publish time, ms, Redis
-///   TIME) and `d` (body)
+///   TIME), `d` (body), `g` (the message's tag: random, chosen by the publishing node) and `p`
+///   (the tag of the message before it: the log is a chain, and a rollback shows where a reader
+///   crosses it)
 /// - `sb:{P}:acks`  sorted set session → acked offset (a sorted set rather than a hash so the
 ///   minimum is O(log n) on every ack)
 /// - `sb:{P}:holds` sorted set session → when its hold on the history ends (ms, Redis TIME):
@@ -17,7 +20,7 @@ import RESP
 ///   drops the holds that ended from `acks`, so expired sessions stop holding history
 /// - `sb:{P}:idem:<key>` string `<offset>,<epoch>` with a TTL
 /// - `sb:{P}:presence` hash member → expiry (ms, Redis TIME)
-/// - channel `sb:{P}` carries `<offset>,<epoch>,<body>`
+/// - channel `sb:{P}` carries `<offset>,<epoch>,<tag>,<previous tag>,<body>`
 ///
 /// Age trimming: offsets are not timestamps, so each entry carries its publish time `t`.
 /// Entries are appended in time order, so the scripts drop entries from the head while
@@ -66,42 +69,53 @@ enum RedisScripts {
     """
 
     /// KEYS meta, log, acks, holds[, idem]. ARGV body, candidate epoch, historySize,
-    /// historyAge ms, idempotency TTL ms, channel, sharded 0/1, approximate 0/1, stream TTL ms.
-    /// Returns {offset, epoch, duplicate 0/1}.
+    /// historyAge ms, idempotency TTL ms, channel, sharded 0/1, approximate 0/1, stream TTL ms, tag.
+    /// Returns {offset, epoch, duplicate 0/1, tag}.
     static let publish = RESPScript(source: prelude + """
     local meta, log, acks, holds, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
     if idem then
       local seen = redis.call('GET', idem)
       if seen then
         local c = string.find(seen, ',', 1, true)
-        return {tonumber(string.sub(seen, 1, c - 1)), string.sub(seen, c + 1), 1}
+        local c2 = string.find(seen, ',', c + 1, true)
+        if c2 then
+          return {tonumber(string.sub(seen, 1, c - 1)), string.sub(seen, c + 1, c2 - 1), 1, string.sub(seen, c2 + 1)}
+        end
+        return {tonumber(string.sub(seen, 1, c - 1)), string.sub(seen, c + 1), 1, ''}
       end
     end
     local epoch = ensure(meta, log, acks, holds, ARGV[2])
     local top = redis.call('HINCRBY', meta, 'top', 1)
     local now = now_ms()
     local id = top .. '-0'
+    local tag = ARGV[10]
+    local prev = redis.call('HGET', meta, 'lt') or ''
+    redis.call('HSET', meta, 'lt', tag)
     if ARGV[8] == '1' then
-      redis.call('XADD', log, 'MAXLEN', '~', ARGV[3], id, 't', now, 'd', ARGV[1])
+      redis.call('XADD', log, 'MAXLEN', '~', ARGV[3], id, 't', now, 'd', ARGV[1], 'g', tag, 'p', prev)
     else
-      redis.call('XADD', log, 'MAXLEN', ARGV[3], id, 't', now, 'd', ARGV[1])
+      redis.call('XADD', log, 'MAXLEN', ARGV[3], id, 't', now, 'd', ARGV[1], 'g', tag, 'p', prev)
     end
     trim_age(log, now - tonumber(ARGV[4]))
+    local payload = top .. ',' .. epoch .. ',' .. tag .. ',' .. prev .. ',' .. ARGV[1]
     if ARGV[7] == '1' then
-      redis.call('SPUBLISH', ARGV[6], top .. ',' .. epoch .. ',' .. ARGV[1])
+      redis.call('SPUBLISH', ARGV[6], payload)
     else
-      redis.call('PUBLISH', ARGV[6], top .. ',' .. epoch .. ',' .. ARGV[1])
+      redis.call('PUBLISH', ARGV[6], payload)
     end
-    if idem then redis.call('SET', idem, top .. ',' .. epoch, 'PX', ARGV[5]) end
+    if idem then redis.call('SET', idem, top .. ',' .. epoch .. ',' .. tag, 'PX', ARGV[5]) end
     touch_keys(ARGV[9], meta, log, acks, holds)
-    return {top, epoch, 0}
+    return {top, epoch, 0, tag}
     """)
 
     /// KEYS meta, log, acks, holds. ARGV after, candidate epoch, limit, historyAge ms,
-    /// expected epoch ('' = any), stream TTL ms, historySize.
-    /// Returns {epoch, top, gone 0/1, offset1, body1, offset2, body2, …}. History is the last
-    /// `historySize` offsets exactly, whatever `MAXLEN ~` left in the log, so both engines
-    /// answer the same reads.
+    /// expected epoch ('' = any), stream TTL ms, historySize, expected tag of the entry at
+    /// `after` ('' = any).
+    /// Returns {epoch, top, gone 0/1, offset1, tag1, previous tag1, body1, …}. History is the
+    /// last `historySize` offsets exactly, whatever `MAXLEN ~` left in the log, so both engines
+    /// answer the same reads. A reader whose message at `after` is not the one kept there (its
+    /// tag differs, or the next one does not follow it: the history was rolled back and written
+    /// again) is gone.
     static let read = RESPScript(source: prelude + """
     local meta, log = KEYS[1], KEYS[2]
     local epoch, top = ensure(meta, log, KEYS[3], KEYS[4], ARGV[2])
@@ -118,14 +132,39 @@ enum RedisScripts {
       local first = top + 1
       if #head > 0 then first = offset_of(head[1][1]) end
       first = math.max(first, top - tonumber(ARGV[7]) + 1)
-      if after + 1 < first then gone = 1 end
+      if after + 1 < first then
+        gone = 1
+      elseif ARGV[8] ~= '' and after > 0 then
+        -- The message at `after` must carry the reader's tag; if it was just trimmed, the one
+        -- after it must name it as its predecessor.
+        local at = redis.call('XRANGE', log, after .. '-0', (after + 1) .. '-0')
+        for _, entry in ipairs(at) do
+          local fields, g, p = entry[2], '', ''
+          for i = 1, #fields, 2 do
+            if fields[i] == 'g' then g = fields[i + 1] elseif fields[i] == 'p' then p = fields[i + 1] end
+          end
+          if offset_of(entry[1]) == after then
+            if g ~= '' and g ~= ARGV[8] then gone = 1 end
+            break
+          elseif p ~= '' and p ~= ARGV[8] then
+            gone = 1
+          end
+        end
+      end
     end
     local out = {epoch, top, gone}
     if gone == 0 and tonumber(ARGV[3]) > 0 and after < top then
       local e = redis.call('XRANGE', log, (after + 1) .. '-0', '+', 'COUNT', ARGV[3])
       for i = 1, #e do
+        local fields, g, p, d = e[i][2], '', '', ''
+        for j = 1, #fields, 2 do
+          local f = fields[j]
+          if f == 'd' then d = fields[j + 1] elseif f == 'g' then g = fields[j + 1] elseif f == 'p' then p = fields[j + 1] end
+        end
         out[#out + 1] = offset_of(e[i][1])
-        out[#out + 1] = e[i][2][4]
+        out[#out + 1] = g
+        out[#out + 1] = p
+        out[#out + 1] = d
       end
     end
     return out
@@ -162,6 +201,19 @@ enum RedisScripts {
     /// history for `ms` more (its TTL), unless it has no hold there.
     static let endHold = RESPScript(source: prelude + """
     return redis.call('ZADD', KEYS[1], 'XX', now_ms() + tonumber(ARGV[2]), ARGV[1])
+    """)
+
+    /// KEYS meta. ARGV seen epoch, new epoch. The stream's history in the seen epoch was rolled
+    /// back (offsets handed out again): it moves to the new epoch, unless another node moved it
+    /// already. Returns {epoch, top}.
+    static let newEpoch = RESPScript(source: """
+    local e = redis.call('HGET', KEYS[1], 'epoch')
+    if e == ARGV[1] then
+      redis.call('HSET', KEYS[1], 'epoch', ARGV[2])
+      redis.call('HDEL', KEYS[1], 'lt')
+      e = ARGV[2]
+    end
+    return {e or '', tonumber(redis.call('HGET', KEYS[1], 'top') or '0')}
     """)
 
     /// KEYS session. ARGV field, offset. Raises the session's cursor (if the session exists).
@@ -296,7 +348,7 @@ enum RedisScripts {
     """)
 
     static let all: [RESPScript] = [
-        publish, read, ack, endHold, sessionCursor, saveSession, touchSession, restoreSession, nodeHeartbeat, nodeInfo, liveNodes,
+        publish, read, ack, endHold, newEpoch, sessionCursor, saveSession, touchSession, restoreSession, nodeHeartbeat, nodeInfo, liveNodes,
         presenceJoin, presenceList, tops, takeToken,
     ]
 }

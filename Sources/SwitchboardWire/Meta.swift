@@ -60,6 +60,10 @@ public enum MetaKey {
     public static let epoch = "e"
     /// Resume after this offset (SUB).
     public static let since = "since"
+    /// A message's tag (PUSH), and the tag of the message at `since` (SUB): the identity of a
+    /// message beyond its offset, so a history that was rolled back and written again (a
+    /// failover that lost writes) is told from the one the client saw.
+    public static let tag = "t"
     /// Idempotency key of a publish.
     public static let idempotencyKey = "k"
     /// Session id (HELLO).

@@ -2,22 +2,26 @@ import Foundation
 import NIOCore
 import RESP
 
-/// A real Redis Cluster of `masters` redis-server processes on loopback (no replicas), with
-/// the slots split evenly. Nodes can be killed and restarted (they keep their node id and
-/// slots through their nodes.conf), and slots migrated the way `redis-cli --cluster` does.
+/// A real Redis Cluster of `masters` redis-server processes on loopback, each with `replicas`
+/// replicas, with the slots split evenly. Nodes can be killed and restarted (they keep their
+/// node id and slots through their nodes.conf), slots migrated the way `redis-cli --cluster`
+/// does, and a master failed over to its replica by killing it.
 public final class RedisCluster: @unchecked Sendable {
+    /// Masters first, then their replicas (replica `i` of master `m` at `masters + m * replicas + i`).
     public let servers: [RedisServer]
+    public let masters: Int
     public let directory: String
 
     public var seeds: [RESPClusterClient.Node] { self.servers.map { .init(host: "127.0.0.1", port: $0.port) } }
     public var configuration: RESPConfiguration { self.servers[0].configuration }
 
-    public init(masters: Int = 3, extraArgs: [String] = []) async throws {
+    public init(masters: Int = 3, replicas: Int = 0, extraArgs: [String] = []) async throws {
         self.directory = NSTemporaryDirectory() + "redis-cluster-\(UUID().uuidString)"
+        self.masters = masters
         try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
         var servers: [RedisServer] = []
         do {
-            for i in 0..<masters {
+            for i in 0..<(masters * (1 + replicas)) {
                 let port = try await freePort()
                 let busPort = try await freePort()
                 servers.append(try await RedisServer(port: port, extraArgs: [
@@ -26,7 +30,7 @@ public final class RedisCluster: @unchecked Sendable {
                 ] + extraArgs))
             }
             self.servers = servers
-            try await self.form()
+            try await self.form(replicas: replicas)
         } catch {
             for s in servers { s.stop() }
             try? FileManager.default.removeItem(atPath: self.directory)
@@ -34,22 +38,53 @@ public final class RedisCluster: @unchecked Sendable {
         }
     }
 
-    /// Splits the slots, introduces the nodes to each other and waits until the cluster is ok.
-    private func form() async throws {
-        let count = self.servers.count
+    /// Splits the slots, introduces the nodes to each other, makes the replicas replicate their
+    /// masters, and waits until the cluster is ok.
+    private func form(replicas: Int) async throws {
+        let count = self.masters
         let first = try await self.connect(self.servers[0])
         defer { Task { await first.close() } }
         for (i, server) in self.servers.enumerated() {
-            let c = try await self.connect(server)
-            _ = try await c.send("CLUSTER", "ADDSLOTSRANGE", .int(i * RESPClusterSlot.count / count),
-                                 .int((i + 1) * RESPClusterSlot.count / count - 1))
-            await c.close()
+            if i < count {
+                let c = try await self.connect(server)
+                _ = try await c.send("CLUSTER", "ADDSLOTSRANGE", .int(i * RESPClusterSlot.count / count),
+                                     .int((i + 1) * RESPClusterSlot.count / count - 1))
+                await c.close()
+            }
             if i > 0 {
                 let bus = Int(server.extraArgs[server.extraArgs.firstIndex(of: "--cluster-port")! + 1])!
                 _ = try await first.send("CLUSTER", "MEET", "127.0.0.1", .int(server.port), .int(bus))
             }
         }
         guard try await self.waitUntilOK() else { throw RESPError.unexpectedReply("cluster did not reach cluster_state:ok") }
+        guard replicas > 0 else { return }
+        for m in 0..<count {
+            let master = try await self.connect(self.servers[m])
+            let id = try await master.send("CLUSTER", "MYID").string!
+            await master.close()
+            for r in 0..<replicas {
+                let replica = try await self.connect(self.servers[count + m * replicas + r])
+                // The replica must know its master before it can replicate it.
+                _ = try await eventually { (try? await replica.send("CLUSTER", "REPLICATE", .string(id)).string) == "OK" }
+                await replica.close()
+            }
+        }
+        // Every replica in sync with its master.
+        guard try await eventually(timeout: .seconds(30), {
+            for server in self.servers[count...] {
+                guard let c = try? await self.connect(server) else { return false }
+                defer { Task { await c.close() } }
+                guard let info = try? await c.send("INFO", "replication").string, info.contains("master_link_status:up") else { return false }
+            }
+            return true
+        }) else { throw RESPError.unexpectedReply("replicas did not sync") }
+    }
+
+    /// The replicas of the master `server` (by its place in `servers`).
+    public func replicas(of server: RedisServer) -> [RedisServer] {
+        guard let m = self.servers.firstIndex(where: { $0 === server }), m < self.masters else { return [] }
+        let per = (self.servers.count - self.masters) / self.masters
+        return Array(self.servers[(self.masters + m * per)..<(self.masters + (m + 1) * per)])
     }
 
     /// Waits until every running node reports `cluster_state:ok` and knows every node and slot.
@@ -137,8 +172,8 @@ public final class RedisCluster: @unchecked Sendable {
 }
 
 /// Runs `body` with a fresh cluster and always stops it afterwards.
-public func withRedisCluster<T>(masters: Int = 3, _ body: (RedisCluster) async throws -> T) async throws -> T {
-    let cluster = try await RedisCluster(masters: masters)
+public func withRedisCluster<T>(masters: Int = 3, replicas: Int = 0, _ body: (RedisCluster) async throws -> T) async throws -> T {
+    let cluster = try await RedisCluster(masters: masters, replicas: replicas)
     defer { cluster.stop() }
     return try await body(cluster)
 }

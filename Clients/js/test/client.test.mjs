@@ -155,7 +155,7 @@ test('dedupe: duplicate and out-of-order pushes are delivered once, in order', (
   assert.deepEqual(got, [['m6', 6], ['m7', 7], ['m8', 8], ['m9', 9], ['m10', 10]]);
 });
 
-test('handler gets body and {stream, offset, epoch}', (t) => {
+test('handler gets body and {stream, offset, epoch, tag}', (t) => {
   const { client, WS } = setup(t);
   client.connect();
   WS.last.hello();
@@ -163,7 +163,11 @@ test('handler gets body and {stream, offset, epoch}', (t) => {
   client.subscribe('/rooms/a', (body, info) => infos.push([body, info]));
   WS.last.receive(`SUB200|/rooms/a|r=${rOf(WS.last.take('SUB')[0])};id=0;e=E1|`);
   WS.last.receive('PUSH200|/rooms/a|id=1;e=E1|{"a":"x|y"}');
-  assert.deepEqual(infos, [['{"a":"x|y"}', { stream: '/rooms/a', offset: 1, epoch: 'E1' }]]);
+  WS.last.receive('PUSH200|/rooms/a|id=2;e=E1;t=5kq2ab|b');
+  assert.deepEqual(infos, [
+    ['{"a":"x|y"}', { stream: '/rooms/a', offset: 1, epoch: 'E1', tag: null }],
+    ['b', { stream: '/rooms/a', offset: 2, epoch: 'E1', tag: '5kq2ab' }],
+  ]);
 });
 
 test('SUB410 emits notRecovered and repositions the stream', (t) => {
@@ -182,7 +186,7 @@ test('SUB410 emits notRecovered and repositions the stream', (t) => {
   push(WS.last, 40, 'E2');
   push(WS.last, 41, 'E2');
   assert.deepEqual(got.map(([, id]) => id), [6, 41]);
-  assert.deepEqual(client.position('/rooms/a'), { last: 41, epoch: 'E2' });
+  assert.deepEqual(client.position('/rooms/a'), { last: 41, epoch: 'E2', tag: null });
   // unsolicited SUB410 (epoch changed under a live subscription)
   WS.last.receive('SUB410|/rooms/a|id=3;e=E3;recovered=0|epoch changed');
   push(WS.last, 4, 'E3');
@@ -227,7 +231,7 @@ test('built-in streams are tracked from their unsolicited SUB200 and deduped', (
   push(ws, 5, 'B', '/broadcast');
   push(ws, 5, 'B', '/broadcast');
   assert.deepEqual(got, [5]);
-  assert.deepEqual(client.position('/users/ann'), { last: 0, epoch: 'U' });
+  assert.deepEqual(client.position('/users/ann'), { last: 0, epoch: 'U', tag: null });
 });
 
 test('acks are sent on the timer with the highest delivered offset', (t) => {
@@ -463,7 +467,7 @@ test('storage round-trip: a reload resumes session and stream positions', (t) =>
   const b = new SwitchboardClient('wss://sb.example/ws?v=1', { WebSocket: WS, storage, storageKey: 'sb' });
   t.after(() => b.close());
   assert.equal(b.sessionId, 'sess7');
-  assert.deepEqual(b.position('/rooms/a'), { last: 6, epoch: 'E1' });
+  assert.deepEqual(b.position('/rooms/a'), { last: 6, epoch: 'E1', tag: null });
   const got = [];
   b.subscribe('/rooms/a', (body, { offset }) => got.push(offset));
   b.connect();
@@ -478,7 +482,7 @@ test('storage round-trip: a reload resumes session and stream positions', (t) =>
   push(WS.last, 2, 'B', '/broadcast'); // duplicate, dropped
   push(WS.last, 3, 'B', '/broadcast');
   assert.deepEqual(got, [7]);
-  assert.deepEqual(b.position('/broadcast'), { last: 3, epoch: 'B' });
+  assert.deepEqual(b.position('/broadcast'), { last: 3, epoch: 'B', tag: null });
   assert.deepEqual(JSON.parse(storage.getItem('sb.streams'))['/rooms/a'], { last: 7, epoch: 'E1' });
 });
 
@@ -547,7 +551,7 @@ test('subscribe with since replays from there, overriding a known position, and 
   const { client, WS } = setup(t, { storage });
   const got = [];
   client.subscribe('/rooms/a', (body, { offset }) => got.push(offset), { since: 0 });
-  assert.deepEqual(client.position('/rooms/a'), { last: 0, epoch: null });
+  assert.deepEqual(client.position('/rooms/a'), { last: 0, epoch: null, tag: null });
   client.connect();
   const ws = WS.last;
   ws.hello();
@@ -556,7 +560,7 @@ test('subscribe with since replays from there, overriding a known position, and 
   ws.receive(`SUB200|/rooms/a|r=${rOf(sub)};id=0;e=E2;recovered=1|`);
   for (let id = 1; id <= 3; id++) push(ws, id, 'E2');
   assert.deepEqual(got, [1, 2, 3]);
-  assert.deepEqual(client.position('/rooms/a'), { last: 3, epoch: 'E2' });
+  assert.deepEqual(client.position('/rooms/a'), { last: 3, epoch: 'E2', tag: null });
 
   // Reposition while subscribed: a new SUB, old pushes beyond the new start are dropped
   // until the replay brings them in order.
@@ -749,4 +753,248 @@ test('after 4429 an ordinary drop uses the ordinary backoff again', (t) => {
   assert.equal(WS.instances.length, 2);
   tick(1);
   assert.equal(WS.instances.length, 3);
+});
+
+// ----- message tags (META t) ------------------------------------------------
+
+const tpush = (ws, id, tag, e = 'E1', stream = '/rooms/a') => ws.receive(`PUSH200|${stream}|id=${id};e=${e};t=${tag}|m${id}`);
+
+/** Drop the connection, reconnect (whatever the backoff), HELLO, and return the SUB the client sent. */
+function resubscribe(WS, tick) {
+  const n = WS.instances.length;
+  WS.last.serverClose(1001);
+  tick(20000);
+  assert.equal(WS.instances.length, n + 1);
+  WS.last.hello('sess1', { resumed: true });
+  const subs = WS.last.take('SUB');
+  assert.equal(subs.length, 1);
+  return subs[0];
+}
+
+test('tags: a resume sends since/e/t of the last message handed over', (t) => {
+  const { client, WS, tick } = setup(t);
+  client.connect();
+  WS.last.hello('sess1');
+  const tags = [];
+  client.subscribe('/rooms/a', (body, info) => tags.push([info.offset, info.tag]));
+  const [sub] = WS.last.take('SUB');
+  assert.match(sub, /^SUB\|\/rooms\/a\|r=\d+\|$/);
+  WS.last.receive(`SUB200|/rooms/a|r=${rOf(sub)};id=5;e=E1|`);
+  tpush(WS.last, 6, 'aaaaa6');
+  tpush(WS.last, 7, '5kq2ab');
+  tpush(WS.last, 7, 'zzzzzz'); // duplicate: neither handed over nor taken as the tag at 7
+  assert.deepEqual(tags, [[6, 'aaaaa6'], [7, '5kq2ab']]);
+  assert.deepEqual(client.position('/rooms/a'), { last: 7, epoch: 'E1', tag: '5kq2ab' });
+  const again = resubscribe(WS, tick);
+  assert.match(again, /^SUB\|\/rooms\/a\|r=\d+;since=7;e=E1;t=5kq2ab\|$/);
+  WS.last.receive(`SUB200|/rooms/a|r=${rOf(again)};id=7;e=E1;recovered=1|`);
+  assert.equal(client.position('/rooms/a').tag, '5kq2ab', 'a recovered resume keeps the tag at since');
+  // An older server's push (no t) leaves no tag to check: the next resume goes by offset alone.
+  push(WS.last, 8);
+  assert.deepEqual(tags.at(-1), [8, null]);
+  assert.match(resubscribe(WS, tick), /^SUB\|\/rooms\/a\|r=\d+;since=8;e=E1\|$/);
+});
+
+test('tags: a gap resubscription names the tag of the last message', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  WS.last.hello();
+  subscribed(client, WS.last, 5);
+  tpush(WS.last, 6, 'tag006');
+  tpush(WS.last, 8, 'tag008'); // gap
+  const [resub] = WS.last.take('SUB');
+  assert.match(resub, /^SUB\|\/rooms\/a\|r=\d+;since=6;e=E1;t=tag006\|$/);
+});
+
+test('tags: after SUB410 the next SUB carries no t until a message is handed over', (t) => {
+  const { client, WS, tick, events } = setup(t);
+  client.connect();
+  WS.last.hello('sess1');
+  const { got } = subscribed(client, WS.last, 5);
+  tpush(WS.last, 6, 'old006');
+  const sub = resubscribe(WS, tick);
+  assert.match(sub, /^SUB\|\/rooms\/a\|r=\d+;since=6;e=E1;t=old006\|$/);
+  // The history was rolled back: offset 6 now holds another message.
+  WS.last.receive(`SUB410|/rooms/a|r=${rOf(sub)};id=6;e=E1;recovered=0|tag mismatch`);
+  assert.equal(events.filter(([n]) => n === 'notRecovered').length, 1);
+  assert.deepEqual(client.position('/rooms/a'), { last: 6, epoch: 'E1', tag: null });
+  const next = resubscribe(WS, tick);
+  assert.match(next, /^SUB\|\/rooms\/a\|r=\d+;since=6;e=E1\|$/, 'no t: the message at 6 is unknown');
+  WS.last.receive(`SUB200|/rooms/a|r=${rOf(next)};id=6;e=E1;recovered=1|`);
+  tpush(WS.last, 7, 'new007');
+  assert.deepEqual(got.map(([, id]) => id), [6, 7]);
+  assert.match(resubscribe(WS, tick), /^SUB\|\/rooms\/a\|r=\d+;since=7;e=E1;t=new007\|$/);
+});
+
+test('tags: an unsolicited SUB410 (epoch changed on a live subscription) forgets the tag', (t) => {
+  const { client, WS, tick } = setup(t);
+  client.connect();
+  WS.last.hello('sess1');
+  subscribed(client, WS.last, 5);
+  tpush(WS.last, 6, 'old006');
+  WS.last.receive('SUB410|/rooms/a|id=3;e=E2;recovered=0|epoch changed');
+  assert.deepEqual(client.position('/rooms/a'), { last: 3, epoch: 'E2', tag: null });
+  assert.match(resubscribe(WS, tick), /^SUB\|\/rooms\/a\|r=\d+;since=3;e=E2\|$/);
+});
+
+test('tags: an epoch change revealed by a PUSH drops the old tag; the pushed message brings its own', (t) => {
+  const { client, WS, tick } = setup(t);
+  client.connect();
+  WS.last.hello('sess1');
+  const { got } = subscribed(client, WS.last, 5);
+  tpush(WS.last, 6, 'old006');
+  push(WS.last, 2, 'E2'); // new epoch, no tag (older node)
+  assert.deepEqual(got.map(([, id]) => id), [6, 2]);
+  assert.deepEqual(client.position('/rooms/a'), { last: 2, epoch: 'E2', tag: null });
+  tpush(WS.last, 1, 'e3m001', 'E3'); // another epoch change, with a tag
+  assert.deepEqual(client.position('/rooms/a'), { last: 1, epoch: 'E3', tag: 'e3m001' });
+  assert.match(resubscribe(WS, tick), /^SUB\|\/rooms\/a\|r=\d+;since=1;e=E3;t=e3m001\|$/);
+});
+
+test('tags: a stream started live (SUB200 id=N) resubscribes with since=N and no t', (t) => {
+  const { client, WS, tick } = setup(t);
+  client.connect();
+  WS.last.hello('sess1');
+  subscribed(client, WS.last, 12);
+  assert.deepEqual(client.position('/rooms/a'), { last: 12, epoch: 'E1', tag: null });
+  assert.match(resubscribe(WS, tick), /^SUB\|\/rooms\/a\|r=\d+;since=12;e=E1\|$/);
+
+  // A built-in stream positioned by the server's own SUB200 has no tag either, until a push.
+  WS.last.receive('SUB200|/broadcast|id=3;e=B|');
+  assert.deepEqual(client.position('/broadcast'), { last: 3, epoch: 'B', tag: null });
+  tpush(WS.last, 4, 'brd004', 'B', '/broadcast'); // tracked (and acked) without a handler: its tag too
+  assert.equal(client.position('/broadcast').tag, 'brd004');
+  WS.last.receive('SUB200|/broadcast|id=9;e=B|'); // unsolicited, ahead, nobody listening: jump to the top
+  assert.deepEqual(client.position('/broadcast'), { last: 9, epoch: 'B', tag: null });
+});
+
+test('tags: a live re-subscribe forgets the tag of a stream it repositions to the top', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  WS.last.hello('sess1');
+  const { unsubscribe } = subscribed(client, WS.last, 5);
+  tpush(WS.last, 6, 'tag006');
+  unsubscribe(); // forgets the stream
+  WS.last.take();
+  client.subscribe('/rooms/a', () => {});
+  const [sub] = WS.last.take('SUB');
+  assert.match(sub, /^SUB\|\/rooms\/a\|r=\d+\|$/);
+  WS.last.receive(`SUB200|/rooms/a|r=${rOf(sub)};id=9;e=E1|`);
+  assert.deepEqual(client.position('/rooms/a'), { last: 9, epoch: 'E1', tag: null });
+});
+
+test('tags: persisted with the position and sent again after a reload', (t) => {
+  const storage = new MemoryStorage();
+  const a = setup(t, { storage, storageKey: 'sb' });
+  a.client.connect();
+  a.WS.last.hello('sess7');
+  subscribed(a.client, a.WS.last, 5);
+  tpush(a.WS.last, 6, '5kq2ab');
+  a.WS.last.receive('SUB200|/broadcast|id=2;e=B|');
+  assert.deepEqual(JSON.parse(storage.getItem('sb.streams')), {
+    '/rooms/a': { last: 6, epoch: 'E1', tag: '5kq2ab' },
+    '/broadcast': { last: 2, epoch: 'B' },
+  });
+  a.client.close();
+
+  // "page reload"
+  const WS = makeFakeWebSocket();
+  const b = new SwitchboardClient('wss://sb.example/ws', { WebSocket: WS, storage, storageKey: 'sb' });
+  t.after(() => b.close());
+  assert.deepEqual(b.position('/rooms/a'), { last: 6, epoch: 'E1', tag: '5kq2ab' });
+  const got = [];
+  b.subscribe('/rooms/a', (body, { offset, tag }) => got.push([offset, tag]));
+  b.connect();
+  WS.last.hello('sess7', { resumed: true });
+  const [sub] = WS.last.take('SUB');
+  assert.match(sub, /^SUB\|\/rooms\/a\|r=\d+;since=6;e=E1;t=5kq2ab\|$/);
+  WS.last.receive(`SUB410|/rooms/a|r=${rOf(sub)};id=6;e=E1;recovered=0|tag mismatch`);
+  assert.deepEqual(JSON.parse(storage.getItem('sb.streams'))['/rooms/a'], { last: 6, epoch: 'E1' }, 'tag dropped from storage too');
+  tpush(WS.last, 7, 'new007');
+  assert.deepEqual(got, [[7, 'new007']]);
+  assert.deepEqual(JSON.parse(storage.getItem('sb.streams'))['/rooms/a'], { last: 7, epoch: 'E1', tag: 'new007' });
+});
+
+test('tags: a stored position without a tag (older client) or with a bad one restores with no tag', (t) => {
+  const storage = new MemoryStorage();
+  storage.setItem(
+    'switchboard.streams',
+    JSON.stringify({ '/rooms/a': { last: 4, epoch: 'E1' }, '/rooms/b': { last: 5, epoch: 'E1', tag: 'a;b=c' }, '/rooms/c': { last: 6, epoch: 'E1', tag: 7 } }),
+  );
+  const { client, WS } = setup(t, { storage });
+  for (const name of ['a', 'b', 'c']) client.subscribe('/rooms/' + name, () => {});
+  client.connect();
+  WS.last.hello();
+  assert.deepEqual(WS.last.take('SUB').map((f) => f.replace(/r=\d+;/, '')), [
+    'SUB|/rooms/a|since=4;e=E1|',
+    'SUB|/rooms/b|since=5;e=E1|',
+    'SUB|/rooms/c|since=6;e=E1|',
+  ]);
+});
+
+test('tags: subscribe accepts a tag with since/epoch and validates it', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  WS.last.hello();
+  const got = [];
+  client.subscribe('/rooms/a', (body, { offset }) => got.push(offset), { since: 41, epoch: 'E1', tag: 'x0a1b2' });
+  assert.deepEqual(client.position('/rooms/a'), { last: 41, epoch: 'E1', tag: 'x0a1b2' });
+  const [sub] = WS.last.take('SUB');
+  assert.match(sub, /^SUB\|\/rooms\/a\|r=\d+;since=41;e=E1;t=x0a1b2\|$/);
+  WS.last.receive(`SUB200|/rooms/a|r=${rOf(sub)};id=41;e=E1;recovered=1|`);
+  tpush(WS.last, 42, 'm00042');
+  assert.deepEqual(got, [42]);
+  // Repositioning without a tag forgets the one known.
+  client.subscribe('/rooms/a', () => {}, { since: 30, epoch: 'E1' });
+  assert.match(WS.last.take('SUB')[0], /^SUB\|\/rooms\/a\|r=\d+;since=30;e=E1\|$/);
+  for (const tag of ['', 'a;b', 'a|b', 'x=y', 'é', 'a'.repeat(33), 42]) {
+    assert.throws(() => client.subscribe('/rooms/a', () => {}, { since: 1, tag }), TypeError, String(tag));
+  }
+});
+
+test('tags: a malformed or empty t is taken as no tag', (t) => {
+  const { client, WS } = setup(t);
+  client.connect();
+  WS.last.hello();
+  const tags = [];
+  client.subscribe('/rooms/a', (body, { tag }) => tags.push(tag));
+  WS.last.receive(`SUB200|/rooms/a|r=${rOf(WS.last.take('SUB')[0])};id=0;e=E1|`);
+  WS.last.receive('PUSH200|/rooms/a|id=1;e=E1;t=|a');
+  WS.last.receive('PUSH200|/rooms/a|id=2;e=E1;t=%41%42|b');
+  WS.last.receive('PUSH200|/rooms/a|id=3;e=E1;t=ok0003|c');
+  assert.deepEqual(tags, [null, null, 'ok0003']);
+});
+
+test('ids: a PUSH or SUB reply whose id is not a decimal 0…2^53−1 does not move the stream', (t) => {
+  const { client, WS, events } = setup(t);
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  const { got } = subscribed(client, ws, 5);
+  tpush(ws, 6, 'tag006');
+  const before = { last: 6, epoch: 'E1', tag: 'tag006' };
+  for (const id of ['9007199254740992', '1e3', '1000.0', '-7', '0x10', '', ' 7', '99999999999999999999']) {
+    ws.receive(`PUSH200|/rooms/a|id=${id};e=E1;t=badid0|x`);
+    assert.deepEqual(client.position('/rooms/a'), before, `PUSH id=${id}`);
+    ws.receive(`SUB410|/rooms/a|id=${id};e=E2;recovered=0|epoch changed`);
+    ws.receive(`SUB200|/rooms/a|id=${id};e=E1|`);
+    assert.deepEqual(client.position('/rooms/a'), before, `SUB id=${id}`);
+  }
+  ws.receive('PUSH200|/rooms/a|e=E1;t=noid00|x'); // no id at all: the same
+  assert.deepEqual(client.position('/rooms/a'), before);
+  assert.deepEqual(got.map(([, id]) => id), [6]);
+  assert.deepEqual(ws.take('SUB'), [], 'no resubscription either');
+  assert.equal(events.filter(([n]) => n === 'notRecovered').length, 0);
+  tpush(ws, 7, 'tag007'); // the stream goes on from where it was
+  assert.deepEqual(got.map(([, id]) => id), [6, 7]);
+
+  // The top of the range is an ordinary offset.
+  const max = Number.MAX_SAFE_INTEGER; // 2^53 − 1
+  client.subscribe('/rooms/b', () => {}, { since: max - 1, epoch: 'E1' });
+  const [sub] = ws.take('SUB');
+  ws.receive(`SUB200|/rooms/b|r=${rOf(sub)};id=${max - 1};e=E1;recovered=1|`);
+  tpush(ws, max, 'topmax', 'E1', '/rooms/b');
+  assert.deepEqual(client.position('/rooms/b'), { last: max, epoch: 'E1', tag: 'topmax' });
+  ws.receive('PUSH200|/rooms/b|id=9007199254740992;e=E1;t=over00|x');
+  assert.deepEqual(client.position('/rooms/b'), { last: max, epoch: 'E1', tag: 'topmax' });
 });

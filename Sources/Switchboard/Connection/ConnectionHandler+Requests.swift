@@ -78,13 +78,14 @@ extension ConnectionHandler {
             since = parsed
         }
         let epoch = frame.meta[MetaKey.epoch]
+        let tag = frame.meta[MetaKey.tag]
         let resumeAfter = since
         if self.streams[stream] == nil, self.applicationStreamCount >= self.configuration.maxSubscriptions {
             return self.replyError(status: 429, method: .sub, target: stream, requestID: requestID, error: "too_many_subscriptions", reason: "at most \(self.configuration.maxSubscriptions) subscriptions per connection")
         }
         switch self.core.authorizeBuiltin(stream: stream, session: self.session, user: self.identity?.user) {
         case .allowed:
-            self.subscribe(stream, since: since, epoch: epoch, requestID: requestID)
+            self.subscribe(stream, since: since, epoch: epoch, tag: tag, requestID: requestID)
         case .forbidden:
             self.replyError(status: 403, method: .sub, target: stream, requestID: requestID, error: "forbidden", reason: "not your stream")
         case .notBuiltin:
@@ -101,7 +102,7 @@ extension ConnectionHandler {
                 guard self.streams[stream] != nil || self.applicationStreamCount < self.configuration.maxSubscriptions else {
                     return self.replyError(status: 429, method: .sub, target: stream, requestID: requestID, error: "too_many_subscriptions", reason: "at most \(self.configuration.maxSubscriptions) subscriptions per connection")
                 }
-                self.subscribe(stream, since: resumeAfter, epoch: epoch, requestID: requestID)
+                self.subscribe(stream, since: resumeAfter, epoch: epoch, tag: tag, requestID: requestID)
                 if subject == nil {
                     let member = self.presenceMember
                     let engine = self.core.engine

@@ -8,12 +8,13 @@ extension ConnectionHandler {
     /// The connection is registered for live messages *before* history is read, and
     /// live messages wait in the cursor while history is written, so nothing
     /// published in between is missed; offsets make the overlap harmless.
-    func subscribe(_ stream: String, since: Int64?, epoch: String?, requestID: String?) {
+    func subscribe(_ stream: String, since: Int64?, epoch: String?, tag: String? = nil, requestID: String?) {
         guard case .open = self.state else { return }
         let isNew = self.streams[stream] == nil
         let generation = (self.streams[stream]?.generation ?? 0) &+ 1
         self.streams[stream] = StreamCursor(
-            stream: stream, last: since ?? 0, epoch: epoch ?? "", mode: .catchingUp(buffer: [], overflowed: false), generation: generation
+            stream: stream, last: since ?? 0, epoch: epoch ?? "", lastTag: tag ?? "", mode: .catchingUp(buffer: [], overflowed: false),
+            generation: generation
         )
         self.loopHub.addSubscriber(stream, self)
         let core = self.core
@@ -28,7 +29,7 @@ extension ConnectionHandler {
                     held = true
                 }
                 if let since {
-                    try await self.replay(stream, generation: generation, after: since, epoch: epoch, requestID: requestID, reply: true)
+                    try await self.replay(stream, generation: generation, after: since, epoch: epoch, tag: tag, requestID: requestID, reply: true)
                 } else {
                     let position = try await core.engine.position(of: stream)
                     try await core.engine.ack(session: session, stream: stream, offset: position.top)
@@ -41,24 +42,26 @@ extension ConnectionHandler {
     }
 
     /// Read history in batches and write it, pausing while the socket is full.
-    private func replay(_ stream: String, generation: UInt32, after: Int64, epoch: String?, requestID: String?, reply: Bool) async throws {
+    private func replay(
+        _ stream: String, generation: UInt32, after: Int64, epoch: String?, tag: String? = nil, requestID: String?, reply: Bool
+    ) async throws {
         let loop = self.loopHub.loop
         let limit = self.configuration.replayBatchSize
         var after = after
         var epoch = epoch
+        var tag = tag
         var reply = reply
         while true {
-            let read = try await self.core.engine.read(stream, after: after, epoch: epoch, limit: limit)
+            // Every read names the message it continues after: the history it reads must still
+            // hold that one (or the history was rolled back since, and the reader is told).
+            let read = try await self.core.engine.read(stream, after: after, epoch: epoch, tag: tag, limit: limit)
             if reply {
                 // The subscription's first read: where the session now stands in the stream is
                 // recorded before anything is written, so it holds the history it is about to
-                // read (no other session's acks trim it), never past the stream's top.
+                // read (no other session's acks trim it), never past the stream's top. An offset
+                // beyond the top in the same epoch is not recovered (SUB410), not refused: it is
+                // what a client sees after a failover lost writes it had received.
                 switch read {
-                case .gone(let position) where epoch == position.epoch && after > position.top:
-                    // Same epoch, an offset the stream never reached: the client's mistake.
-                    let reason = "since=\(after) is beyond the stream's top \(position.top)"
-                    loop.execute { self.subscriptionRefused(stream, generation: generation, requestID: requestID, status: 400, error: "bad_since", reason: reason) }
-                    return
                 case .gone(let position):
                     try await self.core.engine.ack(session: self.session, stream: stream, offset: position.top)
                 case .messages(_, let position):
@@ -66,22 +69,23 @@ extension ConnectionHandler {
                 }
             }
             let first = reply
-            let next: Int64? = try await loop.submit {
+            let next: (offset: Int64, tag: String)? = try await loop.submit {
                 self.applyHistory(stream, generation: generation, read: read, limit: limit, requestID: requestID, reply: first)
             }.get()
             reply = false
             guard let next else { return }
             if case .messages(_, let position) = read { epoch = position.epoch }
-            after = next
+            after = next.offset
+            tag = next.tag.isEmpty ? nil : next.tag
             try await loop.flatSubmit { self.waitUntilWritable() }.get()
         }
     }
 
-    /// Write one batch of history. Returns the offset to read after next, or nil when
-    /// the cursor went live (or the subscription was replaced or dropped).
+    /// Write one batch of history. Returns where to read after next (offset and the tag there),
+    /// or nil when the cursor went live (or the subscription was replaced or dropped).
     private func applyHistory(
         _ stream: String, generation: UInt32, read: HistoryRead, limit: Int, requestID: String?, reply: Bool
-    ) -> Int64? {
+    ) -> (offset: Int64, tag: String)? {
         guard var cursor = self.streams[stream], cursor.generation == generation, case .open = self.state else { return nil }
         switch read {
         case .gone(let position):
@@ -90,10 +94,14 @@ extension ConnectionHandler {
             self.writeFrame(
                 method: .sub, status: 410, target: stream,
                 meta: Self.subscriptionMeta(requestID: requestID, position: position, recovered: false),
-                body: JSONBody.error("history_gone", reason: "messages after offset \(cursor.last) are no longer retained or the stream's epoch changed")
+                body: JSONBody.error(
+                    "history_gone",
+                    reason: "messages after offset \(cursor.last) are no longer retained, the stream's epoch changed, or its history was rolled back"
+                )
             )
             cursor.last = position.top
             cursor.epoch = position.epoch
+            cursor.lastTag = ""
             self.streams[stream] = cursor
             return self.finishCatchUp(stream)
         case .messages(let messages, let position):
@@ -105,14 +113,17 @@ extension ConnectionHandler {
             }
             cursor.epoch = position.epoch
             var written: Int64 = 0
+            // One read of one log: each message follows the one before (the first was checked by
+            // the read against the tag it was given).
             for message in messages where message.offset == cursor.last + 1 {
                 self.writeRaw(Hub.pushFrame(message, allocator: self.core.allocator))
                 cursor.last = message.offset
+                cursor.lastTag = message.tag
                 written += 1
             }
             self.core.metrics.historyDeliveries.increment(by: written)
             self.streams[stream] = cursor
-            if messages.count >= limit { return cursor.last }
+            if messages.count >= limit { return (cursor.last, cursor.lastTag) }
             return self.finishCatchUp(stream)
         }
     }
@@ -122,46 +133,52 @@ extension ConnectionHandler {
         guard var cursor = self.streams[stream], cursor.generation == generation, case .open = self.state else { return }
         cursor.last = position.top
         cursor.epoch = position.epoch
+        cursor.lastTag = ""
         self.streams[stream] = cursor
         self.writeFrame(method: .sub, status: 200, target: stream, meta: Self.subscriptionMeta(requestID: requestID, position: position, recovered: nil))
         if let next = self.finishCatchUp(stream) {
-            self.startReplay(stream, after: next)
+            self.startReplay(stream, after: next.offset)
         }
     }
 
     /// Write the live messages that waited during replay. Returns where to read next
     /// if they left a gap (or overflowed), else switches the cursor to live.
-    private func finishCatchUp(_ stream: String) -> Int64? {
+    private func finishCatchUp(_ stream: String) -> (offset: Int64, tag: String)? {
         guard var cursor = self.streams[stream], case .catchingUp(let buffer, let overflowed) = cursor.mode else { return nil }
         var gap = overflowed
         for message in buffer where message.offset > cursor.last {
-            guard message.offset == cursor.last + 1, message.epoch == cursor.epoch else {
+            // A gap, another epoch, or a message that does not follow the last one written (the
+            // history was rolled back): read on from history, which tells which.
+            guard message.offset == cursor.last + 1, message.epoch == cursor.epoch, message.follows(cursor.lastTag) else {
                 gap = true
                 break
             }
             self.writeRaw(Hub.pushFrame(message, allocator: self.core.allocator))
             self.loopHub.delivered += 1
             cursor.last = message.offset
+            cursor.lastTag = message.tag
         }
         if gap {
             cursor.mode = .catchingUp(buffer: [], overflowed: false)
             self.streams[stream] = cursor
-            return cursor.last
+            return (cursor.last, cursor.lastTag)
         }
         cursor.mode = .live
         self.streams[stream] = cursor
         return nil
     }
 
-    /// A live message skipped ahead (a message was lost on the way): fetch the gap.
+    /// A live message skipped ahead (a message was lost on the way), or did not follow the last
+    /// one written: read from history after the last one written, naming it.
     private func startReplay(_ stream: String, after: Int64) {
         guard let cursor = self.streams[stream] else { return }
         let generation = cursor.generation
         let epoch = cursor.epoch.isEmpty ? nil : cursor.epoch
+        let tag = cursor.lastTag.isEmpty ? nil : cursor.lastTag
         let loop = self.loopHub.loop
         Task {
             do {
-                try await self.replay(stream, generation: generation, after: after, epoch: epoch, requestID: nil, reply: false)
+                try await self.replay(stream, generation: generation, after: after, epoch: epoch, tag: tag, requestID: nil, reply: false)
             } catch {
                 loop.execute { self.subscriptionFailed(stream, generation: generation, requestID: nil, error: error, held: true) }
             }
@@ -216,10 +233,14 @@ extension ConnectionHandler {
                 )
                 self.streams[at: index].epoch = message.epoch
                 self.streams[at: index].last = message.offset - 1
+                self.streams[at: index].lastTag = ""
             }
             let last = self.streams[at: index].last
             if message.offset <= last { return }
-            if message.offset > last + 1 {
+            // A gap (a message lost on the way), or the next offset naming another predecessor
+            // than the message written last (the history was rolled back and written again):
+            // read from history, which catches the gap up or says it cannot (SUB410).
+            if message.offset > last + 1 || !message.follows(self.streams[at: index].lastTag) {
                 self.streams[at: index].mode = .catchingUp(buffer: [message], overflowed: false)
                 self.startReplay(message.stream, after: last)
                 return
@@ -231,6 +252,7 @@ extension ConnectionHandler {
             self.writeRaw(frame)
             self.loopHub.delivered += 1
             self.streams[at: index].last = message.offset
+            self.streams[at: index].lastTag = message.tag
         case .catchingUp(var buffer, let overflowed):
             if overflowed { return }
             self.streams[at: index].mode = .live  // drop the array's second reference before appending
@@ -250,7 +272,8 @@ extension ConnectionHandler {
         guard case .open = self.state, let index = self.streams.index(of: stream) else { return }
         guard case .live = self.streams[at: index].mode else { return }  // a replay is already reading
         let cursor = self.streams[at: index]
-        guard position.epoch != cursor.epoch || position.top > cursor.last else { return }
+        // Behind, another epoch, or a top below what was written here (a rollback): read.
+        guard position.epoch != cursor.epoch || position.top != cursor.last else { return }
         self.streams[at: index].mode = .catchingUp(buffer: [], overflowed: false)
         self.startReplay(stream, after: cursor.last)
     }

@@ -14,6 +14,9 @@ struct StreamCursor {
     var last: Int64
     /// Empty until the stream's epoch is known.
     var epoch: String
+    /// The tag of the message at `last` when it was a message (empty when `last` came from a
+    /// position): the next one written must follow it, or the history was rolled back.
+    var lastTag: String = ""
     var mode: Mode
     /// Bumped on every (re)subscription, so a replay started for an older one stops.
     var generation: UInt32

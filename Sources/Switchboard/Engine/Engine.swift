@@ -6,13 +6,41 @@ public struct StreamMessage: Sendable {
     /// Contiguous per stream: 1, 2, 3 …
     public var offset: Int64
     public var epoch: String
+    /// Random per message (empty when the engine stored none): with the offset and epoch, the
+    /// message's identity. A rolled-back history written again reuses offsets, not tags.
+    public var tag: String
+    /// The tag of the message before it in the stream (empty when unknown): a reader that holds
+    /// message `offset - 1` checks it is that one, so the log is a chain and a rollback shows
+    /// wherever a reader crosses it.
+    public var previousTag: String
     public var body: ByteBuffer
 
-    public init(stream: String, offset: Int64, epoch: String, body: ByteBuffer) {
+    public init(stream: String, offset: Int64, epoch: String, tag: String = "", previousTag: String = "", body: ByteBuffer) {
         self.stream = stream
         self.offset = offset
         self.epoch = epoch
+        self.tag = tag
+        self.previousTag = previousTag
         self.body = body
+    }
+
+    /// Whether this message can follow `tag` (the one at `offset - 1`): false only when both are
+    /// known and differ.
+    public func follows(_ tag: String) -> Bool {
+        tag.isEmpty || self.previousTag.isEmpty || self.previousTag == tag
+    }
+
+    /// Six random characters.
+    public static func newTag() -> String {
+        var n = UInt64.random(in: 0..<2_176_782_336)  // 36^6
+        var out = ""
+        out.reserveCapacity(6)
+        let digits = Array("0123456789abcdefghijklmnopqrstuvwxyz".unicodeScalars)
+        for _ in 0..<6 {
+            out.unicodeScalars.append(digits[Int(n % 36)])
+            n /= 36
+        }
+        return out
     }
 }
 
@@ -148,6 +176,12 @@ public enum EngineError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+extension SwitchboardEngine {
+    public func read(_ stream: String, after offset: Int64, epoch: String?, limit: Int) async throws -> HistoryRead {
+        try await self.read(stream, after: offset, epoch: epoch, tag: nil, limit: limit)
+    }
+}
+
 /// Receives live messages for the streams this node subscribed to.
 public protocol EngineDelivery: AnyObject, Sendable {
     func deliver(_ message: StreamMessage)
@@ -180,8 +214,9 @@ public protocol SwitchboardEngine: Sendable {
     /// Append to a stream and deliver live. Returns the offset and epoch.
     func publish(_ stream: String, body: ByteBuffer, idempotencyKey: String?) async throws -> PublishResult
     /// Messages after `offset`, at most `limit`; `.gone` when history no longer covers
-    /// `offset` or `epoch` (when given) differs from the stream's.
-    func read(_ stream: String, after offset: Int64, epoch: String?, limit: Int) async throws -> HistoryRead
+    /// `offset`, `epoch` (when given) differs from the stream's, or `tag` (when given) is not the
+    /// tag of the message at `offset` (the history the reader saw was rolled back).
+    func read(_ stream: String, after offset: Int64, epoch: String?, tag: String?, limit: Int) async throws -> HistoryRead
     func position(of stream: String) async throws -> StreamPosition
 
     /// This node has its first local subscriber on `stream` (or lost its last).

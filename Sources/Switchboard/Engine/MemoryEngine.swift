@@ -30,19 +30,23 @@ public final class MemoryEngine: SwitchboardEngine {
     struct Entry {
         var offset: Int64
         var time: NIODeadline
+        var tag: String
+        var previousTag: String
         var body: ByteBuffer
     }
 
     struct StreamState {
         let epoch: String
         var top: Int64 = 0
+        /// The tag of the message at `top` (the next one's `previousTag`).
+        var lastTag = ""
         var log: Deque<Entry> = []
         /// Acked offset per consuming session; entries all of them acked are trimmed.
         var consumers: [String: Int64] = [:]
         var idempotency: [String: (result: PublishResult, expires: NIODeadline)] = [:]
         var presence: Set<PresenceMember> = []
 
-        var isUnused: Bool { self.top == 0 && self.consumers.isEmpty && self.presence.isEmpty && self.idempotency.isEmpty }
+        var isUnused: Bool { self.top == 0 && self.lastTag.isEmpty && self.consumers.isEmpty && self.presence.isEmpty && self.idempotency.isEmpty }
 
         /// Oldest offset still readable: a reader after `firstKept - 1` is covered.
         var firstKept: Int64 { self.log.first?.offset ?? (self.top + 1) }
@@ -152,13 +156,16 @@ public final class MemoryEngine: SwitchboardEngine {
                     return result
                 }
                 s.top += 1
-                s.log.append(Entry(offset: s.top, time: now, body: body))
+                let tag = StreamMessage.newTag()
+                let previous = s.lastTag
+                s.lastTag = tag
+                s.log.append(Entry(offset: s.top, time: now, tag: tag, previousTag: previous, body: body))
                 self.trim(&s, now: now)
                 let result = PublishResult(offset: s.top, epoch: s.epoch, duplicate: false)
                 if let key = idempotencyKey {
                     s.idempotency[key] = (result, now + .nanoseconds(Int64(self.configuration.idempotencyTTL * 1e9)))
                 }
-                delivery?.deliver(StreamMessage(stream: stream, offset: s.top, epoch: s.epoch, body: body))
+                delivery?.deliver(StreamMessage(stream: stream, offset: s.top, epoch: s.epoch, tag: tag, previousTag: previous, body: body))
                 return result
             }
         }
@@ -169,7 +176,7 @@ public final class MemoryEngine: SwitchboardEngine {
         body(&value)
     }
 
-    public func read(_ stream: String, after offset: Int64, epoch: String?, limit: Int) async throws -> HistoryRead {
+    public func read(_ stream: String, after offset: Int64, epoch: String?, tag: String?, limit: Int) async throws -> HistoryRead {
         let now = NIODeadline.now()
         return self.state.withLockedValue { state in
             guard state.streams[stream] != nil else {
@@ -183,12 +190,21 @@ public final class MemoryEngine: SwitchboardEngine {
             if let epoch, epoch != s.epoch { return .gone(position) }
             if offset > s.top { return .gone(position) }
             if offset + 1 < s.firstKept { return .gone(position) }
+            // The reader names the message it stopped at: it must be the one kept here (or, when
+            // that one was just trimmed, the one kept after it must follow it).
+            if let tag, !tag.isEmpty, offset > 0 {
+                if offset >= s.firstKept {
+                    if s.log[Int(offset - s.firstKept)].tag != tag { return .gone(position) }
+                } else if let first = s.log.first, first.offset == offset + 1, !first.previousTag.isEmpty, first.previousTag != tag {
+                    return .gone(position)
+                }
+            }
             var out: [StreamMessage] = []
             let startIndex = Int(offset + 1 - s.firstKept)
             var i = max(0, startIndex)
             while i < s.log.count && out.count < limit {
                 let e = s.log[i]
-                out.append(StreamMessage(stream: stream, offset: e.offset, epoch: s.epoch, body: e.body))
+                out.append(StreamMessage(stream: stream, offset: e.offset, epoch: s.epoch, tag: e.tag, previousTag: e.previousTag, body: e.body))
                 i += 1
             }
             return .messages(out, position)

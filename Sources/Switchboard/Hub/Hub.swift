@@ -88,6 +88,7 @@ final class Hub: EngineDelivery, @unchecked Sendable {
         var meta = Meta()
         meta[MetaKey.offset] = String(message.offset)
         meta[MetaKey.epoch] = message.epoch
+        if !message.tag.isEmpty { meta[MetaKey.tag] = message.tag }
         return WebSocketFraming.text(
             method: .push, status: 200, target: message.stream, meta: meta, body: message.body, allocator: allocator
         )
