@@ -87,7 +87,7 @@ extension RedisEngine {
             self.logger.warning("undecodable live message on \(stream)")
             return
         }
-        enum Outcome { case deliver(any EngineDelivery), rolledBack(seen: Int64), drop }
+        enum Outcome { case deliver(any EngineDelivery, verify: (Int64, String)?), rolledBack(seen: Int64), drop }
         let outcome = self.state.withLock { s -> Outcome in
             // A stale subscription (unsubscribed, being replaced) must not deliver twice.
             guard var l = s.live[stream], l.generation == generation, let delivery = s.delivery, !l.rollingBack else { return .drop }
@@ -102,6 +102,12 @@ extension RedisEngine {
                 s.live[stream]?.rollingBack = true
                 return .rolledBack(seen: received)
             }
+            // Offsets skipped (pub/sub lost some): whether the history between is still the one
+            // this node saw is checked from the log.
+            var verify: (Int64, String)?
+            if let received = l.received, l.lastEpoch == message.epoch, message.offset > received + 1, !l.receivedTag.isEmpty {
+                verify = (received, l.receivedTag)
+            }
             l.lastOffset = message.offset
             l.lastEpoch = message.epoch
             l.received = message.offset
@@ -109,10 +115,19 @@ extension RedisEngine {
             l.activeUntil = .now + self.liveCheckWindow
             if let suspect = l.suspect, message.offset >= suspect { l.suspect = nil }
             s.live[stream] = l
-            return .deliver(delivery)
+            return .deliver(delivery, verify: verify)
         }
         switch outcome {
-        case .deliver(let delivery): delivery.deliver(message)
+        case .deliver(let delivery, let verify):
+            delivery.deliver(message)
+            if let (offset, tag) = verify {
+                let epoch = message.epoch
+                Task {
+                    if await self.wasRewritten(stream, at: offset, tag: tag, epoch: epoch) {
+                        await self.rolledBack(stream, epoch: epoch, seen: offset, now: message.offset)
+                    }
+                }
+            }
         case .rolledBack(let seen):
             Task { await self.rolledBack(stream, epoch: message.epoch, seen: seen, now: message.offset) }
         case .drop: break
@@ -152,6 +167,16 @@ extension RedisEngine {
     }
 
     // MARK: rollbacks
+
+    /// Whether the message kept at `offset` of `stream` (in `epoch`) is not the one tagged
+    /// `tag` (nor followed by one naming it): the history there was written again.
+    func wasRewritten(_ stream: String, at offset: Int64, tag: String, epoch: String) async -> Bool {
+        guard case .gone(let p)? = try? await self.read(stream, after: offset, epoch: epoch, tag: tag, limit: 0) else { return false }
+        // Gone for another reason (trimmed, a new epoch) is not a rewrite of this epoch.
+        guard p.epoch == epoch, offset <= p.top else { return false }
+        if case .messages? = try? await self.read(stream, after: offset, epoch: epoch, tag: nil, limit: 0) { return true }
+        return false
+    }
 
     /// `stream`'s history in `epoch` was rolled back: this node had seen offset `seen`, and the
     /// stream is now at `now` in the same epoch. A new epoch starts (unless another node started
@@ -193,6 +218,9 @@ extension RedisEngine {
     /// saw, in the same epoch, is a rollback. Returns the streams that were behind.
     func catchUpLiveStreams() async -> [String: StreamPosition] {
         let known = self.state.withLock { s in s.live.mapValues { ($0.lastOffset, $0.lastEpoch) } }
+        let receivedTags = self.state.withLock { s in
+            s.live.compactMapValues { l in l.received.map { ($0, l.receivedTag) } }
+        }
         guard !known.isEmpty else { return [:] }
         var lagging: [String: StreamPosition] = [:]
         var rolledBack: [(String, String, Int64, Int64)] = []
@@ -215,6 +243,15 @@ extension RedisEngine {
                 }
             }
             break
+        }
+        // A stream that moved on may have moved on from another history: the message this node
+        // received last must still be the one kept there.
+        for (stream, position) in lagging {
+            guard let (received, tag) = receivedTags[stream], !tag.isEmpty, let epoch = known[stream]?.1, epoch == position.epoch,
+                position.top >= received, await self.wasRewritten(stream, at: received, tag: tag, epoch: epoch)
+            else { continue }
+            rolledBack.append((stream, epoch, received, position.top))
+            lagging[stream] = nil
         }
         for (stream, epoch, seen, now) in rolledBack { await self.rolledBack(stream, epoch: epoch, seen: seen, now: now) }
         let delivery = self.state.withLock { $0.delivery }

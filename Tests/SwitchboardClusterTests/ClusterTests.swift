@@ -44,12 +44,14 @@ struct ClusterTests {
         deinit { self.task?.cancel() }
     }
 
-    static func withNodes<T>(_ count: Int, redisArgs: [String] = [], _ body: (RedisServer, [NodeProcess]) async throws -> T) async throws -> T {
+    static func withNodes<T>(
+        _ count: Int, redisArgs: [String] = [], extra: [String] = [], _ body: (RedisServer, [NodeProcess]) async throws -> T
+    ) async throws -> T {
         let redis = try await RedisServer(extraArgs: redisArgs)
         defer { redis.stop() }
         var nodes: [NodeProcess] = []
         do {
-            for i in 0..<count { nodes.append(try await NodeProcess(id: "node\(i)", redis: redis.url)) }
+            for i in 0..<count { nodes.append(try await NodeProcess(id: "node\(i)", redis: redis.url, extra: extra)) }
             let result = try await body(redis, nodes)
             for node in nodes { node.kill() }
             return result

@@ -36,6 +36,8 @@ struct Bench: AsyncParsableCommand {
         @OptionGroup var common: Common
         @Option(help: "Connections in total.") var connections = 15000
         @Option(help: "Seconds to hold the connections before measuring.") var settle: Double = 3
+        @Option(name: .customLong("redis-stats"), help: "host:port of the nodes' Redis (comma-separated: every master of a cluster): count the commands it runs per second while the connections idle (INFO commandstats).") var redisStats: String?
+        @Option(help: "Seconds over which the idle Redis commands are counted (with --redis-stats).") var measure: Double = 10
 
         func run() async throws {
             let before = try common.serverPID.map { try ProcStat.read(pid: $0) }
@@ -46,9 +48,22 @@ struct Bench: AsyncParsableCommand {
             FileHandle.standardError.write(Data("\n".utf8))
             try await Task.sleep(for: .seconds(settle))
             let after = try common.serverPID.map { try ProcStat.read(pid: $0) }
+            var summary: [String: Double] = ["connections": Double(opened)]
+            if let redisStats {
+                // Every command the Redis servers run while nothing happens but idle connections.
+                var servers: [RedisCommandStats] = []
+                for address in redisStats.split(separator: ",") { servers.append(try await RedisCommandStats.connect(String(address))) }
+                for server in servers { try await server.reset() }
+                try await Task.sleep(for: .seconds(measure))
+                var calls: [String: Int] = [:]
+                for server in servers { calls.merge(try await server.calls(), uniquingKeysWith: +) }
+                let total = Double(calls.values.reduce(0, +))
+                summary["redisCommandsPerSecond"] = total / measure
+                let shown = calls.sorted { $0.key < $1.key }.map { String(format: "%@ %.1f/s", $0.key, Double($0.value) / measure) }.joined(separator: ", ")
+                print(String(format: "Redis: %.1f commands per second for %d idle connections (%@)", total / measure, opened, shown))
+            }
             workers.finish()
             _ = try await workers.results()
-            var summary: [String: Double] = ["connections": Double(opened)]
             if let before, let after {
                 let delta = Double(after.rssBytes - before.rssBytes)
                 summary["serverRSSBeforeKiB"] = Double(before.rssBytes) / 1024
