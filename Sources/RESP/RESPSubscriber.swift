@@ -145,10 +145,16 @@ public final class RESPSubscriber: Sendable {
     /// Subscribes with a handler. Only channels without local subscribers are sent to Redis.
     public func subscribe(_ channels: [String], kind: RESPSubscriptionKind = .channel,
                           handler: @escaping @Sendable (RESPMessage) -> Void) async throws -> RESPSubscription {
-        let (stream, cont) = AsyncStream<RESPMessage>.makeStream()
-        cont.finish()
-        return try await subscribe(channels, kind: kind, handler: handler, continuation: nil, stream: stream)
+        try await subscribe(channels, kind: kind, handler: handler, continuation: nil, stream: Self.noMessages)
     }
+
+    /// The `messages` of every handler-based subscription: one finished stream, shared (one per
+    /// subscription cost ~180 bytes each, and a node holds one subscription per connection).
+    private static let noMessages: AsyncStream<RESPMessage> = {
+        let (stream, continuation) = AsyncStream<RESPMessage>.makeStream()
+        continuation.finish()
+        return stream
+    }()
 
     /// Convenience: `(channel, payload)` handler.
     public func subscribe(_ channels: [String], kind: RESPSubscriptionKind = .channel,

@@ -319,9 +319,9 @@ struct ClientState {
             self.attempt += 1
         case .reconnectAfterRandomDelay(let max):
             delay = .nanoseconds(Int64.random(in: 0...Backoff.nanoseconds(max)))
-        case .reconnectAfterPause(let pause):
+        case .reconnectAfterRateLimit:
             // Unanswered requests are re-sent after HELLO with their `r` and idempotency key.
-            delay = pause + Backoff(min: configuration.minReconnectDelay, max: configuration.maxReconnectDelay).delay(attempt: self.attempt)
+            delay = configuration.rateLimitPause + Backoff(min: configuration.minReconnectDelay, max: configuration.maxReconnectDelay).delay(attempt: self.attempt)
             self.attempt += 1
         }
         self.phase = .waitingToReconnect

@@ -167,15 +167,15 @@ public enum CloseDisposition: Sendable, Equatable {
     /// Do not reconnect (4403 disconnected on purpose, 4409 session taken over).
     case stop
 
-    /// Reconnect with backoff, but wait at least this long first (4429: the connection kept
-    /// exceeding the rate limit; coming straight back would only repeat it).
-    case reconnectAfterPause(Duration)
+    /// Reconnect with backoff after waiting `rateLimitPause` (4429: the connection kept exceeding
+    /// the rate limit; coming straight back would only repeat it).
+    case reconnectAfterRateLimit
 
     public static func forCloseCode(_ code: UInt16?) -> CloseDisposition {
         switch code {
         case 4403, 4409: return .stop
         case 4503: return .reconnectAfterRandomDelay(max: .seconds(3))
-        case 4429: return .reconnectAfterPause(.seconds(5))
+        case 4429: return .reconnectAfterRateLimit
         default: return .reconnect
         }
     }

@@ -11,6 +11,9 @@ public struct SwitchboardClientConfiguration: Sendable {
     public var stableAfter: Duration = .seconds(10)
     /// How often the highest processed offset of each stream is acked.
     public var ackInterval: Duration = .seconds(1)
+    /// Extra wait before reconnecting after a 4429 close (the connection kept exceeding the
+    /// server's rate limit).
+    public var rateLimitPause: Duration = .seconds(5)
     /// Default timeout of ``SwitchboardClient/request(_:_:body:timeout:idempotencyKey:)`` and subscriptions.
     public var requestTimeout: Duration = .seconds(10)
     /// How long one connection attempt (TCP connect and upgrade) may take before it is abandoned.

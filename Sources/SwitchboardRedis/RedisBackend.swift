@@ -17,7 +17,36 @@ protocol RedisBackend: RESPCommandExecutor {
     func waitUntilConnected(timeout: Duration) async throws
     /// Subscribes to `channel`; returns once the server confirmed it.
     func subscribe(_ channel: String, handler: @escaping @Sendable (ByteBuffer) -> Void) async throws -> RESPSubscription
+    /// Subscribes to every channel matching `pattern` (classic pub/sub, one server only).
+    func subscribe(pattern: String, handler: @escaping @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void) async throws -> RESPSubscription
     func shutdown() async
+    /// Runs two scripts (keys of two slots) together: one round trip, and on one server one
+    /// write, without a task each.
+    func runBoth(_ a: ScriptCall, _ b: ScriptCall) async throws -> (RESPValue, RESPValue)
+}
+
+/// One script with its keys and arguments.
+struct ScriptCall: Sendable {
+    let script: RESPScript
+    let keys: [String]
+    let args: [RESPArgument]
+
+    var command: RESPCommand {
+        var c = RESPCommand("EVALSHA", .string(self.script.sha1), .int(self.keys.count))
+        c.append(contentsOf: self.keys.map { .string($0) })
+        c.append(contentsOf: self.args)
+        return c
+    }
+}
+
+extension RedisBackend {
+    /// Both at once, each in its own child task: the general case (a cluster routes each to its
+    /// slot's master).
+    func runConcurrently(_ a: ScriptCall, _ b: ScriptCall) async throws -> (RESPValue, RESPValue) {
+        async let first = self.run(a.script, keys: a.keys, args: a.args)
+        async let second = self.run(b.script, keys: b.keys, args: b.args)
+        return try await (first, second)
+    }
 }
 
 /// One Redis server (or a primary behind a proxy): `RESPClient` reconnects the command and
@@ -49,7 +78,28 @@ final class StandaloneBackend: RedisBackend {
         }
     }
 
+    func subscribe(pattern: String, handler: @escaping @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void) async throws -> RESPSubscription {
+        try await self.client.subscriber.subscribe([pattern], kind: .pattern) { message in
+            handler(message.channel, message.payload)
+        }
+    }
+
     func shutdown() async { await self.client.shutdown() }
+
+    /// One pipelined write on the one connection. A script the server does not know yet
+    /// (NOSCRIPT, after a restart) is loaded and run again on its own.
+    func runBoth(_ a: ScriptCall, _ b: ScriptCall) async throws -> (RESPValue, RESPValue) {
+        let results = try await self.client.pipeline([a.command, b.command])
+        guard results.count == 2 else { throw RESPError.unexpectedReply("pipeline of 2 answered \(results.count)") }
+        func settle(_ result: Result<RESPValue, RESPError>, _ call: ScriptCall) async throws -> RESPValue {
+            switch result {
+            case .success(let value): return value
+            case .failure(.server(let code, _)) where code == "NOSCRIPT": return try await self.run(call.script, keys: call.keys, args: call.args)
+            case .failure(let error): throw error
+            }
+        }
+        return (try await settle(results[0], a), try await settle(results[1], b))
+    }
 }
 
 /// A Redis Cluster: commands routed by slot (`RESPClusterClient`), live channels as shard
@@ -139,6 +189,15 @@ final class ClusterBackend: RedisBackend {
 
     func scriptLoad(_ source: String, keys: [String], timeout: Duration?) async throws -> RESPValue {
         try await self.client().scriptLoad(source, keys: keys, timeout: timeout)
+    }
+
+    func runBoth(_ a: ScriptCall, _ b: ScriptCall) async throws -> (RESPValue, RESPValue) {
+        try await self.runConcurrently(a, b)
+    }
+
+    /// Sharded pub/sub has no patterns: a cluster engine subscribes channel by channel.
+    func subscribe(pattern: String, handler: @escaping @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void) async throws -> RESPSubscription {
+        throw RESPError.unexpectedReply("pattern subscriptions are not used on a Redis Cluster")
     }
 
     func subscribe(_ channel: String, handler: @escaping @Sendable (ByteBuffer) -> Void) async throws -> RESPSubscription {

@@ -19,35 +19,39 @@ import SwitchboardWire
 /// by the read (`RedisScripts.read`).
 extension RedisEngine {
     public func subscribe(_ stream: String) async throws {
+        // A session's own stream comes over the node's pattern subscription (single Redis).
+        if self.isSharedSessionStream(stream) {
+            guard self.isAvailable else { throw EngineError.unavailable("Redis not connected") }
+            return
+        }
         // On a cluster only the stream's own shard matters: a failed master elsewhere must not
         // refuse this subscription. A failure here is this stream's, and answered as such.
         if self.configuration.clusterSeeds == nil {
             guard self.isAvailable else { throw EngineError.unavailable("Redis not connected") }
         }
-        let channel = self.keys(stream).channel
-        let backend = self.backend
-        let (generation, task, fresh) = try self.state.withLock { s -> (UInt64, Task<RESPSubscription, any Error>, Bool) in
+        let (generation, pending, fresh) = try self.state.withLock { s -> (UInt64, Task<RESPSubscription, any Error>?, Bool) in
             if s.shutdown { throw EngineError.unavailable("engine shut down") }
             if var l = s.live[stream] {
                 l.refs += 1
                 s.live[stream] = l
-                return (l.generation, l.task, false)
+                if case .subscribing(let task) = l.channel { return (l.generation, task, false) }
+                return (l.generation, nil, false)
             }
             let generation = s.nextGeneration
             s.nextGeneration += 1
-            let task = Task<RESPSubscription, any Error> {
-                try await backend.subscribe(channel) { [weak self] payload in
-                    self?.received(stream, generation: generation, payload: payload)
-                }
-            }
+            let task = self.channelTask(stream, generation: generation)
             // A new subscription is watched for three rounds of the live check (a dead channel is
-            // found in two), then only while it has traffic.
-            let watch = Duration.milliseconds(Int((3 * self.configuration.liveCheckInterval * 1000).rounded()))
-            s.live[stream] = LiveStream(refs: 1, generation: generation, task: task, activeUntil: .now + watch)
+            // found in two), at least 15 s, then only while it has traffic.
+            let watch = Duration.milliseconds(Int((max(15, 3 * self.configuration.liveCheckInterval) * 1000).rounded()))
+            s.live[stream] = LiveStream(refs: 1, generation: generation, channel: .subscribing(task), activeUntil: .now + watch)
             return (generation, task, true)
         }
+        guard let pending else { return }
         do {
-            _ = try await task.value
+            let subscription = try await pending.value
+            self.state.withLock { s in
+                if s.live[stream]?.generation == generation { s.live[stream]?.channel = .subscribed(subscription) }
+            }
         } catch {
             // The subscription failed for every caller waiting on it: forget it.
             self.state.withLock { s in
@@ -65,8 +69,20 @@ extension RedisEngine {
         }
     }
 
+    /// Subscribes the stream's channel; messages go to `received` while `generation` is current.
+    private func channelTask(_ stream: String, generation: UInt64) -> Task<RESPSubscription, any Error> {
+        let channel = self.keys(stream).channel
+        let backend = self.backend
+        return Task {
+            try await backend.subscribe(channel) { [weak self] payload in
+                self?.received(stream, generation: generation, payload: payload)
+            }
+        }
+    }
+
     public func unsubscribe(_ stream: String) async {
-        let task = self.state.withLock { s -> Task<RESPSubscription, any Error>? in
+        if self.isSharedSessionStream(stream) { return }
+        let channel = self.state.withLock { s -> LiveChannel? in
             guard var l = s.live[stream] else { return nil }
             l.refs -= 1
             if l.refs > 0 {
@@ -74,10 +90,19 @@ extension RedisEngine {
                 return nil
             }
             s.live[stream] = nil
-            return l.task
+            return l.channel
         }
-        if let task, let subscription = try? await task.value {
+        await Self.close(channel)
+    }
+
+    static func close(_ channel: LiveChannel?) async {
+        switch channel {
+        case .subscribed(let subscription)?:
             try? await subscription.unsubscribe()
+        case .subscribing(let task)?:
+            if let subscription = try? await task.value { try? await subscription.unsubscribe() }
+        case nil:
+            break
         }
     }
 
@@ -221,7 +246,10 @@ extension RedisEngine {
         let receivedTags = self.state.withLock { s in
             s.live.compactMapValues { l in l.received.map { ($0, l.receivedTag) } }
         }
-        guard !known.isEmpty else { return [:] }
+        guard !known.isEmpty else {
+            await self.catchUpSessionStreams()
+            return [:]
+        }
         var lagging: [String: StreamPosition] = [:]
         var rolledBack: [(String, String, Int64, Int64)] = []
         for attempt in 0..<5 {
@@ -257,6 +285,7 @@ extension RedisEngine {
         let delivery = self.state.withLock { $0.delivery }
         for (stream, position) in lagging { delivery?.catchUp(stream, to: position) }
         if !lagging.isEmpty { self.logger.info("caught up \(lagging.count) live streams after an outage") }
+        await self.catchUpSessionStreams()
         return lagging
     }
 
@@ -267,7 +296,7 @@ extension RedisEngine {
 
     /// Looks for live subscriptions that lost messages while their connection stayed up (a dead
     /// channel, a slot that moved), and for rollbacks. Only streams with traffic in the last
-    /// `liveCheckWindow` (or subscribed in the last three rounds) are read, so idle streams cost
+    /// `liveCheckWindow` (or subscribed in the last three rounds, at least 15 s) are read, so idle streams cost
     /// nothing here: one was idle, or its subscription died with its connection, which the
     /// reconnect catches up (`catchUpLiveStreams`).
     ///
@@ -277,6 +306,7 @@ extension RedisEngine {
     /// Those are subscribed again and caught up. The reads are one script on a single server, and
     /// one pipelined command per stream on a cluster (their keys live in different slots).
     func checkLiveSubscriptions() async {
+        await self.checkSessionChannel()
         let now = ContinuousClock.now
         let (known, unheard) = self.state.withLock { s -> ([(String, Int64, String?, Int64?)], [String]) in
             var unheard: [String] = []
@@ -355,23 +385,22 @@ extension RedisEngine {
 
     /// Replaces the live subscription of `stream` with a new one (same local references).
     func resubscribe(_ stream: String) async {
-        let channel = self.keys(stream).channel
-        let backend = self.backend
-        let old = self.state.withLock { s -> Task<RESPSubscription, any Error>? in
-            guard var l = s.live[stream] else { return nil }
+        let (old, task, generation) = self.state.withLock { s -> (LiveChannel?, Task<RESPSubscription, any Error>?, UInt64) in
+            guard var l = s.live[stream] else { return (nil, nil, 0) }
             let generation = s.nextGeneration
             s.nextGeneration += 1
-            let task = Task<RESPSubscription, any Error> {
-                try await backend.subscribe(channel) { [weak self] payload in
-                    self?.received(stream, generation: generation, payload: payload)
-                }
-            }
-            let previous = l.task
-            l = LiveStream(refs: l.refs, generation: generation, task: task, lastOffset: l.lastOffset, lastEpoch: l.lastEpoch,
+            let task = self.channelTask(stream, generation: generation)
+            let previous = l.channel
+            l = LiveStream(refs: l.refs, generation: generation, channel: .subscribing(task), lastOffset: l.lastOffset, lastEpoch: l.lastEpoch,
                            received: l.received, receivedTag: l.receivedTag, activeUntil: l.activeUntil)
             s.live[stream] = l
-            return previous
+            return (previous, task, generation)
         }
-        if let old, let subscription = try? await old.value { try? await subscription.unsubscribe() }
+        await Self.close(old)
+        if let task, let subscription = try? await task.value {
+            self.state.withLock { s in
+                if s.live[stream]?.generation == generation { s.live[stream]?.channel = .subscribed(subscription) }
+            }
+        }
     }
 }

@@ -30,6 +30,7 @@ extension RedisEngine {
     /// Joins the cluster: the first heartbeat, and the control channel.
     func register() async {
         self.subscribeControl()
+        self.subscribeSessionStreams()
         await self.heartbeat()
     }
 
@@ -62,6 +63,7 @@ extension RedisEngine {
         let deadAfter = Duration.milliseconds(self.deadAfterMs)
         guard self.backend.isConnected else { return }
         self.subscribeControl()
+        self.subscribeSessionStreams()
         let start = ContinuousClock.now
         do {
             async let beat = self.run(RedisScripts.nodeHeartbeat, keys: [self.nodesKey], args: [

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import RESP
 import Switchboard
+import SwitchboardWire
 
 /// Sessions and presence. A session is one hash `sb:session:<id>`: `u` (user), `n` (live
 /// connections), `o` (node of the live connection), `c:<stream>` (acked offset). Without
@@ -39,11 +40,10 @@ extension RedisEngine {
         self.state.withLock { s in
             if connected { s.sessions[id] = user } else { s.sessions[id] = nil }
         }
-        async let record = self.run(RedisScripts.touchSession, keys: [self.sessionKey(id)], args: [
-            .int(connected ? 1 : -1), .int(self.sessionTTLms), .string(node),
-        ])
-        async let index = self.send(RESPCommand(connected ? "SADD" : "SREM", .string(self.nodeSessionsKey(node)), .string(id)))
-        let (count, _) = try await (record, index)
+        let (count, _) = try await self.runBoth(
+            ScriptCall(script: RedisScripts.touchSession, keys: [self.sessionKey(id)], args: [.int(connected ? 1 : -1), .int(self.sessionTTLms), .string(node)]),
+            ScriptCall(script: RedisScripts.nodeSessionIndex, keys: [self.nodeSessionsKey(node)], args: [.int(connected ? 1 : 0), .string(id)])
+        )
         if !connected, count.int == 0 { await self.endHolds(ofSession: id) }
     }
 
@@ -83,18 +83,25 @@ extension RedisEngine {
     }
 
     public func ack(session: String, stream: String, offset: Int64) async throws {
+        let sessionKey = [self.sessionKey(session)]
+        let cursorArgs: [RESPArgument] = [.string("c:" + stream), .int(Int(offset))]
+        guard BuiltinStream.isTrimmedByAcks(stream) else {
+            _ = try await self.run(RedisScripts.sessionCursor, keys: sessionKey, args: cursorArgs)
+            return
+        }
         let k = self.keys(stream)
         // A session that has not acked for this long no longer holds history back: by then age
         // trimming dropped what it would protect (or its session expired).
         let staleAfter = Int((max(self.configuration.historyAge, self.configuration.sessionTTL) * 2000).rounded())
         let streamTTL = self.configuration.streamIdleTTL > 0 ? max(1, Int((self.configuration.streamIdleTTL * 1000).rounded())) : 0
-        async let streamSide = self.run(RedisScripts.ack, keys: k.scriptKeys, args: [
-            .string(session), .int(Int(offset)), .int(max(1, staleAfter)), .int(streamTTL), .string(Self.newEpoch()),
-        ])
-        async let sessionSide = self.run(RedisScripts.sessionCursor, keys: [self.sessionKey(session)], args: [
-            .string("c:" + stream), .int(Int(offset)),
-        ])
-        _ = try await (streamSide, sessionSide)
+        // Both sent together: one round trip (two on a cluster, in parallel: the keys live in
+        // different slots).
+        _ = try await self.runBoth(
+            ScriptCall(script: RedisScripts.ack, keys: k.scriptKeys, args: [
+                .string(session), .int(Int(offset)), .int(max(1, staleAfter)), .int(streamTTL), .string(Self.newEpoch()),
+            ]),
+            ScriptCall(script: RedisScripts.sessionCursor, keys: sessionKey, args: cursorArgs)
+        )
     }
 
     public func release(session: String, stream: String) async throws {

@@ -36,10 +36,18 @@ public final class RedisEngine: SwitchboardEngine {
     let rollbacks = Locked(0)
     public var rollbacksDetected: Int { self.rollbacks.withLock { $0 } }
 
+    /// A stream's channel subscription: the task while SUBSCRIBE is on its way, then only the
+    /// handle (a finished Task is kept whole, ~1.5 KiB: that would be per connection, for every
+    /// session's own stream).
+    enum LiveChannel {
+        case subscribing(Task<RESPSubscription, any Error>)
+        case subscribed(RESPSubscription)
+    }
+
     struct LiveStream {
         var refs: Int
         let generation: UInt64
-        let task: Task<RESPSubscription, any Error>
+        var channel: LiveChannel
         /// Last message delivered (offset, epoch), or the position when subscribed.
         var lastOffset: Int64?
         var lastEpoch: String?
@@ -85,6 +93,10 @@ public final class RedisEngine: SwitchboardEngine {
         /// an outage.
         var sessions: [String: String?] = [:]
         var control: Task<RESPSubscription, any Error>?
+        /// The pattern subscription of every session stream (single Redis), and its canaries.
+        var sessionChannel: Task<RESPSubscription, any Error>?
+        var canarySent: UInt64 = 0
+        var canaryHeard: UInt64 = 0
         var tasks: [Task<Void, Never>] = []
         var availability = Availability.unavailable
         /// Where the next live check starts, when there are more streams than one round checks.
@@ -192,15 +204,17 @@ public final class RedisEngine: SwitchboardEngine {
 
     public func shutdown() async {
         await self.deregister()
-        let (tasks, live, control) = self.state.withLock { s -> ([Task<Void, Never>], [LiveStream], Task<RESPSubscription, any Error>?) in
+        let (tasks, live, control, sessions) = self.state.withLock {
+            s -> ([Task<Void, Never>], [LiveStream], Task<RESPSubscription, any Error>?, Task<RESPSubscription, any Error>?) in
             s.shutdown = true
             let t = s.tasks, l = Array(s.live.values)
             s.tasks = []
             s.live = [:]
-            return (t, l, s.control)
+            return (t, l, s.control, s.sessionChannel)
         }
         control?.cancel()
-        for l in live { l.task.cancel() }
+        sessions?.cancel()
+        for l in live { if case .subscribing(let task) = l.channel { task.cancel() } }
         for t in tasks { t.cancel() }
         await self.backend.shutdown()
         for t in tasks { await t.value }
@@ -297,7 +311,8 @@ public final class RedisEngine: SwitchboardEngine {
         let c = self.configuration
         let reply = try await self.run(RedisScripts.publish, keys: keys, args: [
             .bytes(body), .string(Self.newEpoch()), .int(max(0, c.historySize)), .int(self.ms(c.historyAge)),
-            .int(max(1, self.ms(c.idempotencyTTL))), .string(k.channel), .int(self.backend.sharded ? 1 : 0),
+            // Session streams share a pattern subscription on a single Redis: classic PUBLISH.
+            .int(max(1, self.ms(c.idempotencyTTL))), .string(k.channel), .int(self.backend.sharded && !self.isSharedSessionStream(stream) ? 1 : 0),
             .int(c.approximateTrimming ? 1 : 0), .int(self.streamTTLms), .string(StreamMessage.newTag()),
         ])
         guard let a = reply.array, a.count == 4, let offset = Self.offset(a[0]), let epoch = a[1].string, let dup = a[2].int else {
@@ -368,6 +383,14 @@ public final class RedisEngine: SwitchboardEngine {
     func run(_ script: RESPScript, keys: [String], args: [RESPArgument]) async throws -> RESPValue {
         do {
             return try await self.backend.run(script, keys: keys, args: args)
+        } catch {
+            throw Self.map(error)
+        }
+    }
+
+    func runBoth(_ a: ScriptCall, _ b: ScriptCall) async throws -> (RESPValue, RESPValue) {
+        do {
+            return try await self.backend.runBoth(a, b)
         } catch {
             throw Self.map(error)
         }

@@ -216,6 +216,13 @@ enum RedisScripts {
     return {e or '', tonumber(redis.call('HGET', KEYS[1], 'top') or '0')}
     """)
 
+    /// KEYS node sessions set. ARGV add 1/0, session. The node's index of its sessions (a script
+    /// so it can go in one pipeline with `touchSession`).
+    static let nodeSessionIndex = RESPScript(source: """
+    if ARGV[1] == '1' then return redis.call('SADD', KEYS[1], ARGV[2]) end
+    return redis.call('SREM', KEYS[1], ARGV[2])
+    """)
+
     /// KEYS session. ARGV field, offset. Raises the session's cursor (if the session exists).
     static let sessionCursor = RESPScript(source: """
     if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -348,7 +355,7 @@ enum RedisScripts {
     """)
 
     static let all: [RESPScript] = [
-        publish, read, ack, endHold, newEpoch, sessionCursor, saveSession, touchSession, restoreSession, nodeHeartbeat, nodeInfo, liveNodes,
+        publish, read, ack, endHold, newEpoch, nodeSessionIndex, sessionCursor, saveSession, touchSession, restoreSession, nodeHeartbeat, nodeInfo, liveNodes,
         presenceJoin, presenceList, tops, takeToken,
     ]
 }

@@ -17,6 +17,11 @@ public enum BuiltinStream {
 
     /// A session's own stream has one consumer, that session.
     public static func isSessionStream(_ stream: String) -> Bool { stream.hasPrefix(sessionPrefix) }
+
+    /// Whether acks trim the stream's history. Not `/broadcast`: every session holds it, so it
+    /// would only ever be trimmed once every session of the cluster acked, at the cost of an
+    /// entry per connection; it is kept by size and age only.
+    public static func isTrimmedByAcks(_ stream: String) -> Bool { stream != broadcast }
 }
 
 /// Offsets a frame may carry: at most 2^53 - 1, the largest integer every client (JavaScript's

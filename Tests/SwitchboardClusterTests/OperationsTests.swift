@@ -66,6 +66,10 @@ struct OperationsTests {
             #expect(delta("switchboard_requests_total", ["method": "SUB", "status": "200", "transport": "ws"]) == 2)
             #expect(during.value("switchboard_engine_available") == 1)
             #expect(during.value("switchboard_engine_round_trip_seconds") > 0)
+            // Every series has the node label, the routed request series included.
+            let unlabelled = Set(during.samples.filter { $0.name.hasPrefix("switchboard_") && $0.labels["node"] != node.id }.map(\.name))
+            #expect(unlabelled.isEmpty, "\(unlabelled)")
+            #expect(during.value("switchboard_requests_total", ["node": node.id]) > 0)
 
             for client in clients { await client.close() }
             #expect(try await eventually { (try? await Scrape.of(node).value("switchboard_connections_open")) == 0 })
@@ -165,6 +169,14 @@ struct OperationsTests {
             (#"{"log-level": "loud"}"#, "--log-level must be one of"),
             (#"{"port": 80"#, "not valid JSON"),
             (#"[1, 2]"#, "the top level must be a JSON object"),
+            // The same validation as serve: the secret's length, every bound, and the value named.
+            (#"{"jwt-secret": "short"}"#, "--jwt-secret: an HS256 secret must be at least 32 bytes long (this one has 5)"),
+            (#"{"history-size": -5}"#, "--history-size must be 1…100000000, got -5"),
+            (#"{"drain-window": -1}"#, "--drain-window must be a number at least 0 and at most 86400, got -1"),
+            (#"{"ping-interval": 1e300}"#, "--ping-interval must be a number above 0 and at most 86400, got 1e+300"),
+            (#"{"handshake-timeout": 0}"#, "--handshake-timeout must be a number above 0"),
+            (#"{"redis": "http://x"}"#, "--redis http://x: invalid redis URL: unsupported scheme 'http'"),
+            (#"{"jwt-jwks": "/nonexistent/jwks.json"}"#, "--jwt-jwks /nonexistent/jwks.json:"),
         ]
         for (json, message) in cases {
             let result = try Self.run(["config", "check", try Self.file(json)])

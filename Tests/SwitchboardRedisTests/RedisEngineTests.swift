@@ -510,9 +510,9 @@ struct RedisEngineTests {
             // B had received 20: the stream moved to a new epoch, B's subscribers are told.
             #expect(try await eventually { collectors[1].catchUps["/rb"].map { $0.epoch != epoch } ?? false })
             #expect(b.rollbacksDetected == 1)
-            let position = try await a.position(of: "/rb")
+            let position = try await retrying { try await a.position(of: "/rb") }
             #expect(position.epoch != epoch && position.top == 10)
-            let next = try await a.publish("/rb", body: ByteBuffer(text: "after"), idempotencyKey: nil)
+            let next = try await retrying { try await a.publish("/rb", body: ByteBuffer(text: "after"), idempotencyKey: "after") }
             #expect(next.epoch == position.epoch && next.offset == 11)
             // A resume in the old epoch is gone.
             guard case .gone = try await a.read("/rb", after: 20, epoch: epoch, tag: seen.tag, limit: 10) else {
@@ -538,9 +538,13 @@ struct RedisEngineTests {
             let (m10, m20) = (before[9], before[19])
             server.stop()
             try await server.start()
-            #expect(try await eventually(timeout: .seconds(20)) { await e.health().isReady })
             // Nobody subscribed: the same epoch goes on, and offsets 11-30 are handed out again.
-            for i in 11...30 { _ = try await e.publish("/quiet", body: ByteBuffer(text: "n\(i)"), idempotencyKey: nil) }
+            // (Retried with a key while the engine reconnects: each is appended once.)
+            for i in 11...30 {
+                #expect(try await eventually(timeout: .seconds(20)) {
+                    (try? await e.publish("/quiet", body: ByteBuffer(text: "n\(i)"), idempotencyKey: "n\(i)")) != nil
+                })
+            }
             #expect(try await e.position(of: "/quiet") == StreamPosition(epoch: position.epoch, top: 30))
             // A reader that stopped at the lost 20 names it: not recovered.
             guard case .gone = try await e.read("/quiet", after: 20, epoch: position.epoch, tag: m20.tag, limit: 100) else {

@@ -66,3 +66,16 @@ func durableRedisArgs() throws -> [String] {
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     return ["--appendonly", "yes", "--appendfsync", "always", "--dir", dir]
 }
+
+/// `body`, tried again (for up to 20 s) while it throws: an engine reconnecting after Redis
+/// restarted answers `unavailable` for a moment.
+func retrying<T>(_ body: () async throws -> T) async throws -> T {
+    let deadline = ContinuousClock.now + .seconds(20)
+    while true {
+        do {
+            return try await body()
+        } catch where ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+}

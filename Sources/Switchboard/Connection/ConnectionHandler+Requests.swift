@@ -7,7 +7,7 @@ extension ConnectionHandler {
     /// First thing on a new connection: greet with the session, then subscribe the
     /// streams every connection has (its session, its user, broadcast).
     func start() {
-        self.core.connectionOpened(self.handle, previousNode: self.previousNode)
+        let opened = self.core.connectionOpened(self.handle, previousNode: self.previousNode)
         self.previousNode = nil
         let resumed = self.resumedCursors
         var meta = Meta()
@@ -16,10 +16,16 @@ extension ConnectionHandler {
         meta["node"] = self.core.nodeID
         let body = JSONBody.hello(session: self.session, user: self.identity?.user, node: self.core.nodeID, cursors: resumed)
         self.writeFrame(method: .hello, status: 200, target: "/", meta: meta, body: body)
-        for stream in self.core.personalStreams(session: self.session, user: self.identity?.user) {
-            self.subscribe(stream, since: resumed?[stream], epoch: nil, requestID: nil)
+        let subscriptions = self.core.personalStreams(session: self.session, user: self.identity?.user).compactMap {
+            self.prepareSubscription($0, since: resumed?[$0], epoch: nil, tag: nil, requestID: nil)
         }
         self.resumedCursors = nil
+        // One task per connection, not one per step: the session is registered as this node's
+        // first (so a message to it finds this node), then the built-in streams, in turn.
+        Task {
+            await opened()
+            for subscription in subscriptions { await self.run(subscription) }
+        }
     }
 
     /// Route one parsed frame.

@@ -9,7 +9,19 @@ extension ConnectionHandler {
     /// live messages wait in the cursor while history is written, so nothing
     /// published in between is missed; offsets make the overlap harmless.
     func subscribe(_ stream: String, since: Int64?, epoch: String?, tag: String? = nil, requestID: String?) {
-        guard case .open = self.state else { return }
+        guard let subscription = self.prepareSubscription(stream, since: since, epoch: epoch, tag: tag, requestID: requestID) else { return }
+        Task { await self.run(subscription) }
+    }
+
+    /// A subscription registered on the loop, whose engine work is still to do.
+    struct PendingSubscription: Sendable {
+        let stream: String, generation: UInt32, isNew: Bool
+        let since: Int64?, epoch: String?, tag: String?, requestID: String?
+    }
+
+    /// The loop's half of a SUB: a cursor catching up, registered for live messages.
+    func prepareSubscription(_ stream: String, since: Int64?, epoch: String?, tag: String?, requestID: String?) -> PendingSubscription? {
+        guard case .open = self.state else { return nil }
         let isNew = self.streams[stream] == nil
         let generation = (self.streams[stream]?.generation ?? 0) &+ 1
         self.streams[stream] = StreamCursor(
@@ -17,27 +29,30 @@ extension ConnectionHandler {
             generation: generation
         )
         self.loopHub.addSubscriber(stream, self)
+        return PendingSubscription(stream: stream, generation: generation, isNew: isNew, since: since, epoch: epoch, tag: tag, requestID: requestID)
+    }
+
+    /// The engine's half of a SUB (in a task): the node-level subscription, then the replay or
+    /// the live start. Several run one after the other in one task when a connection starts.
+    func run(_ s: PendingSubscription) async {
         let core = self.core
-        let session = self.session
         let loop = self.loopHub.loop
-        Task {
-            // Whether this connection holds a node-level subscription to give back on failure.
-            var held = !isNew
-            do {
-                if isNew {
-                    try await core.engine.subscribe(stream)
-                    held = true
-                }
-                if let since {
-                    try await self.replay(stream, generation: generation, after: since, epoch: epoch, tag: tag, requestID: requestID, reply: true)
-                } else {
-                    let position = try await core.engine.position(of: stream)
-                    try await core.engine.ack(session: session, stream: stream, offset: position.top)
-                    loop.execute { self.startedLive(stream, generation: generation, position: position, requestID: requestID) }
-                }
-            } catch {
-                loop.execute { [held] in self.subscriptionFailed(stream, generation: generation, requestID: requestID, error: error, held: held) }
+        // Whether this connection holds a node-level subscription to give back on failure.
+        var held = !s.isNew
+        do {
+            if s.isNew {
+                try await core.engine.subscribe(s.stream)
+                held = true
             }
+            if let since = s.since {
+                try await self.replay(s.stream, generation: s.generation, after: since, epoch: s.epoch, tag: s.tag, requestID: s.requestID, reply: true)
+            } else {
+                let position = try await core.engine.position(of: s.stream)
+                try await core.engine.ack(session: self.session, stream: s.stream, offset: position.top)
+                loop.execute { self.startedLive(s.stream, generation: s.generation, position: position, requestID: s.requestID) }
+            }
+        } catch {
+            loop.execute { [held] in self.subscriptionFailed(s.stream, generation: s.generation, requestID: s.requestID, error: error, held: held) }
         }
     }
 

@@ -114,6 +114,8 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         if case .closed = self.state { return }
         self.state = .closed
         self.loopHub.unregister(self)
+        // Counted in at the accept (GatewayChildChannel.setup), out here for every WebSocket.
+        self.core.connectionEnded()
         self.core.metrics.connectionsOpen.decrement()
         self.core.metrics.connectionClosed(code: self.closeCode)
         if self.echo {

@@ -261,6 +261,7 @@ public final class MemoryEngine: SwitchboardEngine {
                 s.record.cursors[stream] = max(s.record.cursors[stream] ?? 0, acked)
                 state.sessions[session] = s
             }
+            guard BuiltinStream.isTrimmedByAcks(stream) else { return }
             if state.streams[stream] == nil {
                 // A session's own stream has no other consumer to protect: it needs no state yet.
                 // Any other stream records this consumer now, even before its first message, or a

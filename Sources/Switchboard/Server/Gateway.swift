@@ -82,12 +82,7 @@ public final class Gateway: Service, Sendable {
         }
         let server = Server(
             childChannelSetup: GatewayChildChannel(core: core),
-            configuration: ServerConfiguration(
-                address: .hostname(core.configuration.host, port: core.configuration.port),
-                availableConnectionsDelegate: ConnectionCap(
-                    maximum: core.configuration.maxConnections ?? ConnectionCap.defaultMaximum(), metrics: core.metrics
-                )
-            ),
+            configuration: ServerConfiguration(address: .hostname(core.configuration.host, port: core.configuration.port)),
             onServerRunning: { channel in self.listening(on: channel.localAddress?.port ?? core.configuration.port) },
             eventLoopGroup: self.eventLoopGroup,
             logger: core.logger

@@ -30,8 +30,21 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
         }
     }
 
+    /// The node holds `maxConnections` already: this one is closed as it arrives.
+    struct OverCapacity: Error {}
+
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        channel.eventLoop.makeCompletedFuture {
+        guard self.core.connectionAccepted() else {
+            self.core.metrics.overCapacity.increment()
+            return channel.eventLoop.makeFailedFuture(OverCapacity())
+        }
+        let setup = channel.eventLoop.makeCompletedFuture { try self.configure(channel, logger: logger) }
+        setup.whenFailure { _ in self.core.connectionEnded() }
+        return setup
+    }
+
+    private func configure(_ channel: any Channel, logger: Logger) throws -> Value {
+        do {
             // The channel's outbound buffer is the connection's queue: past the high
             // mark the consumer is too slow and is closed (it can resume).
             let limit = self.core.configuration.maxQueueBytes
@@ -79,6 +92,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
         do {
             switch try await value.outcome.get() {
             case .webSocket:
+                // Counted out by the connection handler when it is torn down.
                 return
             case .http(let asyncChannel):
                 await self.handleHTTP(asyncChannel: asyncChannel, logger: logger)
@@ -90,6 +104,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             logger.debug("connection setup failed", metadata: ["error": "\(error)"])
             try? await value.channel.close()
         }
+        self.core.connectionEnded()
     }
 
     /// A refused upgrade gets a real HTTP status and a JSON reason, then the socket closes.

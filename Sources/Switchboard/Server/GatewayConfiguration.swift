@@ -36,8 +36,8 @@ public struct GatewayConfiguration: Sendable {
     public var idleTimeout: Double = 60
     /// Connections that may be in their handshake at once; more are closed as they arrive.
     public var maxHandshakes: Int = 2048
-    /// Connections (HTTP and WebSocket) the node holds at most; past it the listener stops
-    /// accepting until one closes. Nil: the open-file limit less a reserve (see `ConnectionCap`).
+    /// Connections (HTTP and WebSocket) the node holds at most; past it new connections are
+    /// closed as they arrive. Nil: the open-file limit less a reserve (see `ConnectionLimit`).
     public var maxConnections: Int?
     /// Node id, unique in a cluster; random when nil.
     public var nodeID: String?

@@ -35,14 +35,15 @@ extension GatewayCore {
     }
 
     /// A connection is up: it becomes its session's live connection, closing an older one
-    /// here or, through the engine, on the node that held it.
-    func connectionOpened(_ handle: ConnectionHandle, previousNode: String?) {
+    /// here or, through the engine, on the node that held it. Returns the engine's part, for the
+    /// connection's task to run.
+    func connectionOpened(_ handle: ConnectionHandle, previousNode: String?) -> @Sendable () async -> Void {
         if let old = self.hub.claimSession(handle.session, by: handle), old.id != handle.id {
             old.close(code: .sessionTakenOver, reason: "session resumed by a newer connection")
         }
         let engine = self.engine
         let takeOver = previousNode.flatMap { $0 == self.nodeID ? nil : $0 }
-        Task {
+        return {
             try? await engine.touchSession(handle.session, user: handle.user, connected: true)
             if let takeOver {
                 let message = ControlMessage.closeSession(

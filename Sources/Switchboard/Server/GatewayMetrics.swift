@@ -28,8 +28,8 @@ final class GatewayMetrics: Sendable {
     /// Requests the HTTP decoder could not parse (answered 400/431 and closed).
     let badRequests: Counter
     private let timeouts: [HTTPConnectionGuard.Phase: Counter]
-    /// Times the listener paused accepting because the process ran out of file descriptors.
-    let acceptBackoffs: Counter
+    /// Connections closed as they arrived because the node held `maxConnections`.
+    let overCapacity: Counter
     let engineAvailable: Gauge
     let engineRoundTrip: Gauge
 
@@ -78,7 +78,7 @@ final class GatewayMetrics: Sendable {
             timeouts[phase] = Counter(label: "switchboard_connections_timed_out_total", dimensions: labels + [("phase", phase.rawValue)])
         }
         self.timeouts = timeouts
-        self.acceptBackoffs = Counter(label: "switchboard_accept_backoffs_total", dimensions: labels)
+        self.overCapacity = Counter(label: "switchboard_connections_over_capacity_total", dimensions: labels)
         self.engineAvailable = Gauge(label: "switchboard_engine_available", dimensions: labels)
         self.engineRoundTrip = Gauge(label: "switchboard_engine_round_trip_seconds", dimensions: labels)
     }

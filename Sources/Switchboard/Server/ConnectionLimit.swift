@@ -1,0 +1,24 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// How many connections a node holds by default: the open-file limit less what the process
+/// needs for everything else (engine connections, files, the listener): a tenth of it, between
+/// 32 and 1,024 descriptors.
+///
+/// Why a limit at all: an accept that fails with EMFILE leaves SwiftNIO's listener readable
+/// with its read still pending, so it retries at once, forever (a core spinning until sockets
+/// close), and its accept back-off never engages. A node that closes connections past its
+/// limit as they arrive never runs out of descriptors, and accepting costs what the arrivals
+/// cost, no more. The count is kept without a callback per connection (see `GatewayCore`).
+enum ConnectionLimit {
+    static func defaultMaximum() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return 1 << 20 }
+        let files = Int(clamping: limit.rlim_cur)
+        let reserve = min(1024, max(32, files / 10))
+        return max(1, files - reserve)
+    }
+}
