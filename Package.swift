@@ -178,7 +178,7 @@ let package = Package(
         .testTarget(
             name: "SwitchboardClusterTests",
             dependencies: [
-                "RedisTestSupport", "SwitchboardClient", "SwitchboardTesting",
+                "RedisTestSupport", "SwitchboardClient", "SwitchboardTesting", "Switchboard",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),

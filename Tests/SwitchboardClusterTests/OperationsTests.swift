@@ -1,5 +1,6 @@
 import Foundation
 import RedisTestSupport
+import Switchboard
 import SwitchboardClient
 import SwitchboardTesting
 import Testing
@@ -190,6 +191,39 @@ struct OperationsTests {
         let badEnv = try Self.run(["config", "check", good], environment: ["SWITCHBOARD_PING_INTERVAL": "often"])
         #expect(badEnv.status != 0)
         #expect(badEnv.output.contains("SWITCHBOARD_PING_INTERVAL must be a number, got 'often'"))
+    }
+
+    /// `switchboard token` signs with what `serve` reads (flag, environment, file, key set), and a
+    /// node started with the same settings accepts the token with its user and roles.
+    @Test func theTokenCommandSignsWhatANodeWithTheSameSettingsAccepts() async throws {
+        let secret = "a-secret-of-at-least-32-bytes-long!!"
+        let flag = try Self.run(["token", "--jwt-secret", secret, "--sub", "ann", "--roles", "admin,ops", "--ttl", "15m"])
+        #expect(flag.status == 0, "\(flag.output)")
+        let identity = try await TokenVerifier.hs256(secret: secret).verify(flag.output.trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect(identity.user == "ann" && identity.roles == ["admin", "ops"])
+        #expect(abs(identity.expiresAt.timeIntervalSinceNow - 900) < 60)
+        // The environment and the config file, as serve reads them.
+        let env = try Self.run(["token", "--sub", "bob"], environment: ["SWITCHBOARD_JWT_SECRET": secret])
+        #expect(try await TokenVerifier.hs256(secret: secret).verify(env.output.trimmingCharacters(in: .whitespacesAndNewlines)).user == "bob")
+        let file = try Self.run(["token", "--sub", "cy", "--config", try Self.file(#"{"jwt-secret": "\#(secret)"}"#)])
+        #expect(try await TokenVerifier.hs256(secret: secret).verify(file.output.trimmingCharacters(in: .whitespacesAndNewlines)).user == "cy")
+        // An oct key of a key set, chosen by kid; the node verifying that set accepts it.
+        let jwks = try Self.file(#"{"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":"\#(Data(secret.utf8).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: ""))"}]}"#)
+        let keyed = try Self.run(["token", "--jwt-jwks", jwks, "--sub", "dee"])
+        #expect(keyed.status == 0, "\(keyed.output)")
+        let verifier = try await TokenVerifier.jwks(json: try String(contentsOfFile: jwks, encoding: .utf8))
+        #expect(try await verifier.verify(keyed.output.trimmingCharacters(in: .whitespacesAndNewlines)).user == "dee")
+        // Refused with the reason.
+        for (arguments, message) in [
+            (["token", "--sub", "ann"], "no secret"),
+            (["token", "--jwt-secret", "short", "--sub", "ann"], "at least 32 bytes long (this one has 5)"),
+            (["token", "--jwt-secret", secret, "--sub", "ann", "--ttl", "soon"], "--ttl must be a positive duration"),
+            (["token", "--jwt-secret", secret, "--sub", ""], "--sub must not be empty"),
+        ] {
+            let result = try Self.run(arguments)
+            #expect(result.status != 0)
+            #expect(result.output.contains(message), "\(arguments): \(result.output)")
+        }
     }
 
     @Test func aFlagWinsOverTheEnvironmentWhichWinsOverTheFile() async throws {
