@@ -5,7 +5,8 @@
 #                                             Swift build alone takes 5-6)
 #   bash scripts/test.sh swift js             only some parts, any of:
 #       swift     unit and integration tests against real redis-server, Redis Cluster, nginx,
-#                 HAProxy and node processes (plus the OpenAPI check)        ~8 min
+#                 HAProxy and node processes, the embedding example (Examples/Embed), and the
+#                 OpenAPI and README checks                                   ~8 min
 #       js        the JavaScript client's unit tests (node)                   seconds
 #       browser   the chat example in headless Chromium                       ~1 min
 #       proxy     the reconnecting proxy between real processes               ~1 min
@@ -87,12 +88,17 @@ if wants swift || wants browser || wants autobahn; then
   swift build --build-tests
 fi
 if wants swift; then
-  # The OpenAPI spec (docs/openapi.yaml) must list exactly the HTTP routes the code registers.
+  # The OpenAPI spec (docs/openapi.yaml) must list exactly the HTTP routes the code registers, and
+  # the README must quote the embedding example as it is.
   python3 scripts/openapi-check.py
+  python3 scripts/readme-check.py
   # Every test bounds its own time; these outer bounds make a hang fail the run instead of stalling it.
   # The idle-cost tests hold 10,000 connections: they run alone, after the others.
   timeout --kill-after=30 900 swift test --skip-build --skip IdleCostTests
   timeout --kill-after=30 600 swift test --skip-build --filter IdleCostTests
+  # The embedding example, a package of its own, in the same build folder (its dependencies are
+  # this package's: nothing is built twice).
+  (cd Examples/Embed && swift build --build-tests --scratch-path ../../.build && timeout --kill-after=10 300 swift test --skip-build --scratch-path ../../.build)
 fi
 if wants js; then
   timeout --kill-after=10 300 node --test Clients/js/test/

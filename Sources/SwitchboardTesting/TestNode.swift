@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import Hummingbird
 import JWTKit
 import Logging
@@ -29,7 +32,7 @@ public struct TestNode: Sendable {
         router: Router<Context>,
         configuration: GatewayConfiguration = .init(),
         engine: any SwitchboardEngine = MemoryEngine(),
-        secret: String = "switchboard-test-secret-of-32-bytes!",
+        secret: String = TestNode.defaultSecret,
         logLevel: Logger.Level = .warning,
         _ body: @Sendable (TestNode) async throws -> Result
     ) async throws -> Result {
@@ -56,6 +59,21 @@ public struct TestNode: Sendable {
                 throw error
             }
         }
+    }
+
+    /// The HS256 secret a node signs its test tokens with (`token(user:)`, `connect(user:)`)
+    /// unless `with(secret:)` names another: an application's `IdentityMiddleware` verifier must
+    /// use the same one, e.g. `TokenVerifier.hs256(secret: TestNode.defaultSecret)`.
+    public static let defaultSecret = "switchboard-test-secret-of-32-bytes!"
+
+    /// An HTTP request to the node (`Authorization: Bearer <token>` when given).
+    public func http(_ method: String, _ path: String, body: String = "", token: String? = nil) async throws -> (status: Int, body: String) {
+        var request = URLRequest(url: URL(string: self.httpURL + path)!, timeoutInterval: 10)
+        request.httpMethod = method
+        if !body.isEmpty { request.httpBody = Data(body.utf8) }
+        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+        let (data, response) = try await URLSession.shared.data(for: request)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
     }
 
     /// A signed HS256 token for `user`.
