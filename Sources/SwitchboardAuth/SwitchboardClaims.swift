@@ -38,7 +38,7 @@ public struct SwitchboardClaims: Codable, Sendable, Equatable {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(self.sub, forKey: .sub)
         try c.encode(Self.seconds(self.exp), forKey: .exp)
-        try c.encodeIfPresent(self.nbf.map(Self.seconds), forKey: .nbf)
+        try c.encodeIfPresent(self.nbf.map { Self.seconds($0) }, forKey: .nbf)
         try c.encodeIfPresent(self.roles, forKey: .roles)
     }
 
@@ -50,9 +50,9 @@ public struct SwitchboardClaims: Codable, Sendable, Equatable {
         return Date(timeIntervalSince1970: value.clamped(to: 0...latestSeconds))
     }
 
-    /// Whole seconds when the time is whole (as issuers write them), else the fraction too.
-    private static func seconds(_ date: Date) -> Double {
-        date.timeIntervalSince1970.clamped(to: 0...latestSeconds)
+    /// Whole seconds, as issuers write NumericDates (some verifiers refuse fractions).
+    private static func seconds(_ date: Date) -> Int64 {
+        Int64(date.timeIntervalSince1970.clamped(to: 0...latestSeconds).rounded(.down))
     }
 
     /// Checks the claims at `now` and returns who they name.
