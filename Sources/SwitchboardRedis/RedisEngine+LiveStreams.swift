@@ -215,7 +215,14 @@ extension RedisEngine {
             reply = try? await self.run(RedisScripts.newEpoch, keys: [self.keys(stream).meta], args: [.string(epoch), .string(Self.newEpoch())])
         }
         guard let a = reply?.array, a.count == 2, let e = a[0].string, let top = Self.offset(a[1]) else {
-            self.state.withLock { $0.live[stream]?.rollingBack = false }
+            // No new epoch (Redis unreachable all along): live delivery resumes, and the
+            // subscribers read from the log, whose reads check their last message's tag.
+            self.state.withLock { s in
+                s.live[stream]?.rollingBack = false
+                s.live[stream]?.received = nil
+                s.live[stream]?.receivedTag = ""
+            }
+            if let position = try? await self.position(of: stream) { self.state.withLock { $0.delivery }?.catchUp(stream, to: position) }
             return
         }
         let position = StreamPosition(epoch: e, top: top)

@@ -47,7 +47,7 @@ extension RedisEngine {
             s.heartbeating = true
             s.heartbeatAgain = false
             // Others' silence counts only if this node heard Redis all that time itself.
-            let judge = s.connectedSince.map { ContinuousClock.now - $0 >= deadAfter } ?? false
+            let judge = s.beatingSince.map { ContinuousClock.now - $0 >= deadAfter } ?? false
             return (s.node, s.address, s.startedAt, s.sessions.count, judge)
         }
         guard let pulse else { return }
@@ -73,6 +73,7 @@ extension RedisEngine {
                 .string(address ?? ""), .int(Int(started * 1000)), .int(connections), .int(self.deadAfterMs),
             ])
             let (beatReply, infoReply) = try await (beat, info)
+            self.state.withLock { if $0.beatingSince == nil { $0.beatingSince = .now } }
             self.state.withLock { $0.lastRoundTrip = ContinuousClock.now - start }
             // This node's entry was gone: Redis lost it, or others declared this node dead and
             // released its sessions and members. Register them again, and announce the members.
@@ -87,6 +88,7 @@ extension RedisEngine {
                 self.logger.debug("not judging \(dead.count) silent nodes until this node has been connected for \(deadAfter)")
             }
         } catch {
+            self.state.withLock { $0.beatingSince = nil }
             self.logger.debug("heartbeat failed: \(error)")
         }
         // Members expire after `presenceTTL` without a refresh: three refreshes per TTL suffice,

@@ -37,13 +37,24 @@ extension RedisEngine {
 
     public func touchSession(_ id: String, user: String?, connected: Bool) async throws {
         let node = self.nodeID
-        self.state.withLock { s in
-            if connected { s.sessions[id] = user } else { s.sessions[id] = nil }
+        // Held here from its first connection to its last: the index changes only then.
+        let edge = self.state.withLock { s -> Bool in
+            var local = s.sessions[id] ?? LocalSession(user: user, connections: 0)
+            local.connections += connected ? 1 : -1
+            s.sessions[id] = local.connections > 0 ? local : nil
+            return connected ? local.connections == 1 : local.connections <= 0
         }
-        let (count, _) = try await self.runBoth(
-            ScriptCall(script: RedisScripts.touchSession, keys: [self.sessionKey(id)], args: [.int(connected ? 1 : -1), .int(self.sessionTTLms), .string(node)]),
-            ScriptCall(script: RedisScripts.nodeSessionIndex, keys: [self.nodeSessionsKey(node)], args: [.int(connected ? 1 : 0), .string(id)])
-        )
+        let touch = ScriptCall(script: RedisScripts.touchSession, keys: [self.sessionKey(id)], args: [
+            .int(connected ? 1 : -1), .int(self.sessionTTLms), .string(node),
+        ])
+        let count: RESPValue
+        if edge {
+            (count, _) = try await self.runBoth(
+                touch, ScriptCall(script: RedisScripts.nodeSessionIndex, keys: [self.nodeSessionsKey(node)], args: [.int(connected ? 1 : 0), .string(id)])
+            )
+        } else {
+            count = try await self.run(touch.script, keys: touch.keys, args: touch.args)
+        }
         if !connected, count.int == 0 { await self.endHolds(ofSession: id) }
     }
 
@@ -67,7 +78,8 @@ extension RedisEngine {
         let (node, sessions) = self.state.withLock { ($0.node, $0.sessions) }
         guard !sessions.isEmpty else { return }
         await withTaskGroup(of: Void.self) { group in
-            for (id, user) in sessions {
+            for (id, local) in sessions {
+                let user = local.user
                 group.addTask {
                     _ = try? await self.run(RedisScripts.restoreSession, keys: [self.sessionKey(id)], args: [
                         .string(node), .int(user == nil ? 0 : 1), .string(user ?? ""),

@@ -79,6 +79,13 @@ public final class RedisEngine: SwitchboardEngine {
         case catchingUp
     }
 
+    /// A session with live connections on this node (a reconnect to the same node overlaps the
+    /// old connection's close: the session stays held until its last one closes).
+    struct LocalSession {
+        var user: String?
+        var connections: Int
+    }
+
     struct State {
         var node = ""
         var address: String?
@@ -91,7 +98,7 @@ public final class RedisEngine: SwitchboardEngine {
         var presence: [String: Set<String>] = [:]
         /// Sessions with a live connection on this node (and their user), re-registered after
         /// an outage.
-        var sessions: [String: String?] = [:]
+        var sessions: [String: LocalSession] = [:]
         var control: Task<RESPSubscription, any Error>?
         /// The pattern subscription of every session stream (single Redis), and its canaries.
         var sessionChannel: Task<RESPSubscription, any Error>?
@@ -102,10 +109,11 @@ public final class RedisEngine: SwitchboardEngine {
         /// Where the next live check starts, when there are more streams than one round checks.
         var liveCheckCursor = 0
         var lastRoundTrip: Duration?
-        /// Since when this node has been connected to Redis without a break (nil while away):
-        /// other nodes' heartbeats are judged only once it has been for a dead node's silence,
-        /// so its own outage never makes live nodes look dead.
-        var connectedSince: ContinuousClock.Instant?
+        /// Since when this node's own heartbeats have succeeded without a break (nil after a
+        /// failed one, or while Redis is away): other nodes' heartbeats are judged only once it
+        /// has been for a dead node's silence, so its own outage (or the registry's shard failing
+        /// over) never makes live nodes look dead.
+        var beatingSince: ContinuousClock.Instant?
         /// Cluster: some shard's live channels are down while the others serve.
         var degraded = false
         /// A heartbeat is running (they never overlap: a restore must finish before a refresh).
@@ -191,7 +199,6 @@ public final class RedisEngine: SwitchboardEngine {
             }
             self.state.withLock { s in
                 if s.availability == .unavailable { s.availability = .available }
-                if s.connectedSince == nil { s.connectedSince = .now }
             }
             await self.register()
         }
@@ -245,7 +252,6 @@ public final class RedisEngine: SwitchboardEngine {
         case .connected:
             self.state.withLock { s in
                 if s.availability == .unavailable { s.availability = .available }
-                if s.connectedSince == nil { s.connectedSince = .now }
             }
             await self.loadScripts()
             await self.register()
@@ -260,7 +266,7 @@ public final class RedisEngine: SwitchboardEngine {
             self.logger.warning("Redis unavailable")
             self.state.withLock { s in
                 s.availability = .unavailable
-                s.connectedSince = nil
+                s.beatingSince = nil
             }
             self.eventsContinuation.yield(.disconnected)
         case .reconnected where self.configuration.clusterSeeds != nil:
@@ -272,7 +278,7 @@ public final class RedisEngine: SwitchboardEngine {
             self.logger.info("Redis available again; catching up live streams")
             self.state.withLock { s in
                 s.availability = .catchingUp
-                s.connectedSince = .now
+                s.beatingSince = nil
             }
             // Re-register before anything else: a restarted Redis may have lost this node.
             await self.loadScripts()

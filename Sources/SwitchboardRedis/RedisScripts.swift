@@ -138,6 +138,11 @@ enum RedisScripts {
         -- The message at `after` must carry the reader's tag; if it was just trimmed, the one
         -- after it must name it as its predecessor.
         local at = redis.call('XRANGE', log, after .. '-0', (after + 1) .. '-0')
+        if #at == 0 and after == top then
+          -- Nothing kept at or after it (aged out): the stream's last tag names the message at top.
+          local lt = redis.call('HGET', meta, 'lt')
+          if lt and lt ~= '' and lt ~= ARGV[8] then gone = 1 end
+        end
         for _, entry in ipairs(at) do
           local fields, g, p = entry[2], '', ''
           for i = 1, #fields, 2 do
@@ -258,7 +263,7 @@ enum RedisScripts {
     if n < 0 then redis.call('HSET', k, 'n', 0); n = 0 end
     if tonumber(ARGV[1]) > 0 then
       redis.call('HSET', k, 'o', ARGV[3])
-    elseif redis.call('HGET', k, 'o') == ARGV[3] then
+    elseif n == 0 and redis.call('HGET', k, 'o') == ARGV[3] then
       redis.call('HDEL', k, 'o')
     end
     if n == 0 then redis.call('PEXPIRE', k, ARGV[2]) else redis.call('PERSIST', k) end

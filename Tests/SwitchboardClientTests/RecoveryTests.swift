@@ -87,6 +87,7 @@ import Testing
         try await eventually("second SUB") { server.frames(.sub).filter { $0.frame.target == "/rooms/t" }.count == 2 }
         let resume = server.frames(.sub).filter { $0.frame.target == "/rooms/t" }[1].frame
         #expect(resume.meta["since"] == "2" && resume.meta["e"] == "E1" && resume.meta["t"] == "tag002")
+        try await eventually("the SUB410 applied") { client.lastOffset(of: "/rooms/t") == 5 }
         await client.simulateNetworkLoss()
         try await eventually("third SUB") { server.frames(.sub).filter { $0.frame.target == "/rooms/t" }.count == 3 }
         let after410 = server.frames(.sub).filter { $0.frame.target == "/rooms/t" }[2].frame

@@ -46,11 +46,12 @@ struct RetentionTests {
     }
 
     @Test func aDisconnectedSessionHoldsHistoryForItsTTLAndNoLonger() async throws {
-        try await TestApp.withNode(engine: MemoryEngine(configuration: .init(sessionTTL: 2))) { node in
+        try await TestApp.withNode(engine: MemoryEngine(configuration: .init(sessionTTL: 6))) { node in
             let (a, _) = try await node.raw(user: "ann")
             try await a.send("SUB|/rooms/y|r=1|")
             #expect(Parsed(try await a.nextText()).head == "SUB200")
             await a.close()
+            let closed = ContinuousClock.now
             try await Self.published(node, "/rooms/y", count: 3)
             let (b, _) = try await node.raw(user: "bob")
             try await b.send("SUB|/rooms/y|r=1|")
@@ -60,7 +61,7 @@ struct RetentionTests {
             // Ann's session is within its TTL: it still holds 1-3.
             #expect(try await Self.history(node, "/rooms/y") == [1, 2, 3])
             // Once it expired, Bob's ack trims them.
-            try await Task.sleep(for: .seconds(2))
+            try await Task.sleep(until: closed + .milliseconds(6500))
             try await b.send("ACK|/rooms/y|r=3;id=3|")
             try await Self.afterSweep()
             #expect(try await Self.history(node, "/rooms/y") == [])

@@ -15,21 +15,27 @@ extension ConnectionHandler {
 
     /// A subscription registered on the loop, whose engine work is still to do.
     struct PendingSubscription: Sendable {
-        let stream: String, generation: UInt32, isNew: Bool
+        let stream: String, generation: UInt32
         let since: Int64?, epoch: String?, tag: String?, requestID: String?
     }
 
-    /// The loop's half of a SUB: a cursor catching up, registered for live messages.
+    /// The subscription a task started for was replaced or dropped meanwhile: it stops quietly.
+    struct Superseded: Error {}
+
+    /// The loop's half of a SUB: a cursor catching up, registered for live messages. A
+    /// re-subscription keeps the connection's share of the node-level subscription.
     func prepareSubscription(_ stream: String, since: Int64?, epoch: String?, tag: String?, requestID: String?) -> PendingSubscription? {
         guard case .open = self.state else { return nil }
-        let isNew = self.streams[stream] == nil
-        let generation = (self.streams[stream]?.generation ?? 0) &+ 1
-        self.streams[stream] = StreamCursor(
+        self.lastGeneration &+= 1
+        let generation = self.lastGeneration
+        var cursor = StreamCursor(
             stream: stream, last: since ?? 0, epoch: epoch ?? "", lastTag: tag ?? "", mode: .catchingUp(buffer: [], overflowed: false),
             generation: generation
         )
+        cursor.engine = self.streams[stream]?.engine ?? .none
+        self.streams[stream] = cursor
         self.loopHub.addSubscriber(stream, self)
-        return PendingSubscription(stream: stream, generation: generation, isNew: isNew, since: since, epoch: epoch, tag: tag, requestID: requestID)
+        return PendingSubscription(stream: stream, generation: generation, since: since, epoch: epoch, tag: tag, requestID: requestID)
     }
 
     /// The engine's half of a SUB (in a task): the node-level subscription, then the replay or
@@ -37,13 +43,8 @@ extension ConnectionHandler {
     func run(_ s: PendingSubscription) async {
         let core = self.core
         let loop = self.loopHub.loop
-        // Whether this connection holds a node-level subscription to give back on failure.
-        var held = !s.isNew
         do {
-            if s.isNew {
-                try await core.engine.subscribe(s.stream)
-                held = true
-            }
+            try await self.takeEngineShare(s.stream, generation: s.generation)
             if let since = s.since {
                 try await self.replay(s.stream, generation: s.generation, after: since, epoch: s.epoch, tag: s.tag, requestID: s.requestID, reply: true)
             } else {
@@ -51,8 +52,66 @@ extension ConnectionHandler {
                 try await core.engine.ack(session: self.session, stream: s.stream, offset: position.top)
                 loop.execute { self.startedLive(s.stream, generation: s.generation, position: position, requestID: s.requestID) }
             }
+        } catch is Superseded {
+            return
         } catch {
-            loop.execute { [held] in self.subscriptionFailed(s.stream, generation: s.generation, requestID: s.requestID, error: error, held: held) }
+            loop.execute { self.subscriptionFailed(s.stream, generation: s.generation, requestID: s.requestID, error: error) }
+        }
+    }
+
+    /// Makes sure this connection holds its share of the node-level subscription of `stream`
+    /// (the engine's live channel) before the subscription of `generation` reads anything: it
+    /// takes it, waits for the one being taken, or finds it held. Whoever takes it gives it back
+    /// if the stream was dropped meanwhile, so a share is never leaked nor given back twice.
+    private func takeEngineShare(_ stream: String, generation: UInt32) async throws {
+        enum Step { case held, wait(EventLoopFuture<Void>), take(EventLoopPromise<Void>), superseded }
+        let loop = self.loopHub.loop
+        let step = try await loop.submit { () -> Step in
+            guard case .open = self.state, let index = self.streams.index(of: stream), self.streams[at: index].generation == generation else {
+                return .superseded
+            }
+            switch self.streams[at: index].engine {
+            case .held: return .held
+            case .taking(let future): return .wait(future)
+            case .none:
+                let promise = loop.makePromise(of: Void.self)
+                self.streams[at: index].engine = .taking(promise.futureResult)
+                return .take(promise)
+            }
+        }.get()
+        switch step {
+        case .held:
+            return
+        case .superseded:
+            throw Superseded()
+        case .wait(let future):
+            try await future.get()
+        case .take(let promise):
+            let engine = self.core.engine
+            do {
+                try await engine.subscribe(stream)
+            } catch {
+                loop.execute {
+                    if let index = self.streams.index(of: stream), case .taking(let f) = self.streams[at: index].engine, f === promise.futureResult {
+                        self.streams[at: index].engine = .none
+                    }
+                }
+                promise.fail(error)
+                throw error
+            }
+            let kept = try await loop.submit { () -> Bool in
+                guard case .open = self.state, let index = self.streams.index(of: stream),
+                    case .taking(let f) = self.streams[at: index].engine, f === promise.futureResult
+                else { return false }
+                self.streams[at: index].engine = .held
+                return true
+            }.get()
+            promise.succeed(())
+            if !kept {
+                // Unsubscribed or closed while the share was being taken: it goes back at once.
+                await engine.unsubscribe(stream)
+                throw Superseded()
+            }
         }
     }
 
@@ -195,30 +254,27 @@ extension ConnectionHandler {
             do {
                 try await self.replay(stream, generation: generation, after: after, epoch: epoch, tag: tag, requestID: nil, reply: false)
             } catch {
-                loop.execute { self.subscriptionFailed(stream, generation: generation, requestID: nil, error: error, held: true) }
+                loop.execute { self.subscriptionFailed(stream, generation: generation, requestID: nil, error: error) }
             }
         }
     }
 
-    private func subscriptionFailed(_ stream: String, generation: UInt32, requestID: String?, error: any Error, held: Bool) {
+    private func subscriptionFailed(_ stream: String, generation: UInt32, requestID: String?, error: any Error) {
+        if error is Superseded { return }
         self.logger.warning("subscription failed", metadata: ["stream": "\(stream)", "error": "\(error)"])
         let (status, reason) = EngineFailure.status(of: error)
-        self.subscriptionRefused(stream, generation: generation, requestID: requestID, status: status, error: "subscribe_failed", reason: reason, held: held)
+        self.subscriptionRefused(stream, generation: generation, requestID: requestID, status: status, error: "subscribe_failed", reason: reason)
     }
 
     /// Drops the subscription of `generation` (if still current) and answers SUB with `status`.
     private func subscriptionRefused(
-        _ stream: String, generation: UInt32, requestID: String?, status: Int, error: String, reason: String, held: Bool = true
+        _ stream: String, generation: UInt32, requestID: String?, status: Int, error: String, reason: String
     ) {
         guard let cursor = self.streams[stream], cursor.generation == generation else { return }
         if case .open = self.state {} else { return }
         self.streams[stream] = nil
         self.loopHub.removeSubscriber(stream, self)
-        if held {
-            // The node-level subscription this connection took (or shared): give it back.
-            let engine = self.core.engine
-            Task { await engine.unsubscribe(stream) }
-        }
+        self.giveBackEngineShare(of: cursor)
         self.replyError(status: status, method: .sub, target: stream, requestID: requestID, error: error, reason: reason)
     }
 
@@ -285,7 +341,12 @@ extension ConnectionHandler {
     /// epoch is found by the read (`.gone`) and answered with SUB410.
     func catchUp(_ stream: String, to position: StreamPosition) {
         guard case .open = self.state, let index = self.streams.index(of: stream) else { return }
-        guard case .live = self.streams[at: index].mode else { return }  // a replay is already reading
+        guard case .live = self.streams[at: index].mode else {
+            // A replay is reading, perhaps already past its last read of what was missed: it reads
+            // once more before it goes live (the same as a live buffer that overflowed).
+            self.streams[at: index].mode = .catchingUp(buffer: [], overflowed: true)
+            return
+        }
         let cursor = self.streams[at: index]
         // Behind, another epoch, or a top below what was written here (a rollback): read.
         guard position.epoch != cursor.epoch || position.top != cursor.last else { return }
@@ -293,15 +354,24 @@ extension ConnectionHandler {
         self.startReplay(stream, after: cursor.last)
     }
 
+    /// A share held is given back now; one being taken is given back by its taker, which finds
+    /// the stream gone.
+    private func giveBackEngineShare(of cursor: StreamCursor) {
+        guard case .held = cursor.engine else { return }
+        let engine = self.core.engine
+        let stream = cursor.stream
+        self.core.bookkeeping { await engine.unsubscribe(stream) }
+    }
+
     func unsubscribe(_ stream: String) {
-        guard self.streams.remove(stream) != nil else { return }
+        guard let cursor = self.streams.remove(stream) else { return }
         self.loopHub.removeSubscriber(stream, self)
+        self.giveBackEngineShare(of: cursor)
         let engine = self.core.engine
         let session = self.session
         let member = self.presenceMember
         let hasPresence = self.core.hasPresence(stream)
         self.core.bookkeeping {
-            await engine.unsubscribe(stream)
             try? await engine.release(session: session, stream: stream)
             if hasPresence { await PresenceEvents.record(.leave, member, on: stream, engine: engine) }
         }

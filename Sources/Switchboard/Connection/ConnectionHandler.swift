@@ -53,6 +53,9 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     var previousNode: String?
     /// Position in the loop hub's connection list (kept by the hub).
     var slot = -1
+    /// The last subscription generation handed out (one counter per connection, so a SUB after
+    /// an UNSUB is never taken for an older one).
+    var lastGeneration: UInt32 = 0
 
     init(core: GatewayCore, loopHub: LoopHub, session: String, identity: Identity?, resumedCursors: [String: Int64]?,
          previousNode: String? = nil, echo: Bool = false) {
@@ -127,6 +130,8 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             self.core.uncountConnection(of: user)
         }
         let streams = self.streams.names
+        // Shares still being taken are given back by whoever takes them, seeing the connection closed.
+        let held = self.streams.names(where: { if case .held = $0.engine { true } else { false } })
         for stream in streams {
             self.loopHub.removeSubscriber(stream, self)
         }
@@ -135,7 +140,7 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         self.failWritabilityWaiters()
         // The handle may outlive the connection (routes, the server API): it must not keep it.
         self.handle.handler = nil
-        self.core.connectionClosed(self.handle, streams: streams)
+        self.core.connectionClosed(self.handle, streams: streams, held: held)
     }
 
     // MARK: inbound WebSocket frames

@@ -9,6 +9,17 @@ struct StreamCursor {
         case catchingUp(buffer: [StreamMessage], overflowed: Bool)
     }
 
+    /// This connection's share of the node-level subscription of the stream (the engine's live
+    /// channel): taken once per stream, kept across re-subscriptions, given back once.
+    enum EngineShare {
+        /// Not taken (yet, or taking it failed).
+        case none
+        /// Being taken: a later subscription of the stream waits for it before it reads.
+        case taking(EventLoopFuture<Void>)
+        /// Taken: given back when the stream is unsubscribed or the connection closes.
+        case held
+    }
+
     let stream: String
     /// Highest offset written to this connection.
     var last: Int64
@@ -18,8 +29,9 @@ struct StreamCursor {
     /// position): the next one written must follow it, or the history was rolled back.
     var lastTag: String = ""
     var mode: Mode
-    /// Bumped on every (re)subscription, so a replay started for an older one stops.
+    /// Unique per subscription of the connection, so work started for an older one stops.
     var generation: UInt32
+    var engine: EngineShare = .none
 
     static let maxBuffered = 1024
 }
@@ -31,6 +43,11 @@ struct StreamCursors {
 
     var count: Int { self.cursors.count }
     var names: [String] { self.cursors.map(\.stream) }
+
+    /// The names of the streams whose cursor satisfies `predicate`.
+    func names(where predicate: (StreamCursor) -> Bool) -> [String] {
+        self.cursors.filter(predicate).map(\.stream)
+    }
 
     /// How many subscribed streams' names satisfy `predicate`.
     func count(where predicate: (String) -> Bool) -> Int {

@@ -197,6 +197,8 @@ public final class MemoryEngine: SwitchboardEngine {
                     if s.log[Int(offset - s.firstKept)].tag != tag { return .gone(position) }
                 } else if let first = s.log.first, first.offset == offset + 1, !first.previousTag.isEmpty, first.previousTag != tag {
                     return .gone(position)
+                } else if s.log.isEmpty, offset == s.top, !s.lastTag.isEmpty, s.lastTag != tag {
+                    return .gone(position)
                 }
             }
             var out: [StreamMessage] = []

@@ -53,16 +53,16 @@ extension GatewayCore {
         }
     }
 
-    func connectionClosed(_ handle: ConnectionHandle, streams: [String]) {
+    /// A connection closed: its presence ends on every stream it had, and its shares of the
+    /// node-level subscriptions it `held` go back.
+    func connectionClosed(_ handle: ConnectionHandle, streams: [String], held: [String]) {
         self.hub.releaseSession(handle.session, by: handle)
         let engine = self.engine
         let member = PresenceMember(user: handle.user, session: handle.session, connection: "\(self.nodeID)/\(handle.id)")
-        let presence = streams.map { self.hasPresence($0) }
+        let presence = streams.filter { self.hasPresence($0) }
         self.bookkeeping {
-            for (stream, hasPresence) in zip(streams, presence) {
-                await engine.unsubscribe(stream)
-                if hasPresence { await PresenceEvents.record(.leave, member, on: stream, engine: engine) }
-            }
+            for stream in held { await engine.unsubscribe(stream) }
+            for stream in presence { await PresenceEvents.record(.leave, member, on: stream, engine: engine) }
             try? await engine.touchSession(handle.session, user: handle.user, connected: false)
         }
     }

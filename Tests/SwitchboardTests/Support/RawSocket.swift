@@ -180,11 +180,14 @@ final class RawSocket: @unchecked Sendable {
     }
 
     /// Next text frame, skipping pings/pongs.
+    /// The next text message; pings on the way are answered, as every WebSocket library does
+    /// (use `next()` to play a peer that does not).
     func nextText(timeout: Duration = .seconds(10)) async throws -> String {
         while let event = try await self.next(timeout: timeout) {
             switch event {
             case .text(let s): return s
-            case .ping, .pong: continue
+            case .ping: try? await self.sendFrame(opcode: 0xA, payload: [])
+            case .pong: continue
             default: throw TestFailure("expected a text frame, got \(event)")
             }
         }
