@@ -569,7 +569,7 @@ export class SwitchboardClient {
 
   _subFailed(stream, status, body) {
     this._emit('error', makeError(`subscribe ${stream} refused: ${status}`, { code: 'subscribe', stream, status, body }));
-    if ((status === 503 || status === 429) && this._subRetryTimer === null) {
+    if ((status >= 500 || status === 429) && this._subRetryTimer === null) {
       const { minDelay, maxDelay, random } = this._opts;
       const delay = Math.max(minDelay, backoffDelay(this._subRetryAttempt++, minDelay, maxDelay, random));
       this._subRetryTimer = setTimeout(() => {

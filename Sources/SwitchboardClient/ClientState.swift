@@ -85,6 +85,9 @@ struct ClientState {
     var ackTask: Task<Void, Never>?
     var latestToken: String?
     var closedEventSent = false
+    /// Streams whose resubscription the server could not do for now (SUB503 during a failover,
+    /// SUB429): sent again at the next timer tick.
+    var retrySubscribe: Set<String> = []
 
     let events: AsyncStream<ClientEvent>.Continuation
     let logger: Logger
@@ -163,6 +166,7 @@ struct ClientState {
         }
         self.session = sid
         self.phase = .connected(id: id, since: .now)
+        self.retrySubscribe = []  // every stream is subscribed again below
         self.events.yield(.connected(session: sid, resumed: resumed))
 
         // Resubscribe (§9 step 2): pending subscribe() calls with their own r, every
@@ -245,7 +249,12 @@ struct ClientState {
             let error = SwitchboardClientError.refused(status: status, body: frame.bodyString)
             if let waiter {
                 self.failSubscribe(waiter, error: error)
-            } else if (400..<500).contains(status) && status != 429, let slot = self.subscriptions[stream], slot.explicit {
+            } else if status == 429 || status >= 500 {
+                // Not now (the node's engine is failing over, or too many requests): not given
+                // up either, or the stream would silently stop. Sent again at the next tick.
+                self.logger.info("resubscription deferred", metadata: ["stream": "\(stream)", "status": "\(status)"])
+                self.retrySubscribe.insert(stream)
+            } else if (400..<500).contains(status), let slot = self.subscriptions[stream], slot.explicit {
                 // A resubscription refused for good (403/404…): end the subscription.
                 self.logger.warning("resubscription refused", metadata: ["stream": "\(stream)", "status": "\(status)"])
                 self.subscriptions[stream] = nil

@@ -268,6 +268,12 @@ public final class SwitchboardClient: Sendable {
                     for ack in state.book.takeAcks() {
                         state.send(encodeFrame(method: .ack, target: ack.stream, meta: [MetaKey.offset: String(ack.id)]))
                     }
+                    // Resubscriptions the server deferred (SUB503/SUB429) go again.
+                    let retry = state.retrySubscribe
+                    state.retrySubscribe = []
+                    for stream in retry.sorted() where state.subscriptions[stream] != nil || BuiltInStreams.isBuiltIn(stream) {
+                        state.sendSubscribe(stream, r: state.makeRequestID())
+                    }
                     return true
                 }
                 if !running { return }

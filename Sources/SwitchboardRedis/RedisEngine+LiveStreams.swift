@@ -319,7 +319,13 @@ extension RedisEngine {
             var unheard: [String] = []
             var active: [(String, Int64, String?, Int64?)] = []
             for (stream, l) in s.live {
-                guard let offset = l.lastOffset, let until = l.activeUntil, now < until else { continue }
+                guard let until = l.activeUntil, now < until else { continue }
+                // No baseline yet (its position could not be read when it was subscribed): this
+                // round reads one.
+                guard let offset = l.lastOffset else {
+                    active.append((stream, -1, nil, nil))
+                    continue
+                }
                 if let published = l.published, published > (l.received ?? offset) {
                     // Its own publish has not come back: twice in a row means the channel is dead.
                     if l.unheard == published { unheard.append(stream) } else { s.live[stream]?.unheard = published }
@@ -338,6 +344,13 @@ extension RedisEngine {
             self.state.withLock { s in
                 for (stream, offset, epoch, suspect) in known {
                     guard let p = positions[stream], s.live[stream] != nil else { continue }
+                    if offset < 0 {
+                        if s.live[stream]?.lastOffset == nil, !p.epoch.isEmpty {
+                            s.live[stream]?.lastOffset = p.top
+                            s.live[stream]?.lastEpoch = p.epoch
+                        }
+                        continue
+                    }
                     if let epoch, epoch == p.epoch, p.top < offset {
                         rolledBack.append((stream, epoch, offset, p.top))
                         continue

@@ -111,4 +111,30 @@ import Testing
         await client.close()
         await server.stop()
     }
+
+    /// A resubscription the server cannot do for now (SUB503: its engine's shard is failing over)
+    /// is sent again, not given up: the stream must not silently stop.
+    @Test func aResubscriptionAnswered503IsSentAgain() async throws {
+        let subs = Locked(0)
+        let server = FakeServer { connection, frame in
+            guard frame.method == .sub, frame.target == "/rooms/r" else { return }
+            let n = subs.withLock { $0 += 1; return $0 }
+            if connection.index == 1 && n == 2 {
+                connection.send("SUB503|/rooms/r|r=\(frame.meta["r"]!)|{\"error\":\"subscribe_failed\"}")
+            } else {
+                subReply(connection, frame, top: 7)
+                if connection.index == 1 { connection.send("PUSH200|/rooms/r|id=8;e=E1;t=tag008|after") }
+            }
+        }
+        try await server.start()
+        let client = SwitchboardClient(url: server.url, token: { "tok" }, configuration: testConfiguration())
+        try await client.connect()
+        let subscription = try await client.subscribe("/rooms/r")
+        await client.simulateNetworkLoss()
+        let after = try await take(1, from: subscription)
+        #expect(after.map(\.body) == ["after"])
+        #expect(subs.withLock { $0 } == 3)
+        await client.close()
+        await server.stop()
+    }
 }
