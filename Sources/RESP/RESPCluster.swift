@@ -58,8 +58,8 @@ public enum RESPClusterSlot {
 /// Redis Cluster client: slot map from `CLUSTER SLOTS`, one pipelined connection per primary
 /// (concurrent callers share it), `MOVED` (updates the map, refreshes it in the background,
 /// retries) and `ASK` (`ASKING` + command on the target). `TRYAGAIN`, `CLUSTERDOWN`, `LOADING`
-/// and `MASTERDOWN` are retried with backoff, and so is a node that cannot be reached (after a
-/// topology refresh, which finds a promoted replica). The map is also refreshed periodically.
+/// and `MASTERDOWN` are retried with backoff for up to `retryBudget`, and so is a node that
+/// cannot be reached (after a topology refresh, which finds a promoted replica). The map is also refreshed periodically.
 /// Routes by the first key of the command; multi-key commands must use keys of one slot (use
 /// `{tags}`). No replica reads. Sharded pub/sub: `RESPClusterSubscriber`.
 public final class RESPClusterClient: RESPCommandExecutor, Sendable {
@@ -84,12 +84,16 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     public let maxRedirects: Int
     /// Backoff between retries of a command (TRYAGAIN, CLUSTERDOWN, unreachable node …).
     public let retryPolicy: RESPReconnectPolicy
+    /// How long a command is retried while the cluster says "not now" or its node is
+    /// unreachable; then the last error is thrown.
+    public let retryBudget: Duration
     private let state: LockedBox<State>
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
 
     init(seeds: [Node], configuration: RESPConfiguration, maxRedirects: Int, retryPolicy: RESPReconnectPolicy,
-         eventLoopGroup: any EventLoopGroup, logger: Logger) {
+         retryBudget: Duration, eventLoopGroup: any EventLoopGroup, logger: Logger) {
+        self.retryBudget = retryBudget
         self.state = LockedBox(State(seeds: seeds))
         self.configuration = configuration
         self.maxRedirects = maxRedirects
@@ -103,12 +107,13 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     /// it is out of date).
     public static func connect(seeds: [Node], configuration: RESPConfiguration = RESPConfiguration(),
                                maxRedirects: Int = 8,
-                               retryPolicy: RESPReconnectPolicy = RESPReconnectPolicy(initialDelay: .milliseconds(20), maxDelay: .seconds(1)),
+                               retryPolicy: RESPReconnectPolicy = RESPReconnectPolicy(initialDelay: .milliseconds(20), maxDelay: .milliseconds(500)),
+                               retryBudget: Duration = .seconds(5),
                                refreshInterval: Duration = .seconds(15),
                                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                                logger: Logger = Logger(label: "resp.cluster")) async throws -> RESPClusterClient {
         let client = RESPClusterClient(seeds: seeds, configuration: configuration, maxRedirects: maxRedirects,
-                                       retryPolicy: retryPolicy, eventLoopGroup: eventLoopGroup, logger: logger)
+                                       retryPolicy: retryPolicy, retryBudget: retryBudget, eventLoopGroup: eventLoopGroup, logger: logger)
         try await client.refreshSlots()
         let refresher = Task { [weak client] in
             while !Task.isCancelled {
@@ -220,9 +225,21 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     private func send(_ command: RESPCommand, slot: Int?, timeout: Duration?) async throws -> RESPValue {
         var target = self.owner(of: slot)
         var asking = false
+        var redirects = 0, retries = 0
+        // "Not now" (a failover in progress, a node unreachable) is retried for a time, not a
+        // count: with full coverage required, every shard answers CLUSTERDOWN until the replica
+        // is promoted, which takes about the cluster's node timeout.
+        let deadline = ContinuousClock.now + retryBudget
         var lastError: any Error = RESPError.unexpectedReply("too many cluster redirects for \(command.name)")
-        for attempt in 0...maxRedirects {
-            if attempt > 0, !asking, Task.isCancelled { throw CancellationError() }
+        func backOff(_ error: any Error) async throws {
+            lastError = error
+            guard ContinuousClock.now < deadline else { throw error }
+            let delay = retryPolicy.delay(attempt: retries)
+            retries += 1
+            try await Task.sleep(for: min(delay, max(.zero, deadline - ContinuousClock.now)))
+        }
+        while redirects <= maxRedirects {
+            if redirects + retries > 0, !asking, Task.isCancelled { throw CancellationError() }
             guard let node = target else {
                 try await refreshSlots()
                 target = self.owner(of: slot)
@@ -250,10 +267,10 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
                 } else {
                     asking = true
                 }
+                redirects += 1
                 target = newNode
             } catch RESPError.server(let code, let message) where Self.retriedErrors.contains(code) {
-                lastError = RESPError.server(code: code, message: message)
-                try await Task.sleep(for: retryPolicy.delay(attempt: attempt))
+                try await backOff(RESPError.server(code: code, message: message))
                 if code == "CLUSTERDOWN" || code == "MASTERDOWN" { try? await refreshSlots() }
                 target = self.owner(of: slot)
             } catch let error as RESPError where error != .notConnected {
@@ -266,9 +283,8 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
                 // The command was not sent: the node is unreachable, or its connection had
                 // closed. The map may be stale (a failover promoted a replica): refresh, back
                 // off, retry.
-                lastError = error
                 dropConnection(to: node)
-                try await Task.sleep(for: retryPolicy.delay(attempt: attempt))
+                try await backOff(error)
                 try? await refreshSlots()
                 target = self.owner(of: slot)
             }

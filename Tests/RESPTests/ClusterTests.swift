@@ -74,10 +74,10 @@ struct ClusterTests {
 
     @Test func tryAgainDuringMigrationIsRetried() async throws {
         try await withRedisCluster { cluster in
-            // Retries enough to outlast a migration on a busy machine (about 10 s).
+            // Retries long enough to outlast a migration on a busy machine (about 10 s).
             let client = try await RESPClusterClient.connect(
-                seeds: cluster.seeds, configuration: cluster.configuration, maxRedirects: 40,
-                retryPolicy: .init(initialDelay: .milliseconds(100), maxDelay: .milliseconds(500)))
+                seeds: cluster.seeds, configuration: cluster.configuration,
+                retryPolicy: .init(initialDelay: .milliseconds(100), maxDelay: .milliseconds(500)), retryBudget: .seconds(20))
             defer { Task { await client.close() } }
             try await client.set("{t}a", "1")
             try await client.set("{t}b", "2")

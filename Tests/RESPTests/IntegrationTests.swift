@@ -327,6 +327,37 @@ struct IntegrationTests {
         #expect(log.withLock { $0 } == ["HELLO 3 AUTH u pw SETNAME gw", "AUTH u pw", "CLIENT SETNAME gw", "SELECT 2", "PING"])
     }
 
+    /// A cluster that answers CLUSTERDOWN (a failover in progress, full coverage required) is
+    /// retried for the client's time budget, not a count of attempts: a short outage is ridden
+    /// over, a long one fails with the cluster's own error once the budget is spent.
+    @Test func clusterDownIsRetriedForTheBudget() async throws {
+        let downUntil = LockedBox(ContinuousClock.now + .milliseconds(1500))
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(ClusterDownHandler(downUntil: downUntil))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        defer { server.close(promise: nil) }
+        let node = RESPClusterClient.Node(host: "127.0.0.1", port: server.localAddress!.port!)
+        let client = try await RESPClusterClient.connect(seeds: [node], configuration: .init(port: node.port), retryBudget: .seconds(5))
+        defer { Task { await client.close() } }
+        let start = ContinuousClock.now
+        #expect(try await client.send(RESPCommand("GET", "k"), routingKey: "k").string == "v")
+        #expect(ContinuousClock.now - start >= .milliseconds(1400))
+
+        downUntil.withLock { $0 = .now + .seconds(60) }
+        let short = try await RESPClusterClient.connect(seeds: [node], configuration: .init(port: node.port), retryBudget: .seconds(1))
+        defer { Task { await short.close() } }
+        let failed = ContinuousClock.now
+        await #expect(throws: RESPError.server(code: "CLUSTERDOWN", message: "The cluster is down")) {
+            _ = try await short.send(RESPCommand("GET", "k"), routingKey: "k")
+        }
+        #expect(ContinuousClock.now - failed < .seconds(4))
+    }
+
     @Test func clientReconnectsAndResubscribes() async throws {
         try await withRedis { server in
             let client = RESPClient(configuration: server.configuration,
@@ -396,4 +427,24 @@ final class GarbageHandler: ChannelInboundHandler, Sendable {
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "!!garbage\r\n")), promise: nil)
     }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+}
+
+/// One cluster node that owns every slot and answers CLUSTERDOWN until `downUntil`.
+final class ClusterDownHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = RESPValue
+    typealias OutboundOut = ByteBuffer
+    let downUntil: LockedBox<ContinuousClock.Instant>
+    init(downUntil: LockedBox<ContinuousClock.Instant>) { self.downUntil = downUntil }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let args = unwrapInboundIn(data).array?.compactMap(\.string) ?? []
+        let port = context.channel.localAddress?.port ?? 0
+        let reply: String
+        switch args.first?.uppercased() {
+        case "HELLO": reply = "-ERR unknown command 'HELLO'\r\n"
+        case "CLUSTER": reply = "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:\(port)\r\n"
+        case "GET": reply = ContinuousClock.now < downUntil.withLock({ $0 }) ? "-CLUSTERDOWN The cluster is down\r\n" : "$1\r\nv\r\n"
+        default: reply = "+OK\r\n"
+        }
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: reply)), promise: nil)
+    }
 }

@@ -100,6 +100,7 @@ struct FailoverTests {
                         n += 1
                         if let reply = try? await polled[n % 2].api("POST", "/publish", ["stream": healthy, "data": "h\(n)"]) {
                             healthyStatuses.withLockedValue { $0.append(reply.status) }
+                            if reply.status != 201 { print("healthy publish \(n): \(reply.status) \(reply.body)") }
                         }
                         try? await Task.sleep(for: .milliseconds(100))
                     }
@@ -138,6 +139,9 @@ struct FailoverTests {
                 #expect(!readiness.withLockedValue { $0 }.isEmpty)
                 #expect(readiness.withLockedValue { $0 }.allSatisfy { $0 == 200 }, "\(readiness.withLockedValue { $0 })")
                 #expect(healthyStatuses.withLockedValue { $0 }.allSatisfy { $0 == 201 }, "\(healthyStatuses.withLockedValue { $0 })")
+                if !healthyStatuses.withLockedValue({ $0 }).allSatisfy({ $0 == 201 }) {
+                    for node in nodes { print("---- \(node.id) log ----\n\(node.output.suffix(6000))") }
+                }
                 _ = try await nodes[0].api("POST", "/publish", ["stream": healthy, "data": "after"])
                 #expect(try await eventually { otherWatch.messages.last?.body == "after" })
                 for client in [live, other, returning] { await client.close() }
