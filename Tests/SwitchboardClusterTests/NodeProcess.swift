@@ -21,15 +21,19 @@ final class NodeProcess: @unchecked Sendable {
     var url: String { "ws://127.0.0.1:\(self.port)/ws" }
     var http: String { "http://127.0.0.1:\(self.port)" }
 
-    init(id: String, redis: String, cluster: Bool = false, extra: [String] = []) async throws {
+    /// `redis: nil` runs the memory engine; `openFiles` starts the node under `ulimit -n`.
+    init(id: String, redis: String?, cluster: Bool = false, extra: [String] = [], openFiles: Int? = nil) async throws {
         self.id = id
         self.port = try await freePort()
+        self.openFiles = openFiles
         self.log = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("switchboard-\(id)-\(UUID().uuidString).log")
-        self.arguments = ["serve", "--port", String(self.port), "--node-id", id, "--redis", redis, "--jwt-secret", Self.secret,
+        self.arguments = ["serve", "--port", String(self.port), "--node-id", id, "--jwt-secret", Self.secret,
                           "--api-key", Self.apiKey, "--log-level", "info", "--drain-window", "1", "--ping-interval", "5"]
-            + (cluster ? ["--redis-cluster"] : []) + extra
+            + (redis.map { ["--redis", $0] } ?? []) + (cluster ? ["--redis-cluster"] : []) + extra
         try await self.start()
     }
+
+    let openFiles: Int?
 
     static var binary: String { switchboardBinary }
 
@@ -39,8 +43,14 @@ final class NodeProcess: @unchecked Sendable {
         let output = try FileHandle(forWritingTo: self.log)
         output.seekToEndOfFile()
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.binary)
-        p.arguments = self.arguments
+        if let openFiles {
+            // exec keeps the process id: signals and /proc still reach the node.
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            p.arguments = ["-c", "ulimit -n \(openFiles) && exec \"$0\" \"$@\"", Self.binary] + self.arguments
+        } else {
+            p.executableURL = URL(fileURLWithPath: Self.binary)
+            p.arguments = self.arguments
+        }
         p.standardOutput = output
         p.standardError = output
         try p.run()
@@ -56,6 +66,17 @@ final class NodeProcess: @unchecked Sendable {
     }
 
     var isRunning: Bool { self.process.withLockedValue { $0?.isRunning ?? false } }
+
+    /// CPU time (user + system) the node has used so far, from /proc.
+    var cpuSeconds: Double {
+        guard let pid = self.process.withLockedValue({ $0?.processIdentifier }),
+              let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let end = stat.lastIndex(of: ")") else { return 0 }
+        // Fields after "(comm)": state is field 3; utime and stime are fields 14 and 15.
+        let fields = stat[stat.index(after: end)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
 
     /// SIGKILL, as a crash would: no drain, no goodbye to Redis.
     func kill() {

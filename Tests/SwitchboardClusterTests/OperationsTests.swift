@@ -79,6 +79,63 @@ struct OperationsTests {
         }
     }
 
+    /// A node near its open-file limit closes connections past its maximum at accept (and
+    /// counts them) instead of running out of descriptors, where SwiftNIO's accept loop would
+    /// spin a core; once they go, it serves again.
+    @Test func aNodeAtItsFileLimitClosesExtraConnectionsWithoutSpinning() async throws {
+        let node = try await NodeProcess(id: "fdlimit", redis: nil, openFiles: 256)
+        defer { node.kill() }
+        var sockets: [Int32] = []
+        defer { for fd in sockets { close(fd) } }
+        for _ in 0..<300 { sockets.append(try Self.silentSocket(port: node.port)) }
+        // Every connection was accepted: the ones past the maximum (256 less a reserve of 32)
+        // were closed at once, long before the 10 s handshake timeout.
+        let maximum = 256 - 32
+        #expect(try await eventually(timeout: .seconds(5)) {
+            sockets.filter { Self.closedByPeer($0) }.count >= 300 - maximum
+        })
+        let before = node.cpuSeconds
+        try await Task.sleep(for: .seconds(2))
+        let spent = node.cpuSeconds - before
+        #expect(spent < 0.5, "the node used \(spent) s of CPU in 2 s while holding silent connections")
+        #expect(node.isRunning)
+
+        for fd in sockets { close(fd) }
+        sockets = []
+        var closed: Substring?
+        _ = try await eventually(timeout: .seconds(5)) {
+            let metrics = try? await node.get("/metrics")
+            closed = metrics?.body.split(separator: "\n").first { $0.hasPrefix("switchboard_connections_over_capacity_total") }
+            return closed != nil
+        }
+        #expect((closed?.split(separator: " ").last).flatMap { Double($0) }.map { $0 >= Double(300 - maximum) } == true, "\(closed ?? "no metric")")
+        #expect(try await node.get("/health/ready").status == 200)
+        let client = try await ClusterTests.client("after-limit", [node])
+        await client.close()
+    }
+
+    /// A TCP connection that sends nothing.
+    static func silentSocket(port: Int) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw ClusterTestFailure("socket: errno \(errno)") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 else { close(fd); throw ClusterTestFailure("connect: errno \(errno)") }
+        return fd
+    }
+
+    /// True once the peer closed `fd` (a read returns end of file or reset).
+    static func closedByPeer(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        let n = recv(fd, &byte, 1, Int32(MSG_DONTWAIT) | Int32(MSG_PEEK))
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+    }
+
     @Test func aDrainingNodeIsNotReadyRefusesUpgradesThenExits() async throws {
         let redis = try await RedisServer()
         defer { redis.stop() }

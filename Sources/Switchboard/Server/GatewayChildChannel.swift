@@ -36,6 +36,8 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         guard self.core.connectionAccepted() else {
             self.core.metrics.overCapacity.increment()
+            // Closed here: a failed initializer alone leaves the accepted socket open.
+            channel.close(promise: nil)
             return channel.eventLoop.makeFailedFuture(OverCapacity())
         }
         let setup = channel.eventLoop.makeCompletedFuture { try self.configure(channel, logger: logger) }
