@@ -34,29 +34,50 @@ extension RedisEngine {
         await self.heartbeat()
     }
 
-    /// One heartbeat: this node's entry, its presence members, dead nodes' cleanup.
+    /// One heartbeat: this node's entry, its presence members, dead nodes' cleanup. Returns once
+    /// a beat that started after the call has finished: a call during a beat waits for the next
+    /// one (calls during the same beat share it), so `start()` returns registered.
     func heartbeat() async {
+        let beatHere: Bool = await withCheckedContinuation { waiter in
+            let now = self.state.withLock { s -> Bool in
+                switch s.heartbeat {
+                case .idle:
+                    s.heartbeat = .beating(next: [])
+                    return true
+                case .beating(let next):
+                    s.heartbeat = .beating(next: next + [waiter])
+                    return false
+                }
+            }
+            if now { waiter.resume(returning: true) }
+        }
+        guard beatHere else { return }
+        var served: [CheckedContinuation<Bool, Never>] = []
+        while true {
+            await self.beatOnce()
+            for waiter in served { waiter.resume(returning: false) }
+            served = self.state.withLock { s in
+                guard case .beating(let next) = s.heartbeat, !next.isEmpty else {
+                    s.heartbeat = .idle
+                    return []
+                }
+                s.heartbeat = .beating(next: [])
+                return next
+            }
+            if served.isEmpty { return }
+        }
+    }
+
+    private func beatOnce() async {
         let deadAfter = Duration.milliseconds(self.deadAfterMs)
         let pulse = self.state.withLock { s -> (node: String, address: String?, started: Double, connections: Int, judge: Bool)? in
             guard !s.node.isEmpty, !s.shutdown else { return nil }
-            guard !s.heartbeating else {
-                // One is running: it beats again when done (an announced address goes out then).
-                s.heartbeatAgain = true
-                return nil
-            }
-            s.heartbeating = true
-            s.heartbeatAgain = false
             // Others' silence counts only if this node heard Redis all that time itself.
             let judge = s.beatingSince.map { ContinuousClock.now - $0 >= deadAfter } ?? false
             return (s.node, s.address, s.startedAt, s.sessions.count, judge)
         }
         guard let pulse else { return }
         await self.beat(pulse.node, address: pulse.address, started: pulse.started, connections: pulse.connections, judge: pulse.judge)
-        let again = self.state.withLock { s -> Bool in
-            s.heartbeating = false
-            return s.heartbeatAgain
-        }
-        if again { await self.heartbeat() }
     }
 
     private func beat(_ node: String, address: String?, started: Double, connections: Int, judge: Bool) async {
@@ -221,4 +242,11 @@ extension RedisEngine {
             }
         }
     }
+}
+
+/// Heartbeats run one at a time: while one runs, callers queue for the next.
+enum HeartbeatState {
+    case idle
+    /// `next`: callers waiting for the beat after this one.
+    case beating(next: [CheckedContinuation<Bool, Never>])
 }

@@ -116,9 +116,8 @@ public final class RedisEngine: SwitchboardEngine {
         var beatingSince: ContinuousClock.Instant?
         /// Cluster: some shard's live channels are down while the others serve.
         var degraded = false
-        /// A heartbeat is running (they never overlap: a restore must finish before a refresh).
-        var heartbeating = false
-        var heartbeatAgain = false
+        /// Heartbeats never overlap (a restore must finish before a refresh).
+        var heartbeat = HeartbeatState.idle
         var lastPresenceRefresh: ContinuousClock.Instant?
         var started = false
         var shutdown = false

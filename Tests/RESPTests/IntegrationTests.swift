@@ -310,14 +310,7 @@ struct IntegrationTests {
 
     @Test func helloFallbackToRESP2() async throws {
         let log = LockedBox<[String]>([])
-        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPDecoder()))
-                    try channel.pipeline.syncOperations.addHandler(OldRedisHandler(log: log))
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
+        let server = try await fakeRedis { OldRedisHandler(log: log) }
         defer { server.close(promise: nil) }
         let cfg = RESPConfiguration(port: server.localAddress!.port!, username: "u", password: "pw", clientName: "gw", database: 2)
         let c = try await RESPConnection.connect(configuration: cfg)
@@ -332,14 +325,7 @@ struct IntegrationTests {
     /// over, a long one fails with the cluster's own error once the budget is spent.
     @Test func clusterDownIsRetriedForTheBudget() async throws {
         let downUntil = LockedBox(ContinuousClock.now)
-        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPDecoder()))
-                    try channel.pipeline.syncOperations.addHandler(ClusterDownHandler(downUntil: downUntil))
-                }
-            }
-            .bind(host: "127.0.0.1", port: 0).get()
+        let server = try await fakeRedis { ClusterDownHandler(downUntil: downUntil) }
         defer { server.close(promise: nil) }
         let node = RESPClusterClient.Node(host: "127.0.0.1", port: server.localAddress!.port!)
         let client = try await RESPClusterClient.connect(seeds: [node], configuration: .init(port: node.port), retryBudget: .seconds(5))
@@ -428,6 +414,19 @@ final class GarbageHandler: ChannelInboundHandler, Sendable {
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "!!garbage\r\n")), promise: nil)
     }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+}
+
+/// A loopback server that decodes RESP and answers with a fresh `handler()` per connection.
+func fakeRedis<Handler: ChannelInboundHandler>(_ handler: @escaping @Sendable () -> Handler) async throws -> any Channel
+where Handler.InboundIn == RESPValue {
+    try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .childChannelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPDecoder()))
+                try channel.pipeline.syncOperations.addHandler(handler())
+            }
+        }
+        .bind(host: "127.0.0.1", port: 0).get()
 }
 
 /// One cluster node that owns every slot and answers CLUSTERDOWN until `downUntil`.

@@ -23,6 +23,28 @@ struct ClusterTests {
         return client
     }
 
+    /// The chaos publisher: message i (body "i", idempotency key "mi") is retried on the next
+    /// node until one accepts it; `accepted` is the last accepted i.
+    static func publisher(_ total: Int, to stream: String, on nodes: [NodeProcess], accepted: NIOLockedValueBox<Int>) -> Task<Void, Error> {
+        Task {
+            var attempt = 0
+            for i in 1...total {
+                while true {
+                    let node = nodes[attempt % nodes.count]
+                    attempt += 1
+                    if node.isRunning, let reply = try? await node.api("POST", "/publish", ["stream": stream, "data": "\(i)", "idempotencyKey": "m\(i)"]),
+                        reply.status == 201
+                    {
+                        accepted.withLockedValue { $0 = i }
+                        break
+                    }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                try await Task.sleep(for: .milliseconds(8))
+            }
+        }
+    }
+
     /// Collects the bodies a subscription hands to the application, in order.
     final class Inbox: @unchecked Sendable {
         private let bodies = NIOLockedValueBox([String]())
@@ -171,25 +193,8 @@ struct ClusterTests {
                 }
             }
 
-            // The publisher: message i with idempotency key i, retried (on any node) until accepted.
             let accepted = NIOLockedValueBox(0)
-            let publisher = Task {
-                var attempt = 0
-                for i in 1...total {
-                    while true {
-                        let node = nodes[attempt % 3]
-                        attempt += 1
-                        if node.isRunning, let reply = try? await node.api("POST", "/publish", ["stream": stream, "data": "\(i)", "idempotencyKey": "m\(i)"]),
-                            reply.status == 201
-                        {
-                            accepted.withLockedValue { $0 = i }
-                            break
-                        }
-                        try await Task.sleep(for: .milliseconds(20))
-                    }
-                    try await Task.sleep(for: .milliseconds(8))
-                }
-            }
+            let publisher = Self.publisher(total, to: stream, on: nodes, accepted: accepted)
 
             // Chaos while the publisher runs: kill and restart each node in turn, and restart
             // Redis (SIGKILL) once.

@@ -172,24 +172,7 @@ struct FailoverTests {
                     subscribers.append((client, Watch(client, try await client.subscribe(stream))))
                 }
                 let accepted = NIOLockedValueBox(0)
-                let publishing = nodes
-                let publisher = Task {
-                    var attempt = 0
-                    for i in 1...total {
-                        while true {
-                            let node = publishing[attempt % 3]
-                            attempt += 1
-                            if node.isRunning, let reply = try? await node.api("POST", "/publish", ["stream": stream, "data": "\(i)", "idempotencyKey": "m\(i)"]),
-                                reply.status == 201
-                            {
-                                accepted.withLockedValue { $0 = i }
-                                break
-                            }
-                            try await Task.sleep(for: .milliseconds(20))
-                        }
-                        try await Task.sleep(for: .milliseconds(8))
-                    }
-                }
+                let publisher = ClusterTests.publisher(total, to: stream, on: nodes, accepted: accepted)
                 var acceptedAtFailover = 0
                 for round in 0..<4 {
                     try await Task.sleep(for: .milliseconds(600))
