@@ -48,7 +48,9 @@ if wants browser || wants proxy; then
 fi
 if wants autobahn; then
   py27=""
-  for p in "${AUTOBAHN_PYTHON:-}" $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/2.7*/bin/python 2>/dev/null | sort -V -r) "$(command -v python2.7 || true)"; do
+  roots=("${PYENV_ROOT:-$HOME/.pyenv}" "$HOME/.pyenv")
+  have pyenv && roots=("$(pyenv root)" "${roots[@]}")
+  for p in "${AUTOBAHN_PYTHON:-}" $(for r in "${roots[@]}"; do ls -d "$r"/versions/2.7*/bin/python 2>/dev/null | sort -V -r; done) "$(command -v python2.7 || true)"; do
     [ -n "$p" ] && [ -x "$p" ] && { py27="$p"; break; }
   done
   [ -n "$py27" ] || problems+=("Python 2.7 for Autobahn|Testsuite: pyenv install 2.7.18 (or set AUTOBAHN_PYTHON), or leave out 'autobahn'")
