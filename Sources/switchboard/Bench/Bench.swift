@@ -63,7 +63,11 @@ struct Bench: AsyncParsableCommand {
                 print(String(format: "Redis: %.1f commands per second for %d idle connections (%@)", total / measure, opened, shown))
             }
             workers.finish()
-            _ = try await workers.results()
+            let refused = try await workers.results().reduce(into: [String: Int]()) { $0.merge($1.refused, uniquingKeysWith: +) }
+            if !refused.isEmpty {
+                summary["refusedAttempts"] = Double(refused.values.reduce(0, +))
+                print("opening attempts refused, then retried: \(refused)")
+            }
             if let before, let after {
                 let delta = Double(after.rssBytes - before.rssBytes)
                 summary["serverRSSBeforeKiB"] = Double(before.rssBytes) / 1024
@@ -116,10 +120,12 @@ struct Bench: AsyncParsableCommand {
             var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
             var delivered: UInt64 = 0
             var closes: [String: Int] = [:]
+            var refused: [String: Int] = [:]
             for result in try await workers.results() {
                 delivered += result.received
                 if let h = result.histogram { histogram.add(h) }
                 closes.merge(result.closes, uniquingKeysWith: +)
+                refused.merge(result.refused, uniquingKeysWith: +)
             }
             var summary: [String: Double] = [
                 "subscribers": Double(subscribers), "published": Double(sent), "delivered": Double(delivered),
@@ -134,6 +140,9 @@ struct Bench: AsyncParsableCommand {
                 for (name, value) in perMessage { summary["redisCallsPerPublish_" + name] = value }
                 let shown = perMessage.sorted { $0.key < $1.key }.map { String(format: "%@ %.3f", $0.key, $0.value) }.joined(separator: ", ")
                 FileHandle.standardError.write(Data("Redis commands per published message: \(shown)\n".utf8))
+            }
+            if !refused.isEmpty {
+                FileHandle.standardError.write(Data("opening attempts refused, then retried: \(refused)\n".utf8))
             }
             if !closes.isEmpty {
                 FileHandle.standardError.write(Data("connections closed by the server during the run: \(closes)\n".utf8))
@@ -159,6 +168,8 @@ struct Bench: AsyncParsableCommand {
         @Option var count: Int
         @Option var source: String?
         @Option var stream = "/streams/bench"
+        /// Tries to open each connection at most this many times.
+        static let rounds = 5
 
         func run() async throws {
             let endpoint = common.endpoint
@@ -166,10 +177,8 @@ struct Bench: AsyncParsableCommand {
             let state = NIOLockedValueBox(WorkerState())
             let subscribeFrame = ByteBuffer(string: "SUB|\(stream)|r=1|")
             let fanout = mode == "fanout"
-            var opened = 0
-            var pending: [EventLoopFuture<BenchConnection>] = []
-            for i in 0..<count {
-                pending.append(BenchConnection.connect(host: endpoint.host, port: endpoint.port, path: endpoint.path, source: source, group: group) { c in
+            let open = { @Sendable () -> EventLoopFuture<BenchConnection> in
+                BenchConnection.connect(host: endpoint.host, port: endpoint.port, path: endpoint.path, source: source, group: group) { c in
                     c.onOpen = {
                         if fanout { c.sendText(subscribeFrame) } else { state.withLockedValue { $0.ready += 1 } }
                     }
@@ -196,17 +205,34 @@ struct Bench: AsyncParsableCommand {
                             state.withLockedValue { $0.ready += 1 }
                         }
                     }
-                })
-                // Do not open thousands at once: keep a bounded number of handshakes in flight.
-                if pending.count >= 200 || i == count - 1 {
+                }
+            }
+            // Open in rounds, as a client would: what was refused (429 while the node admits a
+            // burst, 503, a reset) is retried a second later, a few times, and reported.
+            var opened = 0
+            var remaining = count
+            for round in 0..<Self.rounds where remaining > 0 {
+                if round > 0 { try await Task.sleep(for: .seconds(1)) }
+                var refused = 0
+                var pending: [EventLoopFuture<BenchConnection>] = []
+                for i in 0..<remaining {
+                    pending.append(open())
+                    // Do not open thousands at once: keep a bounded number of handshakes in flight.
+                    guard pending.count >= 200 || i == remaining - 1 else { continue }
                     for f in pending {
-                        if (try? await f.get()) != nil { opened += 1 }
+                        do {
+                            _ = try await f.get()
+                            opened += 1
+                        } catch {
+                            refused += 1
+                            state.withLockedValue { $0.refused["\(error)", default: 0] += 1 }
+                        }
                     }
                     pending.removeAll()
-                    let ready = state.withLockedValue { $0.ready }
-                    print("PROGRESS \(ready)")
+                    print("PROGRESS \(state.withLockedValue { $0.ready })")
                     fflush(nil)
                 }
+                remaining = refused
             }
             // Wait for the handshakes (and subscriptions) to complete.
             let deadline = ContinuousClock.now + .seconds(30)
@@ -227,7 +253,7 @@ struct Bench: AsyncParsableCommand {
             await Task.detached { while let _ = readLine() {} }.value
             reporter.cancel()
             let result = state.withLockedValue {
-                WorkerResult(received: $0.received, histogram: fanout ? $0.histogram : nil, closes: $0.closes)
+                WorkerResult(received: $0.received, histogram: fanout ? $0.histogram : nil, closes: $0.closes, refused: $0.refused)
             }
             let json = try JSONEncoder().encode(result)
             print("RESULT " + String(decoding: json, as: UTF8.self))
@@ -251,6 +277,8 @@ struct WorkerState {
     var received: UInt64 = 0
     /// Connections the server closed during the run, by close code.
     var closes: [String: Int] = [:]
+    /// Opening attempts the server refused or failed, by reason (retried up to `rounds` times).
+    var refused: [String: Int] = [:]
     var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
 }
 
@@ -258,6 +286,7 @@ struct WorkerResult: Codable {
     var received: UInt64
     var histogram: Histogram<UInt64>?
     var closes: [String: Int]
+    var refused: [String: Int]
 }
 
 extension Duration {

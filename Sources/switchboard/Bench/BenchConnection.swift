@@ -18,24 +18,29 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Called on the event loop for every text message, after the upgrade.
     var onText: ((ByteBuffer) -> Void)?
     var onOpen: (() -> Void)?
-    /// Called once when the connection ends, with the server's close code (nil: no close frame).
+    /// Called once when an open connection ends, with the server's close code (nil: no close frame).
     var onClose: ((UInt16?) -> Void)?
     private var closeCode: UInt16?
     /// The channel's event loop, once connected.
     private(set) var loop: (any EventLoop)?
+    /// Completed when the upgrade is answered: 101, or a refusal with its status line.
+    private let upgraded: EventLoopPromise<Void>
 
-    init(host: String, path: String) {
+    init(host: String, path: String, upgraded: EventLoopPromise<Void>) {
         self.host = host
         self.path = path
+        self.upgraded = upgraded
     }
 
     static func connect(
         host: String, port: Int, path: String, source: String?, group: any EventLoopGroup,
         configure: @escaping @Sendable (BenchConnection) -> Void
     ) -> EventLoopFuture<BenchConnection> {
-        let connection = BenchConnection(host: host, path: path)
+        let loop = group.next()
+        let upgraded = loop.makePromise(of: Void.self)
+        let connection = BenchConnection(host: host, path: path, upgraded: upgraded)
         configure(connection)
-        var bootstrap = ClientBootstrap(group: group)
+        var bootstrap = ClientBootstrap(group: loop)
             .channelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(connection) }
@@ -43,7 +48,9 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
         if let source {
             bootstrap = bootstrap.bind(to: try! SocketAddress(ipAddress: source, port: 0))
         }
-        return bootstrap.connect(host: host, port: port).map { _ in connection }
+        let connected = bootstrap.connect(host: host, port: port)
+        connected.whenFailure { upgraded.fail($0) }
+        return connected.flatMap { _ in upgraded.futureResult }.map { connection }
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -61,8 +68,10 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        let wasOpen = self.state == .open
+        if self.state == .upgrading { self.upgraded.fail(BenchError("closed during the handshake")) }
         self.state = .closed
-        self.onClose?(self.closeCode)
+        if wasOpen { self.onClose?(self.closeCode) }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -72,10 +81,13 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
             guard let end = self.buffer.readableBytesView.firstRange(of: Array("\r\n\r\n".utf8)) else { return }
             let head = self.buffer.readString(length: end.upperBound - self.buffer.readerIndex) ?? ""
             guard head.hasPrefix("HTTP/1.1 101") else {
+                self.state = .closed
+                self.upgraded.fail(BenchError(String(head.prefix { $0 != "\r" })))
                 context.close(promise: nil)
                 return
             }
             self.state = .open
+            self.upgraded.succeed()
             self.onOpen?()
         }
         self.parseFrames(context: context)

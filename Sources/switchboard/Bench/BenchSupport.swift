@@ -201,15 +201,12 @@ final class Publisher: @unchecked Sendable {
 
     static func connect(host: String, port: Int, path: String) async throws -> Publisher {
         let group = MultiThreadedEventLoopGroup.singleton
-        let opened = group.next().makePromise(of: Void.self)
         let replies = NIOLockedValueBox(0)
         let connection = try await BenchConnection.connect(host: host, port: port, path: path, source: nil, group: group) { c in
-            c.onOpen = { opened.succeed() }
             c.onText = { text in
                 if text.readableBytesView.starts(with: Array("POST".utf8)) { replies.withLockedValue { $0 += 1 } }
             }
         }.get()
-        try await opened.futureResult.get()
         let publisher = Publisher(connection: connection, loop: connection.loop!)
         publisher.replyCounter = replies
         return publisher
