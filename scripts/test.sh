@@ -5,18 +5,22 @@
 #                                             Swift build alone takes 5-6)
 #   bash scripts/test.sh swift js             only some parts, any of:
 #       swift     unit and integration tests against real redis-server, Redis Cluster, nginx,
-#                 HAProxy and node processes, the embedding example (Examples/Embed), and the
-#                 OpenAPI and README checks                                   ~8 min
-#       js        the JavaScript client's unit tests (node)                   seconds
+#                 HAProxy and switchboard node processes, the embedding example (Examples/Embed),
+#                 and the OpenAPI and README checks (python3)                 ~8 min
+#       js        the JavaScript client's unit tests (Node.js)                seconds
 #       browser   the chat example in headless Chromium                       ~1 min
 #       proxy     the reconnecting proxy between real processes               ~1 min
 #       autobahn  RFC 6455 conformance, direct and through the proxy          ~3 min
 #       fuzz      a short libFuzzer run of each parser of untrusted input     ~4 min
 #
-# Everything it needs is checked first. Missing system packages (redis-server, nginx, haproxy,
-# chromium, chromium-driver, gcc, curl) are installed with apt-get when it can (as root or with
-# sudo); otherwise it stops at once and says what to install. Python packages (selenium,
-# websockets) go into a virtual environment, .build-venv, never into the system's Python.
+# Everything the chosen parts need is checked first. Missing system packages (redis-server,
+# redis-tools, nginx, haproxy, openssl, chromium, chromium-driver, build-essential, curl, python3,
+# python3-venv) are installed with apt-get when it can (as root or with sudo); what it cannot
+# install (the Swift toolchain; Node.js 20, for 'js' only; Python 2.7, for 'autobahn') or fix
+# (too low an open-files limit for 'swift', whose idle-cost tests hold 10,000 connections: it
+# raises the soft limit to the hard one itself) makes it stop at once and say what to do. Python
+# packages (selenium, websockets) go into a virtual environment, .build-venv, never into the
+# system's Python; a .build-venv whose pip does not run is made anew.
 #
 # Platforms: a node serves on Linux and macOS 14+; this test command runs on Linux (it drives
 # apt-get, Chromium, nginx and HAProxy as the CI machine has them).
@@ -39,12 +43,36 @@ need_tool() {  # need_tool TOOL PACKAGE
   have "$1" || packages+=("$2")
 }
 have swift || problems+=("swift: install the Swift 6 toolchain from swift.org")
-if wants swift; then need_tool redis-server redis-server; need_tool redis-cli redis-tools; need_tool nginx nginx; need_tool haproxy haproxy; fi
+if wants swift; then
+  need_tool redis-server redis-server; need_tool redis-cli redis-tools; need_tool nginx nginx; need_tool haproxy haproxy
+  # The TLS tests of the Redis client make their certificate with this very binary.
+  [ -x /usr/bin/openssl ] || packages+=(openssl)
+fi
 if wants browser; then need_tool redis-server redis-server; need_tool nginx nginx; need_tool chromium chromium; need_tool chromedriver chromium-driver; fi
-if wants js || wants swift; then have node || problems+=("node: Node.js 20 (apt-get install nodejs, or nodejs.org)"); fi
+# Only the JavaScript client's tests run Node.js; no Swift test starts it.
+if wants js; then have node || problems+=("node: Node.js 20 (apt-get install nodejs, or nodejs.org), or leave out 'js'"); fi
 if wants autobahn || wants fuzz; then need_tool gcc build-essential; need_tool curl curl; fi
+# python3 runs the OpenAPI and README checks of 'swift' (after its long build) and, in .build-venv,
+# the browser and proxy tests; a venv needs ensurepip, which Debian ships apart, in python3-venv.
+if wants swift || wants browser || wants proxy; then
+  command -v python3 >/dev/null 2>&1 || packages+=(python3)
+fi
 if wants browser || wants proxy; then
-  have python3 || problems+=("python3 with the venv module")
+  { command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' >/dev/null 2>&1; } || packages+=(python3-venv)
+fi
+# The idle-cost tests of 'swift' hold 10,000 connections across 3 node processes and 4 load
+# processes, each of them with this shell's open-files limit: raise the soft limit to the hard one
+# (and, as root, past it where that is too low).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if wants swift; then
+  nofile=$(ulimit -n)
+  if [ "$nofile" != unlimited ] && [ "$nofile" -lt 16384 ]; then
+    ulimit -n 16384 2>/dev/null || true
+    nofile=$(ulimit -n)
+  fi
+  if [ "$nofile" != unlimited ] && [ "$nofile" -lt 16384 ]; then
+    problems+=("open files: 'ulimit -n' is $nofile and cannot go higher here (hard limit $(ulimit -Hn)); 'swift' needs 16384. Raise the hard limit: as root 'ulimit -n 65536' in the shell that runs this, a 'nofile' line in /etc/security/limits.conf (then log in again), LimitNOFILE= for a systemd service, or 'docker run --ulimit nofile=65536:65536'; or leave out 'swift'")
+  fi
 fi
 if wants autobahn; then
   py27=""
@@ -61,12 +89,16 @@ if [ ${#packages[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || { have sudo && sudo="sudo"; }
   if have apt-get && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
     echo "installing ${packages[*]} (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+    # Through env: sudo's env_reset would drop an exported DEBIAN_FRONTEND.
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
   else
     problems+=("system packages: apt-get install ${packages[*]} (as root)")
   fi
+fi
+# A python3 that is not Debian's (pyenv's, a hand-built one) gains nothing from python3-venv.
+if [ ${#problems[@]} -eq 0 ] && { wants browser || wants proxy; } && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  problems+=("python3 ($(command -v python3)) has no ensurepip/venv module: install them for this Python, or put one that has them first on PATH")
 fi
 if [ ${#problems[@]} -gt 0 ]; then
   echo "scripts/test.sh cannot run ${parts[*]} yet; missing:"
@@ -79,7 +111,9 @@ fi
 # Python packages for the browser and proxy tests, in a virtual environment of the repository.
 if wants browser || wants proxy; then
   venv="$PWD/.build-venv"
-  [ -x "$venv/bin/python3" ] || python3 -m venv "$venv"
+  # One left by an earlier run is used only if its pip runs (not after its Python went away, or a
+  # venv made without ensurepip); otherwise it is made anew.
+  "$venv/bin/python3" -m pip --version >/dev/null 2>&1 || python3 -m venv --clear "$venv"
   "$venv/bin/python3" -c 'import selenium, websockets' 2>/dev/null \
     || "$venv/bin/python3" -m pip install -q selenium 'websockets>=14,<18'
   export PATH="$venv/bin:$PATH"

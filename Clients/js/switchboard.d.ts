@@ -127,6 +127,14 @@ export interface SwitchboardError extends Error {
   stream?: string;
   status?: number;
   body?: string;
+  /**
+   * `code: 'subscribe'` only. true: the SUB was refused (a 4xx: 403/404 from the route, 400,
+   * `SUB429` with error `too_many_subscriptions`) and the subscription ended: its handlers were
+   * dropped and it is not sent again; subscribe again to retry. false: the subscription is kept;
+   * not now (5xx, or 429 for too many requests / the rate limit): the SUB goes again after a
+   * backoff, and after a reconnect.
+   */
+  ended?: boolean;
   frame?: Frame | string;
 }
 
@@ -208,7 +216,11 @@ export class SwitchboardClient {
   close(): void;
   on<E extends keyof SwitchboardEvents>(event: E, listener: (payload: SwitchboardEvents[E]) => void): () => void;
 
-  /** Subscribe; every PUSH is handed over once and in order. Returns the unsubscribe function. */
+  /**
+   * Subscribe; every PUSH is handed over once and in order. Returns the unsubscribe function.
+   * A refused SUB (initial or on a resume) ends the subscription: one `error` event with
+   * `code: 'subscribe'` and `ended: true`.
+   */
   subscribe(stream: string, handler: PushHandler, options?: SubscribeOptions): () => void;
   /** Remove every handler of `stream` and send UNSUB; false when nothing was subscribed. */
   unsubscribe(stream: string): boolean;

@@ -12,6 +12,8 @@ const TARGET = /^\/(?:[\x21-\x24\x26-\x7b\x7d\x7e]|%[0-9A-Fa-f]{2})*$/; // print
 const HEAD = /^([A-Z]{1,16})(\d{3})?$/;
 // A message tag (META `t`): six of [0-9a-z] today; anything else a server sends is taken as "no tag".
 const TAG = /^[0-9A-Za-z_.~-]{1,32}$/;
+// Timers of one connection: cleared when its socket closes (and by close(), with the reconnect timer).
+const CONNECTION_TIMERS = ['_stableTimer', '_ackTimer', '_idleAckTimer', '_ackRetryTimer', '_subRetryTimer'];
 
 // ---------------------------------------------------------------------------
 // Pure helpers
@@ -142,6 +144,16 @@ function toOffset(value) {
 /** A message tag `t`, or null (absent, empty, or not a tag: an older server, no check on resume). */
 function toTag(value) {
   return typeof value === 'string' && TAG.test(value) ? value : null;
+}
+
+/** The `error` field of a JSON error body (`{"error":"…","reason":"…"}`), or null. */
+function errorCode(body) {
+  try {
+    const value = JSON.parse(body);
+    return value && typeof value.error === 'string' ? value.error : null;
+  } catch {
+    return null;
+  }
 }
 
 function randomKey() {
@@ -276,11 +288,15 @@ export class SwitchboardClient {
   _stop() {
     this._stopped = true;
     this._gen++;
-    for (const t of ['_reconnectTimer', '_stableTimer', '_ackTimer', '_idleAckTimer', '_ackRetryTimer', '_subRetryTimer']) {
+    this._clearTimers(['_reconnectTimer', ...CONNECTION_TIMERS]);
+    if (typeof globalThis.removeEventListener === 'function') globalThis.removeEventListener('online', this._onOnline);
+  }
+
+  _clearTimers(names) {
+    for (const t of names) {
       if (this[t] !== null) clearTimeout(this[t]);
       this[t] = null;
     }
-    if (typeof globalThis.removeEventListener === 'function') globalThis.removeEventListener('online', this._onOnline);
   }
 
   _open() {
@@ -386,10 +402,7 @@ export class SwitchboardClient {
     const ws = this._ws;
     this._ws = null;
     if (ws) this._detach(ws);
-    for (const t of ['_stableTimer', '_ackTimer', '_idleAckTimer', '_ackRetryTimer', '_subRetryTimer']) {
-      if (this[t] !== null) clearTimeout(this[t]);
-      this[t] = null;
-    }
+    this._clearTimers(CONNECTION_TIMERS);
     this._resetConnectionState();
     const terminal = this._stopped || code === 4403 || code === 4409;
     if (code === 4409) this._setSid(null); // never come back with the session another connection took
@@ -466,10 +479,7 @@ export class SwitchboardClient {
       this._stableTimer = null;
       this._attempt = 0;
     }, this._opts.stableAfter);
-    // §9.2: resubscribe every wanted stream with since/e
-    for (const [stream, s] of this._streams) {
-      if (s.handlers.size > 0 && !s.active && s.subR === null) this._sendSub(stream, s);
-    }
+    this._resubscribe();
     for (const [r, p] of this._pending) {
       if ((p.kind === 'request' || p.kind === 'auth') && !p.sent) this._sendPending(r, p);
     }
@@ -485,6 +495,14 @@ export class SwitchboardClient {
       this._streams.set(stream, s);
     }
     return s;
+  }
+
+  // §9.2: (re)subscribe every wanted stream that has no subscription and no SUB in flight,
+  // with since/e/t when its position is known. Refused streams are gone: they are not sent again.
+  _resubscribe() {
+    for (const [stream, s] of this._streams) {
+      if (s.handlers.size > 0 && !s.active && s.subR === null) this._sendSub(stream, s);
+    }
   }
 
   _sendSub(stream, s) {
@@ -567,17 +585,28 @@ export class SwitchboardClient {
     this._emit('notRecovered', { stream, reason, offset: id, epoch: e });
   }
 
+  // A SUB answered with an error. Not now (5xx: the engine is away; 429 for too many requests or
+  // the rate limit): sent again after a backoff. Refused (any other 4xx: 403/404 from the route,
+  // 400, SUB429 too_many_subscriptions, which lasts until the application unsubscribes from
+  // another stream): the subscription ends, as if unsubscribed, so that no HELLO or retry sends
+  // it again; the error event (ended: true) is the application's only notice.
   _subFailed(stream, status, body) {
-    this._emit('error', makeError(`subscribe ${stream} refused: ${status}`, { code: 'subscribe', stream, status, body }));
-    if ((status >= 500 || status === 429) && this._subRetryTimer === null) {
+    const retry = status >= 500 || (status === 429 && errorCode(body) !== 'too_many_subscriptions');
+    const ended = !retry && status >= 400 && status < 500;
+    if (ended) {
+      const s = this._streams.get(stream);
+      if (s) {
+        s.handlers.clear();
+        this._drop(stream, s); // UNSUB only if the server still holds it (a refused gap resubscribe)
+      }
+    }
+    this._emit('error', makeError(`subscribe ${stream} refused: ${status}`, { code: 'subscribe', stream, status, body, ended }));
+    if (retry && this._subRetryTimer === null) {
       const { minDelay, maxDelay, random } = this._opts;
       const delay = Math.max(minDelay, backoffDelay(this._subRetryAttempt++, minDelay, maxDelay, random));
       this._subRetryTimer = setTimeout(() => {
         this._subRetryTimer = null;
-        if (this._state !== 'open') return;
-        for (const [name, s] of this._streams) {
-          if (s.handlers.size > 0 && !s.active && s.subR === null) this._sendSub(name, s);
-        }
+        if (this._state === 'open') this._resubscribe();
       }, delay);
     }
   }
@@ -640,10 +669,7 @@ export class SwitchboardClient {
   }
 
   _flushAcks() {
-    for (const t of ['_ackTimer', '_idleAckTimer']) {
-      if (this[t] !== null) clearTimeout(this[t]);
-      this[t] = null;
-    }
+    this._clearTimers(['_ackTimer', '_idleAckTimer']);
     if (this._state !== 'open') return;
     for (const [stream, s] of this._streams) {
       if (s.ack && s.active && s.last !== null && s.last !== s.acked) {
@@ -797,9 +823,10 @@ export class SwitchboardClient {
   _settle(r, p, f) {
     this._pending.delete(r);
     if (p.kind === 'sub') {
-      // e.g. ERR429/ERR400 for our SUB
+      // e.g. ERR429/ERR400 for our SUB; ignored when a newer SUB superseded it (or it was dropped)
       const s = this._streams.get(p.stream);
-      if (s && s.subR === r) s.subR = null;
+      if (!s || s.subR !== r) return;
+      s.subR = null;
       this._subFailed(p.stream, f.status, f.body);
       return;
     }

@@ -68,6 +68,7 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
         public var port: Int
         public init(host: String, port: Int) { self.host = host; self.port = port }
         public var description: String { "\(host):\(port)" }
+        static let ports = 1...65535
     }
 
     struct State {
@@ -150,7 +151,7 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
                 for range in try reply.expectArray("CLUSTER SLOTS") {
                     let r = try range.expectArray("CLUSTER SLOTS range")
                     guard r.count >= 3, let start = r[0].int, let end = r[1].int,
-                          let primary = r[2].array, primary.count >= 2, let port = primary[1].int,
+                          let primary = r[2].array, primary.count >= 2, let port = primary[1].int, Node.ports.contains(port),
                           start >= 0, end < RESPClusterSlot.count, start <= end
                     else { throw RESPError.unexpectedReply("CLUSTER SLOTS: \(range)") }
                     var host = primary[0].string ?? ""
@@ -302,8 +303,10 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     /// Parses "<slot> <host>:<port>" of a MOVED or ASK reply.
     static func redirect(_ message: String, from node: Node) -> (Int, Node)? {
         let parts = message.split(separator: " ")
-        guard parts.count == 2, let slot = Int(parts[0]), let colon = parts[1].lastIndex(of: ":"),
-              let port = Int(parts[1][parts[1].index(after: colon)...])
+        // Out-of-range numbers from a broken or hostile server are a protocol error, not a trap.
+        guard parts.count == 2, let slot = Int(parts[0]), (0..<RESPClusterSlot.count).contains(slot),
+              let colon = parts[1].lastIndex(of: ":"),
+              let port = Int(parts[1][parts[1].index(after: colon)...]), Node.ports.contains(port)
         else { return nil }
         let host = String(parts[1][..<colon])
         return (slot, Node(host: host.isEmpty ? node.host : host, port: port))

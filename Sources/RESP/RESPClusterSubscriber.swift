@@ -100,9 +100,8 @@ public final class RESPClusterSubscriber: Sendable {
             try? await self.unsubscribe(id: id)
             throw error
         }
-        let (stream, continuation) = AsyncStream<RESPMessage>.makeStream()
-        continuation.finish()
-        return RESPSubscription(id: id, kind: .shard, channels: unique, messages: stream,
+        // Handler-based: its `messages` is the shared finished stream (no allocation each).
+        return RESPSubscription(id: id, kind: .shard, channels: unique, messages: RESPSubscriber.noMessages,
                                 unsubscribe: { [weak self] id in try await self?.unsubscribe(id: id) })
     }
 

@@ -239,9 +239,16 @@ extension RESPCommandExecutor {
 
     public func evalsha(_ sha1: String, keys: [String] = [], args: [RESPArgument] = [],
                         timeout: Duration? = nil) async throws -> RESPValue {
+        try await send(.evalsha(sha1, keys: keys, args: args), timeout: timeout)
+    }
+}
+
+extension RESPCommand {
+    /// `EVALSHA sha1 numkeys key… arg…`, for pipelines (`evalsha(_:keys:args:)` sends one).
+    public static func evalsha(_ sha1: String, keys: [String] = [], args: [RESPArgument] = []) -> RESPCommand {
         var c = RESPCommand("EVALSHA", .string(sha1), .int(keys.count))
         c.append(contentsOf: keys.map { .string($0) })
         c.append(contentsOf: args)
-        return try await send(c, timeout: timeout)
+        return c
     }
 }

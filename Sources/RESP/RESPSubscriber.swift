@@ -150,7 +150,7 @@ public final class RESPSubscriber: Sendable {
 
     /// The `messages` of every handler-based subscription: one finished stream, shared (one per
     /// subscription cost ~180 bytes each, and a node holds one subscription per connection).
-    private static let noMessages: AsyncStream<RESPMessage> = {
+    static let noMessages: AsyncStream<RESPMessage> = {
         let (stream, continuation) = AsyncStream<RESPMessage>.makeStream()
         continuation.finish()
         return stream

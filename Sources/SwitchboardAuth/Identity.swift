@@ -33,14 +33,3 @@ extension Double {
         return Swift.min(Swift.max(self, range.lowerBound), range.upperBound)
     }
 }
-
-extension Identity {
-    /// Nanoseconds from `now` until the token expires: 0 when it has, and at most `Int64.max`
-    /// (a timer's range), whatever the dates.
-    public func nanosecondsUntilExpiry(from now: Date) -> Int64 {
-        let seconds = self.expiresAt.timeIntervalSince(now)
-        guard seconds > 0 else { return 0 }
-        let nanoseconds = seconds * 1e9
-        return nanoseconds < 9.2e18 ? Int64(nanoseconds) : Int64.max
-    }
-}

@@ -1,3 +1,4 @@
+import Foundation
 import HummingbirdWSClient
 import Logging
 import NIOCore
@@ -50,8 +51,28 @@ struct SubscribeWaiter {
     let stream: String
     let continuation: CheckedContinuation<Void, any Error>
     var timer: Task<Void, Never>?
-    /// The subscription slot was created by this call (removed again if it fails).
-    let createdSlot: Bool
+    /// The stream's subscription slot before this call: put back if the call fails.
+    let slotBefore: SlotBefore
+    /// The stream had a book entry before this call (if not, it is forgotten again on failure).
+    let hadEntry: Bool
+    /// The position seeded by `subscribe(_:after:)`, undone if the call fails.
+    let seed: SeedUndo?
+}
+
+/// What a stream's subscription slot was before a `subscribe()` call.
+enum SlotBefore: Equatable {
+    /// No slot: the call made it (removed again if it fails).
+    case absent
+    /// A slot made by `messages(_:)`: the call made it explicit (made implicit again if it fails).
+    case implicit
+    /// Already subscribed: the slot stays whatever the call's outcome.
+    case explicit
+}
+
+/// The book entry before a seeded `subscribe(_:after:)`, and the offset it seeded.
+struct SeedUndo {
+    let before: StreamBook.Entry?
+    let last: Int64
 }
 
 struct SubscriptionSlot {
@@ -85,9 +106,19 @@ struct ClientState {
     var ackTask: Task<Void, Never>?
     var latestToken: String?
     var closedEventSent = false
+    /// Stream of the `r` of every SUB sent for a stream already held (after HELLO, after a gap, or
+    /// a deferred retry), so that an ERR answering it (ERR429: rate limited) names its stream.
+    /// Only this connection's: cleared when it ends.
+    var resubscriptions: [String: String] = [:]
     /// Streams whose resubscription the server could not do for now (SUB503 during a failover,
-    /// SUB429): sent again at the next timer tick.
+    /// a rate-limited SUB429 or ERR429): sent again at `retrySubscribeAt`.
     var retrySubscribe: Set<String> = []
+    /// When the deferred resubscriptions are sent again (at the first timer tick from then on).
+    var retrySubscribeAt: ContinuousClock.Instant?
+    /// Deferrals in a row, the backoff attempt (reset when a SUB we sent succeeds).
+    var retrySubscribeAttempt = 0
+    /// Backoff of deferred resubscriptions (set to the client's reconnect backoff).
+    var retryBackoff = Backoff(min: .milliseconds(500), max: .seconds(20))
 
     let events: AsyncStream<ClientEvent>.Continuation
     let logger: Logger
@@ -101,6 +132,12 @@ struct ClientState {
     func send(_ text: String) {
         guard self.phase.isConnected else { return }
         self.outbound?.yield(.text(text))
+    }
+
+    /// What the subscription slot of `stream` is now (before a `subscribe()` changes it).
+    func slotBefore(_ stream: String) -> SlotBefore {
+        guard let slot = self.subscriptions[stream] else { return .absent }
+        return slot.explicit ? .explicit : .implicit
     }
 
     mutating func slot(for stream: String, explicit: Bool) -> SubscriptionSlot {
@@ -122,10 +159,56 @@ struct ClientState {
         var meta: Meta = [MetaKey.requestID: r]
         if let since {
             meta[MetaKey.since] = String(since)
-            if let epoch { meta[MetaKey.epoch] = epoch }
-            if let tag, !tag.isEmpty { meta[MetaKey.tag] = tag }
+            if let epoch = StreamBook.normalizedEpoch(epoch) { meta[MetaKey.epoch] = epoch }
+            if let tag = StreamBook.validTag(tag) { meta[MetaKey.tag] = tag }
         }
         self.send(encodeFrame(method: .sub, target: stream, meta: meta))
+    }
+
+    /// SUB for a stream already held (after HELLO, after a gap, or a deferred retry), with a
+    /// fresh `r` kept in `resubscriptions` so that its answer, SUB reply or ERR, is matched to it.
+    mutating func resubscribe(_ stream: String) {
+        guard self.phase.isConnected else { return }
+        let r = self.makeRequestID()
+        self.resubscriptions[r] = stream
+        self.sendSubscribe(stream, r: r)
+    }
+
+    /// The server could not resubscribe `stream` for now: sent again after a backoff (at least
+    /// its minimum, growing while resubscriptions keep being deferred).
+    mutating func deferResubscription(_ stream: String, now: ContinuousClock.Instant = .now) {
+        self.retrySubscribe.insert(stream)
+        guard self.retrySubscribeAt == nil else { return }
+        let delay = Swift.max(self.retryBackoff.min, self.retryBackoff.delay(attempt: self.retrySubscribeAttempt))
+        self.retrySubscribeAttempt += 1
+        self.retrySubscribeAt = now + delay
+    }
+
+    /// At a timer tick: sends the deferred resubscriptions again once their time has come.
+    mutating func resubscribeDeferred(now: ContinuousClock.Instant = .now) {
+        guard let at = self.retrySubscribeAt, now >= at, self.phase.isConnected else { return }
+        self.retrySubscribeAt = nil
+        let retry = self.retrySubscribe
+        self.retrySubscribe = []
+        for stream in retry.sorted() where self.subscriptions[stream] != nil || BuiltinStream.isBuiltin(stream) {
+            self.resubscribe(stream)
+        }
+    }
+
+    /// A refusal that is not final: the engine is away (5xx) or the connection is rate limited
+    /// (429), but not SUB429 `too_many_subscriptions` (over `maxSubscriptions`: refused for good).
+    static func isTransientRefusal(status: Int, body: String) -> Bool {
+        if status >= 500 { return true }
+        guard status == 429 else { return false }
+        return Self.errorCode(of: body) != "too_many_subscriptions"
+    }
+
+    /// The `error` of a JSON error body (`{"error":"…","reason":"…"}`), if it is one.
+    static func errorCode(of body: String) -> String? {
+        struct ErrorBody: Decodable {
+            let error: String?
+        }
+        return (try? JSONDecoder().decode(ErrorBody.self, from: Data(body.utf8)))?.error
     }
 
     // MARK: inbound
@@ -147,6 +230,10 @@ struct ClientState {
             } else if let r, let waiter = self.subscribeWaiters.removeValue(forKey: r) {
                 // e.g. ERR400/ERR429 answering a SUB.
                 self.failSubscribe(waiter, error: .refused(status: frame.status ?? 0, body: frame.bodyString))
+            } else if let r, let stream = self.resubscriptions.removeValue(forKey: r) {
+                // ERR429 (rate limited) or ERR400 answering a resubscription: no SUB reply follows.
+                self.book.subscribeFailed(stream)
+                self.resubscriptionRefused(stream, status: frame.status ?? 0, body: frame.bodyString)
             } else if frame.method == .ack, frame.status == 503 {
                 // The ack was not recorded (the node's engine was away): send it again next tick.
                 self.book.ackFailed(frame.target)
@@ -166,7 +253,9 @@ struct ClientState {
         }
         self.session = sid
         self.phase = .connected(id: id, since: .now)
+        self.resubscriptions = [:]
         self.retrySubscribe = []  // every stream is subscribed again below
+        self.retrySubscribeAt = nil
         self.events.yield(.connected(session: sid, resumed: resumed))
 
         // Resubscribe (§9 step 2): pending subscribe() calls with their own r, every
@@ -178,12 +267,12 @@ struct ClientState {
         }
         let ownSessionStream = BuiltinStream.session(sid)
         var streams = Set(self.subscriptions.filter { $0.value.explicit }.keys)
-        for stream in self.book.streams where BuiltInStreams.isBuiltIn(stream) && self.book.last(of: stream) != nil {
+        for stream in self.book.streams where BuiltinStream.isBuiltin(stream) && self.book.last(of: stream) != nil {
             if BuiltinStream.isSessionStream(stream) && stream != ownSessionStream { continue }
             streams.insert(stream)
         }
         for stream in streams.subtracting(done).sorted() {
-            self.sendSubscribe(stream, r: self.makeRequestID())
+            self.resubscribe(stream)
         }
         // Resend requests still waiting for an answer (same r, same k).
         for (_, pending) in self.requests.sorted(by: { Int($0.key) ?? 0 < Int($1.key) ?? 0 }) {
@@ -198,12 +287,13 @@ struct ClientState {
     mutating func push(_ frame: Frame) {
         let stream = frame.target
         let known = self.subscriptions[stream] != nil || self.subscribeWaiters.values.contains { $0.stream == stream }
-        guard known || BuiltInStreams.isBuiltIn(stream) else {
+        guard known || BuiltinStream.isBuiltin(stream) else {
             self.logger.debug("push on a stream not subscribed", metadata: ["stream": "\(stream)"])
             return
         }
-        let epoch = frame.meta[MetaKey.epoch]
-        let tag = frame.meta[MetaKey.tag]
+        // An empty epoch is none; a `t` that is not a tag is none (not named on resume).
+        let epoch = StreamBook.normalizedEpoch(frame.meta[MetaKey.epoch])
+        let tag = StreamBook.validTag(frame.meta[MetaKey.tag])
         guard let id = frame.meta[MetaKey.offset].flatMap({ StreamOffset.parse($0) }) else {
             // Not a durable message: no offset to track.
             let message = ClientMessage(stream: stream, offset: 0, epoch: epoch ?? "", body: frame.bodyString)
@@ -224,7 +314,7 @@ struct ClientState {
         case .resubscribe(let notRecovered):
             if notRecovered { self.events.yield(.notRecovered(stream: stream)) }
             self.logger.debug("gap in stream, resubscribing", metadata: ["stream": "\(stream)", "id": "\(id)"])
-            self.sendSubscribe(stream, r: self.makeRequestID())
+            self.resubscribe(stream)
         }
     }
 
@@ -232,48 +322,79 @@ struct ClientState {
         let stream = frame.target
         let r = frame.meta[MetaKey.requestID]
         var waiter: SubscribeWaiter?
-        if let r, let w = self.subscribeWaiters[r], w.stream == stream {
-            waiter = self.subscribeWaiters.removeValue(forKey: r)
+        if let r {
+            if let w = self.subscribeWaiters[r], w.stream == stream {
+                waiter = self.subscribeWaiters.removeValue(forKey: r)
+            } else if self.resubscriptions[r] == stream {
+                self.resubscriptions[r] = nil
+            } else if self.subscriptions[stream] == nil && !BuiltinStream.isBuiltin(stream) {
+                // A late answer to a subscribe() given up (timed out), or to a stream unsubscribed
+                // since: not a stream of ours, nothing to record (nor to ack).
+                self.logger.debug("reply to a subscription given up", metadata: ["stream": "\(stream)", "status": "\(status)"])
+                return
+            }
         }
         let id = frame.meta[MetaKey.offset].flatMap { StreamOffset.parse($0) }
         let outcome = self.book.subscribeReply(stream, status: status, id: id, epoch: frame.meta[MetaKey.epoch], solicited: r != nil)
         switch outcome {
         case .subscribed:
+            if r != nil { self.retrySubscribeAttempt = 0 }
             waiter?.timer?.cancel()
             waiter?.continuation.resume()
         case .notRecovered:
+            if r != nil { self.retrySubscribeAttempt = 0 }
             self.events.yield(.notRecovered(stream: stream))
             waiter?.timer?.cancel()
             waiter?.continuation.resume()
         case .refused:
-            let error = SwitchboardClientError.refused(status: status, body: frame.bodyString)
             if let waiter {
-                self.failSubscribe(waiter, error: error)
-            } else if status == 429 || status >= 500 {
-                // Not now (the node's engine is failing over, or too many requests): not given
-                // up either, or the stream would silently stop. Sent again at the next tick.
-                self.logger.info("resubscription deferred", metadata: ["stream": "\(stream)", "status": "\(status)"])
-                self.retrySubscribe.insert(stream)
-            } else if (400..<500).contains(status), let slot = self.subscriptions[stream], slot.explicit {
-                // A resubscription refused for good (403/404…): end the subscription.
-                self.logger.warning("resubscription refused", metadata: ["stream": "\(stream)", "status": "\(status)"])
-                self.subscriptions[stream] = nil
-                self.book.forget(stream)
-                slot.continuation.finish()
+                self.failSubscribe(waiter, error: .refused(status: status, body: frame.bodyString))
             } else {
-                self.logger.warning("subscription refused", metadata: ["stream": "\(stream)", "status": "\(status)"])
+                self.resubscriptionRefused(stream, status: status, body: frame.bodyString)
             }
         }
     }
 
+    /// A SUB for a stream already held was refused (by a SUB reply or an ERR frame).
+    mutating func resubscriptionRefused(_ stream: String, status: Int, body: String) {
+        if Self.isTransientRefusal(status: status, body: body) {
+            // Not now (the node's engine is failing over, or rate limited): not given up either,
+            // or the stream would silently stop. Sent again after a backoff.
+            self.logger.info("resubscription deferred", metadata: ["stream": "\(stream)", "status": "\(status)"])
+            self.deferResubscription(stream)
+        } else if (400..<500).contains(status), let slot = self.subscriptions[stream], slot.explicit {
+            // A resubscription refused for good (403/404, too many subscriptions…): end the subscription.
+            self.logger.warning("resubscription refused", metadata: ["stream": "\(stream)", "status": "\(status)"])
+            self.subscriptions[stream] = nil
+            self.book.forget(stream)
+            self.retrySubscribe.remove(stream)
+            slot.continuation.finish()
+        } else {
+            self.logger.warning("subscription refused", metadata: ["stream": "\(stream)", "status": "\(status)"])
+        }
+    }
+
+    /// A `subscribe()` call failed: what it changed is put back (unless another call for the
+    /// stream is pending): a slot it made is removed, a position it seeded is undone.
     mutating func failSubscribe(_ waiter: SubscribeWaiter, error: SwitchboardClientError) {
         waiter.timer?.cancel()
-        if waiter.createdSlot, let slot = self.subscriptions[waiter.stream],
-            !self.subscribeWaiters.values.contains(where: { $0.stream == waiter.stream })
-        {
-            self.subscriptions[waiter.stream] = nil
-            self.book.forget(waiter.stream)
-            slot.continuation.finish()
+        let stream = waiter.stream
+        if !self.subscribeWaiters.values.contains(where: { $0.stream == stream }) {
+            switch waiter.slotBefore {
+            case .absent:
+                if let slot = self.subscriptions.removeValue(forKey: stream) { slot.continuation.finish() }
+            case .implicit:
+                self.subscriptions[stream]?.explicit = false
+            case .explicit:
+                break
+            }
+            if let seed = waiter.seed, self.book.last(of: stream) == seed.last {
+                self.book.restore(stream, to: seed.before)
+            } else if waiter.slotBefore != .explicit && !waiter.hadEntry {
+                self.book.forget(stream)
+            } else {
+                self.book.subscribeFailed(stream)
+            }
         }
         waiter.continuation.resume(throwing: error)
     }
@@ -292,6 +413,7 @@ struct ClientState {
         self.outbound?.finish()
         self.outbound = nil
         self.book.connectionLost()
+        self.resubscriptions = [:]  // this connection's SUBs are not answered any more
         if case .connected(_, let since) = self.phase {
             if ContinuousClock.now - since >= configuration.stableAfter { self.attempt = 0 }
             self.events.yield(.disconnected(code: code, reason: reason))
@@ -324,17 +446,21 @@ struct ClientState {
             self.shutDown(error: .closed)
             return nil
         case .reconnect:
-            delay = Backoff(min: configuration.minReconnectDelay, max: configuration.maxReconnectDelay).delay(attempt: self.attempt)
-            self.attempt += 1
+            delay = self.nextReconnectDelay(configuration)
         case .reconnectAfterRandomDelay(let max):
             delay = .nanoseconds(Int64.random(in: 0...Backoff.nanoseconds(max)))
         case .reconnectAfterRateLimit:
             // Unanswered requests are re-sent after HELLO with their `r` and idempotency key.
-            delay = configuration.rateLimitPause + Backoff(min: configuration.minReconnectDelay, max: configuration.maxReconnectDelay).delay(attempt: self.attempt)
-            self.attempt += 1
+            delay = configuration.rateLimitPause + self.nextReconnectDelay(configuration)
         }
         self.phase = .waitingToReconnect
         return delay
+    }
+
+    /// The backoff delay of the next reconnect attempt (counted).
+    private mutating func nextReconnectDelay(_ configuration: SwitchboardClientConfiguration) -> Duration {
+        defer { self.attempt += 1 }
+        return configuration.reconnectBackoff.delay(attempt: self.attempt)
     }
 
     /// Fail everything pending and end every stream (idempotent).
@@ -351,6 +477,9 @@ struct ClientState {
             waiter.continuation.resume(throwing: error)
         }
         self.subscribeWaiters = [:]
+        self.resubscriptions = [:]
+        self.retrySubscribe = []
+        self.retrySubscribeAt = nil
         for (_, slot) in self.subscriptions { slot.continuation.finish() }
         self.subscriptions = [:]
         if let first = self.firstConnect {

@@ -55,17 +55,73 @@ public struct StreamBook: Sendable, Equatable {
         return (last, entry.epoch, entry.tag)
     }
 
-    /// Starts `stream` at a message the application kept (resume after it).
-    public mutating func seed(_ stream: String, last: Int64, epoch: String, tag: String?) {
+    /// Starts `stream` at a message the application kept (resume after it): `last` is its offset,
+    /// `epoch` and `tag` its epoch and tag (nil or empty: not known). The position counts as
+    /// acked (the SUB that resumes after it records it), so no ACK is sent for it.
+    ///
+    /// Throws `.invalidArgument` for an offset outside 0…2^53−1, an epoch that is not a META
+    /// value, or a tag that is not a message tag (``isValidTag(_:)``); the book is then unchanged.
+    public mutating func seed(_ stream: String, last: Int64, epoch: String?, tag: String?) throws(SwitchboardClientError) {
+        guard (0...StreamOffset.maximum).contains(last) else {
+            throw .invalidArgument("offset \(last) of \(stream) is not an offset 0…\(StreamOffset.maximum)")
+        }
+        let epoch = Self.normalizedEpoch(epoch)
+        if let epoch { try FrameValidation.checkMetaValue(epoch, key: MetaKey.epoch) }
+        let tag: String? = (tag?.isEmpty ?? true) ? nil : tag
+        if let tag, !Self.isValidTag(tag) {
+            throw .invalidArgument("tag '\(tag)' of \(stream) is not a message tag (1-32 of letters, digits, '_.~-')")
+        }
         var entry = self.entries[stream] ?? Entry()
         entry.last = last
         entry.epoch = epoch
         entry.tag = tag
+        entry.acked = last
         self.entries[stream] = entry
+    }
+
+    /// Puts back the entry of `stream` as it was (nil: no entry) before a subscription that
+    /// failed; no SUB is awaiting a reply for it any more.
+    public mutating func restore(_ stream: String, to entry: Entry?) {
+        var entry = entry
+        entry?.awaitingReply = false
+        self.entries[stream] = entry
+    }
+
+    /// The SUB sent for `stream` will not be answered with a SUB reply (the server answered it
+    /// with an ERR frame, or it was given up): a later gap may resubscribe again.
+    public mutating func subscribeFailed(_ stream: String) {
+        self.entries[stream]?.awaitingReply = false
+    }
+
+    /// Whether `tag` is a message tag (META `t`, protocol §4.1). Nodes make them of six
+    /// characters `[0-9a-z]`; like the JS client's `toTag`, any 1–32 characters of
+    /// `[0-9A-Za-z_.~-]` are accepted.
+    public static func isValidTag(_ tag: String) -> Bool {
+        let bytes = tag.utf8
+        guard !bytes.isEmpty, bytes.count <= 32 else { return false }
+        return bytes.allSatisfy { b in
+            (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9")) || (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z"))
+                || (b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z"))
+                || b == UInt8(ascii: "_") || b == UInt8(ascii: ".") || b == UInt8(ascii: "~") || b == UInt8(ascii: "-")
+        }
+    }
+
+    /// A tag received from the server: nil when absent, empty or not a tag (then it is not
+    /// named on resume, the server resumes by offset alone).
+    public static func validTag(_ value: String?) -> String? {
+        guard let value, Self.isValidTag(value) else { return nil }
+        return value
+    }
+
+    /// An epoch as kept and sent: nil when absent or empty (never sent as `e=`).
+    public static func normalizedEpoch(_ value: String?) -> String? {
+        guard let value, !value.isEmpty else { return nil }
+        return value
     }
 
     /// A SUB reply. `solicited` when it carried an `r` (an answer to our SUB).
     public mutating func subscribeReply(_ stream: String, status: Int, id: Int64?, epoch: String?, solicited: Bool) -> SubscribeOutcome {
+        let epoch = Self.normalizedEpoch(epoch)
         var entry = self.entries[stream] ?? Entry()
         if solicited { entry.awaitingReply = false }
         switch status {
@@ -101,7 +157,10 @@ public struct StreamBook: Sendable, Equatable {
     }
 
     /// A PUSH with offset `id` (and epoch `epoch`, tag `tag`) on `stream`.
+    /// An empty epoch counts as none, a `tag` that is not a tag (``isValidTag(_:)``) as none.
     public mutating func push(_ stream: String, id: Int64, epoch: String?, tag: String? = nil) -> PushDecision {
+        let epoch = Self.normalizedEpoch(epoch)
+        let tag = Self.validTag(tag)
         var entry = self.entries[stream] ?? Entry()
         defer { self.entries[stream] = entry }
         var notRecovered = false
@@ -178,12 +237,5 @@ public enum CloseDisposition: Sendable, Equatable {
         case 4429: return .reconnectAfterRateLimit
         default: return .reconnect
         }
-    }
-}
-
-/// Built-in streams the server subscribes every connection to (protocol §3.3).
-enum BuiltInStreams {
-    static func isBuiltIn(_ stream: String) -> Bool {
-        BuiltinStream.isBuiltin(stream)
     }
 }

@@ -38,7 +38,9 @@ public final class SwitchboardClient: Sendable {
         self.logger = logger
         let (events, continuation) = AsyncStream.makeStream(of: ClientEvent.self, bufferingPolicy: .bufferingNewest(4096))
         self.events = events
-        self.state = LockedBox(ClientState(events: continuation, logger: logger))
+        var state = ClientState(events: continuation, logger: logger)
+        state.retryBackoff = configuration.reconnectBackoff
+        self.state = LockedBox(state)
     }
 
     deinit {
@@ -156,10 +158,7 @@ public final class SwitchboardClient: Sendable {
         method == .get || method == "HEAD" || method == "OPTIONS" || method == .auth
     }
 
-    static func newIdempotencyKey() -> String {
-        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
-        return String((0..<16).map { _ in alphabet.randomElement()! })
-    }
+    static func newIdempotencyKey() -> String { RandomID.make(length: 16) }
 
     /// Subscribes to `stream` (SUB, resuming after the last offset if one is known) and waits for
     /// the reply: SUB2xx, or SUB410 (subscribed, not recovered: also reported as `.notRecovered`).
@@ -171,7 +170,9 @@ public final class SwitchboardClient: Sendable {
     /// Subscribes to `stream` resuming after `message`, one the application kept from an earlier
     /// run (its offset, epoch and tag): the missed messages follow, or `.notRecovered` when the
     /// server's history no longer holds that message as it was (trimmed, a new epoch, or rolled
-    /// back by a failover).
+    /// back by a failover). An empty epoch or tag means not known. Throws `.invalidArgument` when
+    /// the offset is not 0…2^53−1, the epoch not a META value or the tag not a message tag
+    /// (``StreamBook/isValidTag(_:)``). If the subscription fails, the position is forgotten.
     public func subscribe(_ stream: String, after message: ClientMessage) async throws -> ClientSubscription {
         try await self.subscribe(stream, seed: message)
     }
@@ -185,16 +186,29 @@ public final class SwitchboardClient: Sendable {
                     continuation.resume(throwing: SwitchboardClientError.closed)
                     return
                 }
-                if let seed { state.book.seed(stream, last: seed.offset, epoch: seed.epoch, tag: seed.tag.isEmpty ? nil : seed.tag) }
-                let created = state.subscriptions[stream] == nil || state.subscriptions[stream]?.explicit == false
-                let slot = state.slot(for: stream, explicit: true)
+                // What this call changes, taken before it changes it: put back if it fails.
+                let slotBefore = state.slotBefore(stream)
+                let entryBefore = state.book[stream]
+                var seedUndo: SeedUndo?
+                if let seed {
+                    do {
+                        try state.book.seed(stream, last: seed.offset, epoch: seed.epoch, tag: seed.tag)
+                    } catch {
+                        continuation.resume(throwing: error)
+                        return
+                    }
+                    seedUndo = SeedUndo(before: entryBefore, last: seed.offset)
+                }
+                _ = state.slot(for: stream, explicit: true)
                 let r = state.makeRequestID()
                 let timer = Task { [weak self] in
                     do { try await Task.sleep(for: timeout) } catch { return }
                     self?.subscribeTimedOut(r)
                 }
-                state.subscribeWaiters[r] = SubscribeWaiter(stream: stream, continuation: continuation, timer: timer, createdSlot: created && state.book[stream] == nil)
-                _ = slot
+                state.subscribeWaiters[r] = SubscribeWaiter(
+                    stream: stream, continuation: continuation, timer: timer,
+                    slotBefore: slotBefore, hadEntry: entryBefore != nil, seed: seedUndo
+                )
                 state.sendSubscribe(stream, r: r)
             }
         }
@@ -232,6 +246,8 @@ public final class SwitchboardClient: Sendable {
         self.state.withLock { state in
             if let slot = state.subscriptions.removeValue(forKey: stream) { slot.continuation.finish() }
             state.book.forget(stream)
+            state.resubscriptions = state.resubscriptions.filter { $0.value != stream }
+            state.retrySubscribe.remove(stream)
             for (r, waiter) in state.subscribeWaiters where waiter.stream == stream {
                 state.subscribeWaiters[r] = nil
                 waiter.timer?.cancel()
@@ -268,12 +284,9 @@ public final class SwitchboardClient: Sendable {
                     for ack in state.book.takeAcks() {
                         state.send(encodeFrame(method: .ack, target: ack.stream, meta: [MetaKey.offset: String(ack.id)]))
                     }
-                    // Resubscriptions the server deferred (SUB503/SUB429) go again.
-                    let retry = state.retrySubscribe
-                    state.retrySubscribe = []
-                    for stream in retry.sorted() where state.subscriptions[stream] != nil || BuiltInStreams.isBuiltIn(stream) {
-                        state.sendSubscribe(stream, r: state.makeRequestID())
-                    }
+                    // Resubscriptions the server deferred (SUB503, SUB429/ERR429 rate limited) go
+                    // again once their backoff has passed.
+                    state.resubscribeDeferred()
                     return true
                 }
                 if !running { return }

@@ -21,6 +21,11 @@ public struct SwitchboardClientConfiguration: Sendable {
     /// Largest WebSocket message accepted from the server.
     public var maxMessageSize: Int = 1 << 20
     public init() {}
+
+    /// The backoff of reconnects, also of resubscriptions the server deferred.
+    var reconnectBackoff: Backoff {
+        Backoff(min: self.minReconnectDelay, max: self.maxReconnectDelay)
+    }
 }
 
 /// A message handed to the application: exactly once, in offset order.

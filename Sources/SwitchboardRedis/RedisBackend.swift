@@ -20,6 +20,9 @@ protocol RedisBackend: RESPCommandExecutor {
     /// Subscribes to every channel matching `pattern` (classic pub/sub, one server only).
     func subscribe(pattern: String, handler: @escaping @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void) async throws -> RESPSubscription
     func shutdown() async
+    /// Whether any Redis node answers a PING within `timeout` (for readiness while some of a
+    /// cluster is away).
+    func anyNodeAnswers(within timeout: Duration) async -> Bool
     /// Runs two scripts (keys of two slots) together: one round trip, and on one server one
     /// write, without a task each.
     func runBoth(_ a: ScriptCall, _ b: ScriptCall) async throws -> (RESPValue, RESPValue)
@@ -31,12 +34,7 @@ struct ScriptCall: Sendable {
     let keys: [String]
     let args: [RESPArgument]
 
-    var command: RESPCommand {
-        var c = RESPCommand("EVALSHA", .string(self.script.sha1), .int(self.keys.count))
-        c.append(contentsOf: self.keys.map { .string($0) })
-        c.append(contentsOf: self.args)
-        return c
-    }
+    var command: RESPCommand { .evalsha(self.script.sha1, keys: self.keys, args: self.args) }
 }
 
 extension RedisBackend {
@@ -86,6 +84,10 @@ final class StandaloneBackend: RedisBackend {
 
     func shutdown() async { await self.client.shutdown() }
 
+    func anyNodeAnswers(within timeout: Duration) async -> Bool {
+        (try? await self.client.send(RESPCommand("PING"), timeout: timeout)) != nil
+    }
+
     /// One pipelined write on the one connection. A script the server does not know yet
     /// (NOSCRIPT, after a restart) is loaded and run again on its own.
     func runBoth(_ a: ScriptCall, _ b: ScriptCall) async throws -> (RESPValue, RESPValue) {
@@ -131,6 +133,21 @@ final class ClusterBackend: RedisBackend {
     }
 
     var isConnected: Bool { self.state.withLock { $0.client != nil } }
+
+    /// PINGs every primary at once; true at the first answer.
+    func anyNodeAnswers(within timeout: Duration) async -> Bool {
+        guard let client = self.state.withLock({ $0.client }) else { return false }
+        return await withTaskGroup(of: Bool.self) { group in
+            for node in client.primaries {
+                group.addTask { (try? await client.connection(to: node).send(RESPCommand("PING"), timeout: timeout)) != nil }
+            }
+            for await answered in group where answered {
+                group.cancelAll()
+                return true
+            }
+            return false
+        }
+    }
 
     func start() {
         self.state.withLock { s in

@@ -70,11 +70,15 @@ extension RedisEngine {
     }
 
     /// Subscribes the stream's channel; messages go to `received` while `generation` is current.
-    private func channelTask(_ stream: String, generation: UInt64) -> Task<RESPSubscription, any Error> {
+    /// Subscribes the stream's channel, after closing `replaced` (subscriptions are counted per
+    /// channel: one made while the old one is still there would not reach Redis, and closing
+    /// the old one after it would not either).
+    private func channelTask(_ stream: String, generation: UInt64, replacing replaced: LiveChannel? = nil) -> Task<RESPSubscription, any Error> {
         let channel = self.keys(stream).channel
         let backend = self.backend
         return Task {
-            try await backend.subscribe(channel) { [weak self] payload in
+            await Self.close(replaced)
+            return try await backend.subscribe(channel) { [weak self] payload in
                 self?.received(stream, generation: generation, payload: payload)
             }
         }
@@ -259,12 +263,13 @@ extension RedisEngine {
         }
         var lagging: [String: StreamPosition] = [:]
         var rolledBack: [(String, String, Int64, Int64)] = []
-        for attempt in 0..<5 {
-            guard let positions = try? await self.tops(of: Array(known.keys)) else {
-                try? await Task.sleep(for: .milliseconds(100 << attempt))
-                continue
-            }
+        // Streams not read yet (a cluster shard still away leaves its streams out): read again.
+        var unread = Set(known.keys)
+        for attempt in 0..<5 where !unread.isEmpty {
+            if attempt > 0 { try? await Task.sleep(for: .milliseconds(100 << attempt)) }
+            guard let positions = try? await self.tops(of: Array(unread)) else { continue }
             for (stream, p) in positions {
+                unread.remove(stream)
                 guard let (offset, epoch) = known[stream] else { continue }
                 if let offset, let epoch {
                     if epoch == p.epoch && p.top < offset {
@@ -277,8 +282,8 @@ extension RedisEngine {
                     lagging[stream] = p
                 }
             }
-            break
         }
+        if !unread.isEmpty { self.logger.warning("could not read the position of \(unread.count) live streams after an outage; the live check reads them when they carry traffic") }
         // A stream that moved on may have moved on from another history: the message this node
         // received last must still be the one kept there.
         for (stream, position) in lagging {
@@ -377,46 +382,49 @@ extension RedisEngine {
     }
 
     /// Epoch and top of many streams without creating any: one script on a single server; on a
-    /// cluster one HMGET per stream, pipelined to the master of each stream's slot.
+    /// cluster one HMGET per stream, pipelined to the master of each stream's slot. On a cluster
+    /// a stream whose shard is away is left out (the others are still checked).
     func tops(of streams: [String]) async throws -> [String: StreamPosition] {
         guard self.configuration.clusterSeeds == nil else {
-            return try await withThrowingTaskGroup(of: (String, StreamPosition?).self) { group in
+            return await withTaskGroup(of: (String, StreamPosition?).self) { group in
                 for stream in Set(streams) {
                     group.addTask {
-                        let reply = try await self.send(RESPCommand("HMGET", .string(self.keys(stream).meta), "epoch", "top"))
-                        guard let a = reply.array, a.count == 2 else { return (stream, nil) }
+                        let reply = try? await self.send(RESPCommand("HMGET", .string(self.keys(stream).meta), "epoch", "top"))
+                        guard let a = reply?.array, a.count == 2 else { return (stream, nil) }
                         return (stream, StreamPosition(epoch: a[0].string ?? "", top: a[1].isNull ? 0 : Self.offset(a[1]) ?? 0))
                     }
                 }
                 var out: [String: StreamPosition] = [:]
-                for try await (stream, position) in group { out[stream] = position }
+                for await (stream, position) in group { out[stream] = position }
                 return out
             }
         }
-        let reply = try await self.run(RedisScripts.tops, keys: streams.map { self.keys($0).meta }, args: [])
-        let values = reply.array ?? []
+        // 512 keys per script: Redis runs each at once, and nothing else while it does.
         var out: [String: StreamPosition] = [:]
-        for (i, stream) in streams.enumerated() where 2 * i + 1 < values.count {
-            guard let top = Self.offset(values[2 * i + 1]) else { continue }
-            out[stream] = StreamPosition(epoch: values[2 * i].string ?? "", top: top)
+        for start in stride(from: 0, to: streams.count, by: 512) {
+            let batch = Array(streams[start..<min(start + 512, streams.count)])
+            let reply = try await self.run(RedisScripts.tops, keys: batch.map { self.keys($0).meta }, args: [])
+            let values = reply.array ?? []
+            for (i, stream) in batch.enumerated() where 2 * i + 1 < values.count {
+                guard let top = Self.offset(values[2 * i + 1]) else { continue }
+                out[stream] = StreamPosition(epoch: values[2 * i].string ?? "", top: top)
+            }
         }
         return out
     }
 
     /// Replaces the live subscription of `stream` with a new one (same local references).
     func resubscribe(_ stream: String) async {
-        let (old, task, generation) = self.state.withLock { s -> (LiveChannel?, Task<RESPSubscription, any Error>?, UInt64) in
-            guard var l = s.live[stream] else { return (nil, nil, 0) }
+        let (task, generation) = self.state.withLock { s -> (Task<RESPSubscription, any Error>?, UInt64) in
+            guard var l = s.live[stream] else { return (nil, 0) }
             let generation = s.nextGeneration
             s.nextGeneration += 1
-            let task = self.channelTask(stream, generation: generation)
-            let previous = l.channel
+            let task = self.channelTask(stream, generation: generation, replacing: l.channel)
             l = LiveStream(refs: l.refs, generation: generation, channel: .subscribing(task), lastOffset: l.lastOffset, lastEpoch: l.lastEpoch,
                            received: l.received, receivedTag: l.receivedTag, activeUntil: l.activeUntil)
             s.live[stream] = l
-            return (previous, task, generation)
+            return (task, generation)
         }
-        await Self.close(old)
         if let task, let subscription = try? await task.value {
             self.state.withLock { s in
                 if s.live[stream]?.generation == generation { s.live[stream]?.channel = .subscribed(subscription) }

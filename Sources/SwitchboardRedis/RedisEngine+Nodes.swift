@@ -69,18 +69,15 @@ extension RedisEngine {
     }
 
     private func beatOnce() async {
-        let deadAfter = Duration.milliseconds(self.deadAfterMs)
-        let pulse = self.state.withLock { s -> (node: String, address: String?, started: Double, connections: Int, judge: Bool)? in
+        let pulse = self.state.withLock { s -> (node: String, address: String?, started: Double, connections: Int)? in
             guard !s.node.isEmpty, !s.shutdown else { return nil }
-            // Others' silence counts only if this node heard Redis all that time itself.
-            let judge = s.beatingSince.map { ContinuousClock.now - $0 >= deadAfter } ?? false
-            return (s.node, s.address, s.startedAt, s.sessions.count, judge)
+            return (s.node, s.address, s.startedAt, s.sessions.count)
         }
         guard let pulse else { return }
-        await self.beat(pulse.node, address: pulse.address, started: pulse.started, connections: pulse.connections, judge: pulse.judge)
+        await self.beat(pulse.node, address: pulse.address, started: pulse.started, connections: pulse.connections)
     }
 
-    private func beat(_ node: String, address: String?, started: Double, connections: Int, judge: Bool) async {
+    private func beat(_ node: String, address: String?, started: Double, connections: Int) async {
         let deadAfter = Duration.milliseconds(self.deadAfterMs)
         guard self.backend.isConnected else { return }
         self.subscribeControl()
@@ -94,8 +91,19 @@ extension RedisEngine {
                 .string(address ?? ""), .int(Int(started * 1000)), .int(connections), .int(self.deadAfterMs),
             ])
             let (beatReply, infoReply) = try await (beat, info)
-            self.state.withLock { if $0.beatingSince == nil { $0.beatingSince = .now } }
-            self.state.withLock { $0.lastRoundTrip = ContinuousClock.now - start }
+            let roundTrip = ContinuousClock.now - start
+            let interval = Duration.milliseconds(self.heartbeatMs)
+            // Others' silence counts only if this node heard Redis all that time itself. A beat
+            // that took longer than an interval (retried through a failover) was a gap in its
+            // own hearing: it starts counting again.
+            let judge = self.state.withLock { s -> Bool in
+                s.lastRoundTrip = roundTrip
+                guard let since = s.beatingSince, roundTrip <= interval else {
+                    s.beatingSince = .now
+                    return false
+                }
+                return ContinuousClock.now - since >= deadAfter
+            }
             // This node's entry was gone: Redis lost it, or others declared this node dead and
             // released its sessions and members. Register them again, and announce the members.
             if infoReply.int == 0 {

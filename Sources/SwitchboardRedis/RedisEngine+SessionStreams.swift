@@ -98,11 +98,11 @@ extension RedisEngine {
             if let task = self.state.withLock({ $0.sessionChannel }) { _ = try? await task.value }
             await self.catchUpSessionStreams()
         }
-        let next = self.state.withLock { s -> UInt64 in
-            s.canarySent = max(s.canarySent, s.canaryHeard) + 1
-            return s.canarySent
+        let next = self.state.withLock { max($0.canarySent, $0.canaryHeard) + 1 }
+        // Counted as sent only once Redis took it: a canary lost with a connection is no alarm.
+        if (try? await self.send(RESPCommand("PUBLISH", .string(self.keys(self.canaryStream).channel), .string(String(next))))) != nil {
+            self.state.withLock { $0.canarySent = max($0.canarySent, next) }
         }
-        _ = try? await self.send(RESPCommand("PUBLISH", .string(self.keys(self.canaryStream).channel), .string(String(next))))
     }
 
     /// The streams of every session held here, handed to the gateway to catch up (a cursor

@@ -62,7 +62,8 @@ extension RedisEngine {
     /// its TTL, no longer (an expired session must not keep others' history from being trimmed).
     func endHolds(ofSession id: String) async {
         guard let fields = try? await self.backend.hgetall(self.sessionKey(id)) else { return }
-        let streams = fields.keys.filter { $0.hasPrefix("c:") }.map { String($0.dropFirst(2)) }
+        // Only streams trimmed by acks have holds (not /broadcast).
+        let streams = fields.keys.filter { $0.hasPrefix("c:") }.map { String($0.dropFirst(2)) }.filter(BuiltinStream.isTrimmedByAcks)
         await withTaskGroup(of: Void.self) { group in
             for stream in streams {
                 group.addTask {
@@ -102,15 +103,12 @@ extension RedisEngine {
             return
         }
         let k = self.keys(stream)
-        // A session that has not acked for this long no longer holds history back: by then age
-        // trimming dropped what it would protect (or its session expired).
-        let staleAfter = Int((max(self.configuration.historyAge, self.configuration.sessionTTL) * 2000).rounded())
         let streamTTL = self.configuration.streamIdleTTL > 0 ? max(1, Int((self.configuration.streamIdleTTL * 1000).rounded())) : 0
         // Both sent together: one round trip (two on a cluster, in parallel: the keys live in
         // different slots).
         _ = try await self.runBoth(
             ScriptCall(script: RedisScripts.ack, keys: k.scriptKeys, args: [
-                .string(session), .int(Int(offset)), .int(max(1, staleAfter)), .int(streamTTL), .string(Self.newEpoch()),
+                .string(session), .int(Int(offset)), .int(streamTTL), .string(Self.newEpoch()),
             ]),
             ScriptCall(script: RedisScripts.sessionCursor, keys: sessionKey, args: cursorArgs)
         )

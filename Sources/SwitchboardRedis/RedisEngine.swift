@@ -233,7 +233,11 @@ public final class RedisEngine: SwitchboardEngine {
             ? "Redis \(self.configuration.redis.host):\(self.configuration.redis.port)"
             : "Redis Cluster (\(self.configuration.clusterSeeds!.count) seeds)"
         if degraded, availability == .available {
-            // A cluster with a shard away still serves every other shard: ready, and said so.
+            // A cluster with a shard away still serves every other shard: ready, and said so;
+            // unless no node of it answers at all.
+            guard await self.backend.anyNodeAnswers(within: .seconds(1)) else {
+                return EngineHealth(available: false, detail: "\(target): no node answers")
+            }
             return EngineHealth(available: true, detail: "\(target): a shard is failing over; its streams answer 503 until it is back", roundTrip: lastRoundTrip)
         }
         switch availability {
@@ -278,6 +282,9 @@ public final class RedisEngine: SwitchboardEngine {
             self.state.withLock { s in
                 s.availability = .catchingUp
                 s.beatingSince = nil
+                // A canary lost in the outage is no sign of a dead subscription: the catch-up
+                // below covers the session streams.
+                s.canarySent = s.canaryHeard
             }
             // Re-register before anything else: a restarted Redis may have lost this node.
             await self.loadScripts()
@@ -422,10 +429,7 @@ public final class RedisEngine: SwitchboardEngine {
         return Int64(int)
     }
 
-    static func newEpoch() -> String {
-        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
-        return String((0..<8).map { _ in alphabet.randomElement()! })
-    }
+    static func newEpoch() -> String { RandomID.make(length: 8) }
 }
 
 /// Lock-protected value (NSLock; `Mutex` needs macOS 15).

@@ -14,11 +14,12 @@ import RESP
 /// - `sb:{P}:acks`  sorted set session → acked offset (a sorted set rather than a hash so the
 ///   minimum is O(log n) on every ack)
 /// - `sb:{P}:holds` sorted set session → when its hold on the history ends (ms, Redis TIME):
-///   an ack sets it `holdFor` ahead (twice the longer of history age and session TTL, so a
-///   quiet session never loses a hold age retention would not have dropped anyway); a session
-///   whose connection closed keeps it for `sessionTTL` (`RedisEngine.touchSession`). An ack
-///   drops the holds that ended from `acks`, so expired sessions stop holding history
-/// - `sb:{P}:idem:<key>` string `<offset>,<epoch>` with a TTL
+///   `+inf` while the session is connected (an ack or a SUB sets it: a quiet stream must not
+///   end a connected subscriber's hold); a session whose last connection closed keeps it for
+///   `sessionTTL` (`RedisEngine.touchSession`), and a dead node's sessions too (its survivors
+///   end them). An ack drops the holds that ended from `acks`, so expired sessions stop
+///   holding history
+/// - `sb:{P}:idem:<key>` string `<offset>,<epoch>,<tag>` with a TTL
 /// - `sb:{P}:presence` hash member → expiry (ms, Redis TIME)
 /// - channel `sb:{P}` carries `<offset>,<epoch>,<tag>,<previous tag>,<body>`
 ///
@@ -175,19 +176,18 @@ enum RedisScripts {
     return out
     """)
 
-    /// KEYS meta, log, acks, holds. ARGV session, offset, holdFor ms, stream TTL ms, candidate
-    /// epoch. Records max(acked, min(offset, top)) and trims the log up to the lowest ack of a
+    /// KEYS meta, log, acks, holds. ARGV session, offset, stream TTL ms, candidate epoch. Records max(acked, min(offset, top)) and trims the log up to the lowest ack of a
     /// session whose hold has not ended. A stream without messages yet is created, so this
     /// consumer holds its history from the start (a later subscriber's acks must not trim what
     /// this one has not read).
     static let ack = RESPScript(source: prelude + """
     local meta, log, acks, holds = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-    local _, top = ensure(meta, log, acks, holds, ARGV[5])
+    local _, top = ensure(meta, log, acks, holds, ARGV[4])
     local off = math.min(tonumber(ARGV[2]), top)
     if off < 0 then off = 0 end
     redis.call('ZADD', acks, 'GT', off, ARGV[1])
     local now = now_ms()
-    redis.call('ZADD', holds, now + tonumber(ARGV[3]), ARGV[1])
+    redis.call('ZADD', holds, '+inf', ARGV[1])
     local ended = redis.call('ZRANGEBYSCORE', holds, '-inf', '(' .. now, 'LIMIT', 0, 100)
     if #ended > 0 then
       redis.call('ZREM', acks, unpack(ended))
@@ -198,7 +198,7 @@ enum RedisScripts {
       local min = tonumber(low[2])
       if min > 0 then redis.call('XTRIM', log, 'MINID', (min + 1) .. '-0') end
     end
-    touch_keys(ARGV[4], meta, log, acks, holds)
+    touch_keys(ARGV[3], meta, log, acks, holds)
     return off
     """)
 

@@ -29,6 +29,7 @@ struct Config: AsyncParsableCommand {
                 "limits: message \(g.maxMessageSize) B, queue \(g.maxQueueBytes) B, \(g.requestRate)/s burst \(g.requestBurst) per connection, \(g.maxSubscriptions) subscriptions, \(g.maxInFlightRequests) in flight",
                 "user limits: \(s.userRequestRate.map { "\($0)/s" } ?? "no request rate"), \(g.maxConnectionsPerUser.map { "\($0) connections" } ?? "no connection cap")",
                 "node: \(g.connectionRate.map { "\($0) new connections/s" } ?? "no connection rate"), drain over \(s.drainWindow) s, ping every \(g.pingInterval) s",
+                "connections: \(g.maxConnections.map { "at most \($0)" } ?? "at most the open-file limit less a reserve"), \(g.maxHandshakes) in their handshake; timeouts: handshake \(g.handshakeTimeout) s, request \(g.requestTimeout) s, idle \(g.idleTimeout) s",
                 "origins: \(g.allowedOrigins.isEmpty ? "any" : g.allowedOrigins.joined(separator: ", "))",
                 "server API keys: \(s.apiKeys.count)",
             ]

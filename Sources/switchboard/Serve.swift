@@ -47,7 +47,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("request-timeout"), help: "Seconds an HTTP request's body has to arrive (env SWITCHBOARD_REQUEST_TIMEOUT).") var requestTimeout: Double?
     @Option(name: .customLong("idle-timeout"), help: "Seconds a kept-alive HTTP connection may wait for its next request (env SWITCHBOARD_IDLE_TIMEOUT).") var idleTimeout: Double?
     @Option(name: .customLong("max-handshakes"), help: "Connections in their handshake at once; more are closed at accept (env SWITCHBOARD_MAX_HANDSHAKES).") var maxHandshakes: Int?
-    @Option(name: .customLong("max-connections"), help: "Connections the node holds at most; past it new ones wait in the listen backlog (env SWITCHBOARD_MAX_CONNECTIONS; default: the open-file limit less a reserve).") var maxConnections: Int?
+    @Option(name: .customLong("max-connections"), help: "Connections the node holds at most; past it new ones are closed as they arrive (env SWITCHBOARD_MAX_CONNECTIONS; default: the open-file limit less a reserve).") var maxConnections: Int?
     @Option(name: .customLong("echo-path"), help: "Serve a WebSocket echo endpoint here, for conformance tests (env SWITCHBOARD_ECHO_PATH; off by default; never in production).") var echoPath: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (env SWITCHBOARD_LOG_LEVEL).") var logLevel: String?
 

@@ -32,22 +32,24 @@ struct Token: AsyncParsableCommand {
         if let config { serveArguments += ["--config", config] }
         if let jwtSecret { serveArguments += ["--jwt-secret", jwtSecret] }
         if let jwtJWKS { serveArguments += ["--jwt-jwks", jwtJWKS] }
-        let settings = try Serve.parse(serveArguments).settings()
-        let keys = JWTKeyCollection()
-        var signingKid: JWKIdentifier?
-        if let path = settings.jwtJWKS {
-            let (secret, digest, kid) = try Self.octKey(path: path, kid: self.kid)
-            await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: digest, kid: JWKIdentifier(string: kid))
-            signingKid = JWKIdentifier(string: kid)
-        } else if let secret = settings.jwtSecret {
-            guard secret.utf8.count >= 32 else { throw ConfigError("--jwt-secret: an HS256 secret must be at least 32 bytes long (this one has \(secret.utf8.count))") }
-            await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
-        } else {
+        // Exactly serve's validation (secret length, key set), then its keys sign.
+        let resolved = try await Serve.parse(serveArguments).resolve()
+        guard let verifier = resolved.verifier else {
             throw ConfigError("no secret: give --jwt-secret (or SWITCHBOARD_JWT_SECRET, or \"jwt-secret\" in --config), or --jwt-jwks with an oct key")
+        }
+        var signingKid: JWKIdentifier?
+        if let path = resolved.settings.jwtJWKS {
+            let candidates = verifier.secretKids.filter { self.kid == nil || $0 == self.kid }
+            guard candidates.count == 1, let kid = candidates.first else {
+                throw ConfigError(candidates.isEmpty
+                    ? "--jwt-jwks \(path): no oct (HS256) key\(self.kid.map { " with kid \($0)" } ?? ""); other keys are public: tokens for them are signed by whoever holds the private key"
+                    : "--jwt-jwks \(path): several oct keys; choose one with --kid")
+            }
+            signingKid = JWKIdentifier(string: kid)
         }
         let roles = self.roles?.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let claims = SwitchboardClaims(sub: self.sub, exp: Date(timeIntervalSinceNow: lifetime), roles: roles?.isEmpty == false ? roles : nil)
-        print(try await keys.sign(claims, kid: signingKid))
+        print(try await verifier.keys.sign(claims, kid: signingKid))
     }
 
     /// `90`, `90s`, `15m`, `1h`, `7d` as seconds (more than 0, at most ten years).
@@ -63,29 +65,5 @@ struct Token: AsyncParsableCommand {
             throw ConfigError("--ttl must be a positive duration of at most ten years, like 90, 15m, 1h or 7d; got '\(text)'")
         }
         return value * unit
-    }
-
-    /// The shared secret of an `oct` key of the set (by `kid`, or the only one).
-    static func octKey(path: String, kid: String?) throws -> (Data, DigestAlgorithm, String) {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch { throw ConfigError("--jwt-jwks \(path): \(error.localizedDescription)") }
-        guard let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let entries = root["keys"] as? [[String: Any]] else {
-            throw ConfigError("--jwt-jwks \(path): not a JSON Web Key Set (an object with a \"keys\" array)")
-        }
-        let octs = entries.filter { $0["kty"] as? String == "oct" && (kid == nil || $0["kid"] as? String == kid) }
-        guard octs.count == 1, let entry = octs.first, let id = entry["kid"] as? String, let k = entry["k"] as? String,
-            let secret = Data(base64URL: k)
-        else {
-            throw ConfigError(octs.isEmpty
-                ? "--jwt-jwks \(path): no oct (HS256) key\(kid.map { " with kid \($0)" } ?? ""); other keys are public: tokens for them are signed by whoever holds the private key"
-                : "--jwt-jwks \(path): several oct keys; choose one with --kid")
-        }
-        let digest: DigestAlgorithm
-        switch entry["alg"] as? String ?? "HS256" {
-        case "HS384": digest = .sha384
-        case "HS512": digest = .sha512
-        default: digest = .sha256
-        }
-        return (secret, digest, id)
     }
 }

@@ -72,6 +72,17 @@ struct ClusterTests {
         }
     }
 
+    /// A redirect naming a slot or port out of range (a broken or hostile server) is refused,
+    /// not used as an index or an address.
+    @Test func redirectsOutOfRangeAreRefused() {
+        let node = RESPClusterClient.Node(host: "10.0.0.1", port: 7000)
+        #expect(RESPClusterClient.redirect("3999 127.0.0.1:7002", from: node).map { "\($0.0) \($0.1)" } == "3999 127.0.0.1:7002")
+        #expect(RESPClusterClient.redirect("3999 :7002", from: node)?.1 == RESPClusterClient.Node(host: "10.0.0.1", port: 7002))
+        for bad in ["16384 127.0.0.1:7002", "-1 127.0.0.1:7002", "99999999999999999999 h:1", "1 h:0", "1 h:65536", "1 h:-5", "1 h", "1"] {
+            #expect(RESPClusterClient.redirect(bad, from: node) == nil, "\(bad)")
+        }
+    }
+
     @Test func tryAgainDuringMigrationIsRetried() async throws {
         try await withRedisCluster { cluster in
             // Retries long enough to outlast a migration on a busy machine (about 10 s).

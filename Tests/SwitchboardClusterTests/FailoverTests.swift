@@ -152,6 +152,21 @@ struct FailoverTests {
         }
     }
 
+    /// Readiness on a cluster: a shard away leaves a node ready (above); no node of the
+    /// cluster answering makes it not-ready, and it is ready again once they are back.
+    @Test func aNodeThatReachesNoNodeOfItsClusterIsNotReady() async throws {
+        try await withRedisCluster(masters: 3) { cluster in
+            let seeds = "redis://" + cluster.seeds.map { "\($0.host):\($0.port)" }.joined(separator: ",")
+            let node = try await NodeProcess(id: "lonely", redis: seeds, cluster: true)
+            defer { node.kill() }
+            for server in cluster.servers { server.stop() }
+            #expect(try await eventually(timeout: .seconds(30)) { (try? await node.get("/health/ready"))?.status == 503 })
+            for server in cluster.servers { try await server.start() }
+            #expect(try await cluster.waitUntilOK())
+            #expect(try await eventually(timeout: .seconds(60)) { await node.isReady() })
+        }
+    }
+
     /// The chaos suite on a cluster: nodes SIGKILLed and restarted in turn, and the master of the
     /// stream's slot SIGKILLed mid-run (its replica takes over). Every subscriber gets every
     /// accepted message once, in order; or, where the failover lost writes the master had

@@ -234,6 +234,29 @@ struct RedisEngineTests {
         }
     }
 
+    /// A connected subscriber holds the history from its SUB until its UNSUB, however long the
+    /// stream stays quiet: its hold does not run out between two messages.
+    @Test(.timeLimit(.minutes(1)))
+    func aConnectedSubscribersHoldOutlastsAQuietStream() async throws {
+        try await withEngines({ $0.sessionTTL = 0.5; $0.historyAge = 0.5 }) { _, engines, _ in
+            let e = engines[0]
+            for session in ["a", "b"] {
+                try await e.saveSession(SessionRecord(id: session, user: session))
+                try await e.touchSession(session, user: session, connected: true)
+                try await e.ack(session: session, stream: "/quiet-hold", offset: 0)
+            }
+            // Quiet for longer than age and TTL (a finite hold of twice them would have ended).
+            try await Task.sleep(for: .milliseconds(1500))
+            for i in 1...3 { _ = try await e.publish("/quiet-hold", body: ByteBuffer(text: "\(i)"), idempotencyKey: nil) }
+            // A read them all and acks; B (connected, at 0) still has them to read.
+            try await e.ack(session: "a", stream: "/quiet-hold", offset: 3)
+            guard case .messages(let left, _) = try await e.read("/quiet-hold", after: 0, epoch: nil, limit: 100) else {
+                Issue.record("B's history was trimmed by A's ack: B's hold ran out while it was connected"); return
+            }
+            #expect(left.map(\.offset) == [1, 2, 3])
+        }
+    }
+
     /// `historySize` is exact on both engines, whatever `MAXLEN ~` leaves in the log.
     @Test(.timeLimit(.minutes(1)))
     func historySizeIsExactLikeTheMemoryEngine() async throws {

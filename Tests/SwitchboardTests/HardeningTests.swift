@@ -154,6 +154,47 @@ struct HardeningTests {
         }
     }
 
+    /// An upgrade to anything but a WebSocket (`Upgrade: h2c`, what `curl --http2` sends) is
+    /// served as the plain HTTP/1.1 request it also is, with the request timeout for its body
+    /// (not the handshake timeout).
+    @Test func aNonWebSocketUpgradeIsServedAsAPlainRequest() async throws {
+        try await TestApp.withNode({
+            $0.handshakeTimeout = 0.5
+            $0.requestTimeout = 10
+        }) { node in
+            let h2c = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+            let get = try await RawSocket.connect(port: node.port)
+            try await get.write(Array("GET /hello HTTP/1.1\r\nHost: x\r\n\(h2c)\r\n".utf8))
+            let hello = try await get.readHTTPReply()
+            #expect(hello.status == 200 && hello.body == "hello anonymous via http")
+
+            // Its body may arrive after the handshake timeout: only the request timeout applies.
+            let post = try await RawSocket.connect(port: node.port)
+            try await post.write(Array("POST /echo HTTP/1.1\r\nHost: x\r\n\(h2c)Content-Length: 3\r\n\r\n".utf8))
+            try await Task.sleep(for: .seconds(1.5))
+            try await post.write(Array("abc".utf8))
+            let echoed = try await post.readHTTPReply()
+            #expect(echoed.status == 200 && echoed.body == "abc", "\(echoed.status) \(echoed.body)")
+        }
+    }
+
+    /// A client that stops reading a response cannot hold the connection (and the task
+    /// writing it) forever: once the socket is full it gets the request timeout to make room.
+    @Test func aClientThatStopsReadingItsResponseIsClosed() async throws {
+        try await TestApp.withNode({
+            $0.requestTimeout = 0.5
+            $0.idleTimeout = 60
+        }) { node in
+            let socket = try await RawSocket.connect(port: node.port, receiveBuffer: 4096, autoRead: false)
+            try await socket.write(Array("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            try await Task.sleep(for: .seconds(3))
+            try await socket.setReading(true)
+            let received = try await socket.readUntilClosed(timeout: .seconds(20))
+            #expect(received.hasPrefix("HTTP/1.1 200"))
+            #expect(received.utf8.count < 16 * 1024 * 1024, "the whole response was written: the connection was held")
+        }
+    }
+
     @Test func connectionsInTheirHandshakeAreBounded() async throws {
         try await TestApp.withNode({ $0.maxHandshakes = 2 }) { node in
             let first = try await RawSocket.connect(port: node.port)

@@ -998,3 +998,171 @@ test('ids: a PUSH or SUB reply whose id is not a decimal 0…2^53−1 does not m
   ws.receive('PUSH200|/rooms/b|id=9007199254740992;e=E1;t=over00|x');
   assert.deepEqual(client.position('/rooms/b'), { last: max, epoch: 'E1', tag: 'topmax' });
 });
+
+// --- SUB refusals: a 4xx ends the subscription; 5xx and rate limiting are retried ---
+
+const subErrors = (events, stream) => events.filter(([n, e]) => n === 'error' && e.code === 'subscribe' && e.stream === stream).map(([, e]) => e);
+
+for (const [status, body] of [[400, '{"error":"bad_since"}'], [403, '{"error":"forbidden"}'], [404, 'no such room']]) {
+  test(`SUB${status} ends the subscription: one error, not sent again on a retry pass nor at the next HELLO`, (t) => {
+    const { client, WS, events, tick } = setup(t);
+    client.connect();
+    WS.last.hello();
+    const got = [];
+    const stop = client.subscribe('/rooms/a', (b, { offset }) => got.push(offset));
+    const [sub] = WS.last.take('SUB');
+    WS.last.receive(`SUB${status}|/rooms/a|r=${rOf(sub)}|${body}`);
+    const [err] = subErrors(events, '/rooms/a');
+    assert.equal(err.status, status);
+    assert.equal(err.body, body);
+    assert.equal(err.ended, true);
+    assert.equal(client.position('/rooms/a'), null, 'no longer tracked');
+    // Another stream's SUB503 starts the retry timer: only that stream goes again.
+    client.subscribe('/rooms/b', () => {});
+    const [subB] = WS.last.take('SUB');
+    WS.last.receive(`SUB503|/rooms/b|r=${rOf(subB)}|{"error":"subscribe_failed"}`);
+    assert.equal(subErrors(events, '/rooms/b')[0].ended, false);
+    tick(500);
+    assert.deepEqual(WS.last.take('SUB').map((f) => f.split('|')[1]), ['/rooms/b']);
+    // Reconnect: the HELLO resubscribes /rooms/b only.
+    WS.last.serverClose(4001);
+    tick(500);
+    WS.last.hello('sess1', { resumed: true });
+    assert.deepEqual(WS.last.take('SUB').map((f) => f.split('|')[1]), ['/rooms/b']);
+    tick(60000);
+    assert.deepEqual(WS.last.take('SUB'), []);
+    push(WS.last, 1);
+    assert.deepEqual(got, []);
+    assert.equal(subErrors(events, '/rooms/a').length, 1, 'reported once');
+    stop(); // the stale stop function sends nothing
+    assert.deepEqual(WS.last.take('UNSUB'), []);
+    // Subscribing again starts anew (live: the old position is forgotten).
+    client.subscribe('/rooms/a', () => {});
+    assert.match(WS.last.take('SUB')[0], /^SUB\|\/rooms\/a\|r=\d+\|$/);
+  });
+}
+
+test('a resubscription refused after a reconnect (SUB403) ends the subscription and drops its handlers', (t) => {
+  const { client, WS, events, tick } = setup(t, { storage: new MemoryStorage() });
+  client.connect();
+  WS.last.hello();
+  const { got } = subscribed(client, WS.last, 5);
+  push(WS.last, 6);
+  for (let i = 0; i < 2; i++) {
+    WS.last.serverClose(4001);
+    tick(500 * 2 ** i);
+    WS.last.hello('sess1', { resumed: true });
+    const subs = WS.last.take('SUB');
+    if (i === 0) {
+      assert.match(subs[0], /^SUB\|\/rooms\/a\|r=\d+;since=6;e=E1\|$/);
+      WS.last.receive(`SUB403|/rooms/a|r=${rOf(subs[0])}|{"error":"forbidden"}`);
+    } else {
+      assert.deepEqual(subs, [], 'not sent again at the next HELLO');
+    }
+  }
+  tick(60000);
+  assert.deepEqual(WS.last.take('SUB'), []);
+  assert.equal(subErrors(events, '/rooms/a').length, 1);
+  assert.equal(subErrors(events, '/rooms/a')[0].ended, true);
+  assert.equal(client.position('/rooms/a'), null);
+  assert.equal(client.unsubscribe('/rooms/a'), false, 'no handler left');
+  push(WS.last, 7);
+  assert.deepEqual(got.map(([, o]) => o), [6]);
+});
+
+test('a refused gap resubscription of a live stream ends it with UNSUB (the server still holds it)', (t) => {
+  const { client, WS, events } = setup(t);
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  const { got } = subscribed(client, ws, 5);
+  ws.take();
+  push(ws, 7); // 6 is missing
+  const [resub] = ws.take('SUB');
+  ws.receive(`SUB403|/rooms/a|r=${rOf(resub)}|{"error":"forbidden"}`);
+  assert.equal(ws.take('UNSUB').length, 1);
+  assert.equal(subErrors(events, '/rooms/a')[0].ended, true);
+  push(ws, 6);
+  assert.deepEqual(got, []);
+});
+
+test('SUB429 too_many_subscriptions is a refusal: the subscription ends and is not retried', (t) => {
+  const { client, WS, events, tick } = setup(t);
+  client.connect();
+  WS.last.hello();
+  client.subscribe('/rooms/a', () => {});
+  const [sub] = WS.last.take('SUB');
+  const body = '{"error":"too_many_subscriptions","reason":"at most 2 subscriptions per connection"}';
+  WS.last.receive(`SUB429|/rooms/a|r=${rOf(sub)}|${body}`);
+  const [err] = subErrors(events, '/rooms/a');
+  assert.equal(err.status, 429);
+  assert.equal(err.ended, true);
+  tick(60000);
+  assert.deepEqual(WS.last.take('SUB'), [], 'no retry');
+  WS.last.serverClose(4001);
+  tick(500);
+  WS.last.hello('sess1', { resumed: true });
+  assert.deepEqual(WS.last.take('SUB'), [], 'not at the HELLO either');
+  assert.equal(client.position('/rooms/a'), null);
+  assert.equal(subErrors(events, '/rooms/a').length, 1);
+});
+
+test('SUB429 too_many_requests and ERR429 rate_limited are temporary: retried with backoff, the subscription stays', (t) => {
+  const { client, WS, events, tick } = setup(t);
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  const got = [];
+  client.subscribe('/rooms/a', (b, { offset }) => got.push(offset));
+  const [sub] = ws.take('SUB');
+  ws.receive(`SUB429|/rooms/a|r=${rOf(sub)}|{"error":"too_many_requests","reason":"at most 64 requests in flight"}`);
+  tick(499);
+  assert.deepEqual(ws.take('SUB'), []);
+  tick(1);
+  const [retry] = ws.take('SUB');
+  assert.match(retry, /^SUB\|\/rooms\/a\|r=\d+\|$/);
+  ws.receive(`ERR429|/|r=${rOf(retry)}|{"error":"rate_limited","reason":"over 20 requests per second"}`);
+  tick(999);
+  assert.deepEqual(ws.take('SUB'), []);
+  tick(1);
+  const [again] = ws.take('SUB');
+  ws.receive(`SUB200|/rooms/a|r=${rOf(again)};id=0;e=E1|`);
+  push(ws, 1);
+  assert.deepEqual(got, [1]);
+  assert.deepEqual(subErrors(events, '/rooms/a').map((e) => [e.status, e.ended]), [[429, false], [429, false]]);
+});
+
+test('an error answer to a superseded SUB is ignored: the newer SUB decides', (t) => {
+  const { client, WS, events, tick } = setup(t);
+  client.connect();
+  const ws = WS.last;
+  ws.hello();
+  const got = [];
+  client.subscribe('/rooms/a', (b, { offset }) => got.push(offset));
+  const [first] = ws.take('SUB');
+  client.subscribe('/rooms/a', () => {}, { since: 3, epoch: 'E1' }); // repositions: a second SUB
+  const [second] = ws.take('SUB');
+  ws.receive(`ERR400|/|r=${rOf(first)}|{"error":"bad_frame"}`);
+  assert.deepEqual(subErrors(events, '/rooms/a'), []);
+  assert.deepEqual(client.position('/rooms/a'), { last: 3, epoch: 'E1', tag: null });
+  ws.receive(`SUB200|/rooms/a|r=${rOf(second)};id=3;e=E1;recovered=1|`);
+  push(ws, 4);
+  assert.deepEqual(got, [4]);
+  tick(60000);
+  assert.deepEqual(ws.take('SUB'), []);
+});
+
+test('a pending SUB retry ends with its connection: the HELLO resubscribes once', (t) => {
+  const { client, WS, tick } = setup(t);
+  client.connect();
+  WS.last.hello();
+  client.subscribe('/rooms/a', () => {});
+  const [sub] = WS.last.take('SUB');
+  WS.last.receive(`SUB503|/rooms/a|r=${rOf(sub)}|{"error":"subscribe_failed"}`);
+  WS.last.serverClose(4001);
+  tick(500); // the reconnect, and when the retry would have fired
+  WS.last.hello('sess1', { resumed: true });
+  assert.equal(WS.last.take('SUB').length, 1);
+  tick(60000);
+  assert.deepEqual(WS.last.take('SUB'), [], 'no stale retry');
+});

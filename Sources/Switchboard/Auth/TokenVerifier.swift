@@ -16,10 +16,13 @@ public struct TokenVerifier: Sendable {
     /// The key ids in `keys`. A token naming another kid is refused, instead of being tried
     /// against the collection's default key as jwt-kit would. Nil: any kid (or none).
     public let kids: Set<String>?
+    /// The kids of the set's shared-secret (oct) keys, with which `keys` can also sign.
+    public let secretKids: [String]
 
-    public init(keys: JWTKeyCollection, kids: Set<String>? = nil) {
+    public init(keys: JWTKeyCollection, kids: Set<String>? = nil, secretKids: [String] = []) {
         self.keys = keys
         self.kids = kids
+        self.secretKids = secretKids
     }
 
     /// A verifier for one shared HS256 secret (at least 32 bytes, as RFC 7518 §3.2 requires).
@@ -40,6 +43,7 @@ public struct TokenVerifier: Sendable {
         let keys = JWTKeyCollection()
         var others: [[String: Any]] = []
         var kids = Set<String>()
+        var secretKids: [String] = []
         for entry in entries {
             guard let kid = entry["kid"] as? String, !kid.isEmpty else { throw AuthError("every key of the set needs a \"kid\"") }
             guard kids.insert(kid).inserted else { throw AuthError("kid \(kid) appears twice in the key set") }
@@ -58,12 +62,13 @@ public struct TokenVerifier: Sendable {
             case let alg: throw AuthError("oct key with unsupported alg \(alg)")
             }
             await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: digest, kid: JWKIdentifier(string: kid))
+            secretKids.append(kid)
         }
         if !others.isEmpty {
             let rest = try JSONSerialization.data(withJSONObject: ["keys": others])
             try await keys.add(jwksJSON: String(decoding: rest, as: UTF8.self))
         }
-        return TokenVerifier(keys: keys, kids: kids)
+        return TokenVerifier(keys: keys, kids: kids, secretKids: secretKids)
     }
 
     public func verify(_ token: String) async throws(AuthError) -> Identity {

@@ -20,10 +20,22 @@ extension ConnectionHandler {
             self.prepareSubscription($0, since: resumed?[$0], epoch: nil, tag: nil, requestID: nil)
         }
         self.resumedCursors = nil
+        self.sessionMark = .setting
+        let loop = self.loopHub.loop
         // One task per connection, not one per step: the session is registered as this node's
         // first (so a message to it finds this node), then the built-in streams, in turn.
         Task {
             await opened()
+            let closed = (try? await loop.submit { () -> Bool in
+                if case .closed = self.state { return true }
+                self.sessionMark = .set
+                return false
+            }.get()) ?? true
+            if closed {
+                // Closed while the mark was being set: cleared here, after it was set.
+                await self.core.clearSessionMark(self.handle)
+                return
+            }
             for subscription in subscriptions { await self.run(subscription) }
         }
     }

@@ -49,6 +49,7 @@ extension ConnectionHandler {
                 try await self.replay(s.stream, generation: s.generation, after: since, epoch: s.epoch, tag: s.tag, requestID: s.requestID, reply: true)
             } else {
                 let position = try await core.engine.position(of: s.stream)
+                try await self.stillSubscribed(s.stream, generation: s.generation)
                 try await core.engine.ack(session: self.session, stream: s.stream, offset: position.top)
                 loop.execute { self.startedLive(s.stream, generation: s.generation, position: position, requestID: s.requestID) }
             }
@@ -86,6 +87,8 @@ extension ConnectionHandler {
             throw Superseded()
         case .wait(let future):
             try await future.get()
+            // The taker may have found the stream dropped meanwhile (and given the share back).
+            try await self.stillSubscribed(stream, generation: generation)
         case .take(let promise):
             let engine = self.core.engine
             do {
@@ -99,13 +102,21 @@ extension ConnectionHandler {
                 promise.fail(error)
                 throw error
             }
-            let kept = try await loop.submit { () -> Bool in
-                guard case .open = self.state, let index = self.streams.index(of: stream),
-                    case .taking(let f) = self.streams[at: index].engine, f === promise.futureResult
-                else { return false }
-                self.streams[at: index].engine = .held
-                return true
-            }.get()
+            let kept: Bool
+            do {
+                kept = try await loop.submit { () -> Bool in
+                    guard case .open = self.state, let index = self.streams.index(of: stream),
+                        case .taking(let f) = self.streams[at: index].engine, f === promise.futureResult
+                    else { return false }
+                    self.streams[at: index].engine = .held
+                    return true
+                }.get()
+            } catch {
+                // The loop is shutting down: nobody will give the share back but this task.
+                promise.fail(error)
+                await engine.unsubscribe(stream)
+                throw error
+            }
             promise.succeed(())
             if !kept {
                 // Unsubscribed or closed while the share was being taken: it goes back at once.
@@ -113,6 +124,17 @@ extension ConnectionHandler {
                 throw Superseded()
             }
         }
+    }
+
+    /// Throws `Superseded` unless the subscription of `generation` is still the connection's:
+    /// checked before a step records the session's position in the engine, so work left over
+    /// from a replaced or dropped subscription does not hold history for it.
+    private func stillSubscribed(_ stream: String, generation: UInt32) async throws {
+        let current = try await self.loopHub.loop.submit { () -> Bool in
+            guard case .open = self.state, let cursor = self.streams[stream] else { return false }
+            return cursor.generation == generation
+        }.get()
+        if !current { throw Superseded() }
     }
 
     /// Read history in batches and write it, pausing while the socket is full.
@@ -135,6 +157,7 @@ extension ConnectionHandler {
                 // read (no other session's acks trim it), never past the stream's top. An offset
                 // beyond the top in the same epoch is not recovered (SUB410), not refused: it is
                 // what a client sees after a failover lost writes it had received.
+                try await self.stillSubscribed(stream, generation: generation)
                 switch read {
                 case .gone(let position):
                     try await self.core.engine.ack(session: self.session, stream: stream, offset: position.top)

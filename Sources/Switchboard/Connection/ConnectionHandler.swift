@@ -56,6 +56,18 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     /// The last subscription generation handed out (one counter per connection, so a SUB after
     /// an UNSUB is never taken for an older one).
     var lastGeneration: UInt32 = 0
+    /// Where the session's "connected" mark in the engine stands: the connection that set it
+    /// clears it, after it was set, never before (or the session would never expire).
+    var sessionMark = SessionMark.none
+
+    enum SessionMark {
+        /// Never set (closed before it started).
+        case none
+        /// Being set by the start task, which clears it itself if the connection closed meanwhile.
+        case setting
+        /// Set: cleared when the connection closes.
+        case set
+    }
 
     init(core: GatewayCore, loopHub: LoopHub, session: String, identity: Identity?, resumedCursors: [String: Int64]?,
          previousNode: String? = nil, echo: Bool = false) {
@@ -140,7 +152,10 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         self.failWritabilityWaiters()
         // The handle may outlive the connection (routes, the server API): it must not keep it.
         self.handle.handler = nil
-        self.core.connectionClosed(self.handle, streams: streams, held: held)
+        // A mark still being set is cleared by the start task, once set (see `start`).
+        let clearMark: Bool
+        if case .set = self.sessionMark { clearMark = true } else { clearMark = false }
+        self.core.connectionClosed(self.handle, streams: streams, held: held, clearSessionMark: clearMark)
     }
 
     // MARK: inbound WebSocket frames
@@ -358,7 +373,7 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     /// answers or after the close timeout.
     func close(code: CloseCode, reason: String) {
         guard let channel = self.context?.channel, self.sendClose(code: code, reason: reason) != nil else { return }
-        channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(self.configuration.closeTimeout * 1e9))) {
+        channel.eventLoop.scheduleTask(in: .seconds(clamping: self.configuration.closeTimeout)) {
             channel.close(promise: nil)
         }
     }

@@ -1,4 +1,5 @@
 import NIOCore
+import SwitchboardWire
 
 /// One message of a stream, as the engine stores and delivers it.
 public struct StreamMessage: Sendable {
@@ -31,17 +32,7 @@ public struct StreamMessage: Sendable {
     }
 
     /// Six random characters.
-    public static func newTag() -> String {
-        var n = UInt64.random(in: 0..<2_176_782_336)  // 36^6
-        var out = ""
-        out.reserveCapacity(6)
-        let digits = Array("0123456789abcdefghijklmnopqrstuvwxyz".unicodeScalars)
-        for _ in 0..<6 {
-            out.unicodeScalars.append(digits[Int(n % 36)])
-            n /= 36
-        }
-        return out
-    }
+    public static func newTag() -> String { RandomID.make(length: 6) }
 }
 
 /// Where a stream stands: its epoch and the offset of its newest message (0 when empty).

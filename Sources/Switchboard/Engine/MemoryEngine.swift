@@ -146,6 +146,7 @@ public final class MemoryEngine: SwitchboardEngine {
 
     public func publish(_ stream: String, body: ByteBuffer, idempotencyKey: String?) async throws -> PublishResult {
         let now = NIODeadline.now()
+        let tag = StreamMessage.newTag()  // outside the lock
         return self.state.withLockedValue { state in
             let delivery = state.delivery
             // In place: a copy of the stream state would copy its whole history.
@@ -156,14 +157,13 @@ public final class MemoryEngine: SwitchboardEngine {
                     return result
                 }
                 s.top += 1
-                let tag = StreamMessage.newTag()
                 let previous = s.lastTag
                 s.lastTag = tag
                 s.log.append(Entry(offset: s.top, time: now, tag: tag, previousTag: previous, body: body))
                 self.trim(&s, now: now)
                 let result = PublishResult(offset: s.top, epoch: s.epoch, duplicate: false)
                 if let key = idempotencyKey {
-                    s.idempotency[key] = (result, now + .nanoseconds(Int64(self.configuration.idempotencyTTL * 1e9)))
+                    s.idempotency[key] = (result, now + .seconds(clamping: self.configuration.idempotencyTTL))
                 }
                 delivery?.deliver(StreamMessage(stream: stream, offset: s.top, epoch: s.epoch, tag: tag, previousTag: previous, body: body))
                 return result
@@ -230,7 +230,7 @@ public final class MemoryEngine: SwitchboardEngine {
                 existing.record = session
                 state.sessions[session.id] = existing
             } else {
-                let ttl = TimeAmount.nanoseconds(Int64(self.configuration.sessionTTL * 1e9))
+                let ttl = TimeAmount.seconds(clamping: self.configuration.sessionTTL)
                 state.sessions[session.id] = SessionState(record: session, connections: 0, expires: .now() + ttl)
             }
         }
@@ -246,7 +246,7 @@ public final class MemoryEngine: SwitchboardEngine {
     }
 
     public func touchSession(_ id: String, user: String?, connected: Bool) async throws {
-        let ttl = TimeAmount.nanoseconds(Int64(self.configuration.sessionTTL * 1e9))
+        let ttl = TimeAmount.seconds(clamping: self.configuration.sessionTTL)
         self.state.withLockedValue { state in
             guard var s = state.sessions[id] else { return }
             s.connections = max(0, s.connections + (connected ? 1 : -1))
@@ -343,7 +343,7 @@ public final class MemoryEngine: SwitchboardEngine {
         while s.log.count > self.configuration.historySize {
             s.log.removeFirst()
         }
-        let oldest = now - .nanoseconds(Int64(self.configuration.historyAge * 1e9))
+        let oldest = now - .seconds(clamping: self.configuration.historyAge)
         while let first = s.log.first, first.time < oldest {
             s.log.removeFirst()
         }
@@ -364,8 +364,5 @@ public final class MemoryEngine: SwitchboardEngine {
         }
     }
 
-    static func newEpoch() -> String {
-        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
-        return String((0..<8).map { _ in alphabet.randomElement()! })
-    }
+    static func newEpoch() -> String { RandomID.make(length: 8) }
 }

@@ -170,7 +170,7 @@ final class LoopHub: @unchecked Sendable {
     func watchExpiry(_ date: Date) {
         self.loop.preconditionInEventLoop()
         let now = NIODeadline.now()
-        let due = now + .nanoseconds(Identity(user: "", expiresAt: date).nanosecondsUntilExpiry(from: Date()))
+        let due = now + .seconds(clamping: date.timeIntervalSince(Date()))
         self.scheduleExpiryCheck(at: due, now: now)
     }
 
@@ -192,7 +192,7 @@ final class LoopHub: @unchecked Sendable {
             if let next = connection.closeIfExpired(at: date), next < (earliest ?? .distantFuture) { earliest = next }
         }
         if let earliest {
-            let due = now + .nanoseconds(Identity(user: "", expiresAt: earliest).nanosecondsUntilExpiry(from: date))
+            let due = now + .seconds(clamping: earliest.timeIntervalSince(date))
             self.scheduleExpiryCheck(at: due, now: now)
         }
     }

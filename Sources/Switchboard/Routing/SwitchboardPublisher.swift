@@ -75,10 +75,10 @@ public struct SwitchboardPublisher: Sendable {
         }
     }
 
-    /// The live nodes of the cluster.
     /// This node's id.
     public var nodeID: String { self.core.nodeID }
 
+    /// The live nodes of the cluster.
     public func nodes() async throws -> [NodeInfo] {
         try await self.core.engine.nodes()
     }

@@ -16,7 +16,13 @@ import Darwin
 enum ConnectionLimit {
     static func defaultMaximum() -> Int {
         var limit = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return 1 << 20 }
+        #if canImport(Glibc)
+        let resource = Int32(RLIMIT_NOFILE.rawValue)
+        #else
+        let resource = RLIMIT_NOFILE
+        #endif
+        // Unlimited (RLIM_INFINITY: UInt64.max on Linux, Int64.max on Darwin) or unknown.
+        guard getrlimit(resource, &limit) == 0, limit.rlim_cur < 1 << 40 else { return 1 << 20 }
         let files = Int(clamping: limit.rlim_cur)
         let reserve = min(1024, max(32, files / 10))
         return max(1, files - reserve)

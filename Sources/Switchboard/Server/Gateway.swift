@@ -76,7 +76,7 @@ public final class Gateway: Service, Sendable {
     public func run() async throws {
         let core = self.core
         try await core.engine.start(node: core.nodeID, delivery: core.hub)
-        let interval = TimeAmount.nanoseconds(Int64(core.configuration.pingInterval * 1e9))
+        let interval = TimeAmount.seconds(clamping: core.configuration.pingInterval)
         for hub in core.hub.loops {
             hub.loop.execute { hub.startPinging(every: interval) }
         }

@@ -41,7 +41,10 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             return channel.eventLoop.makeFailedFuture(OverCapacity())
         }
         let setup = channel.eventLoop.makeCompletedFuture { try self.configure(channel, logger: logger) }
-        setup.whenFailure { _ in self.core.connectionEnded() }
+        setup.whenFailure { _ in
+            self.core.connectionEnded()
+            channel.close(promise: nil)
+        }
         return setup
     }
 

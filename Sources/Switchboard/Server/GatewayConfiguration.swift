@@ -19,7 +19,7 @@ public struct GatewayConfiguration: Sendable {
     public var requestBurst: Double = 200
     /// 429 replies in a row after which the connection is closed with 4429.
     public var rateLimitStrikes: Int = 50
-    /// Subscriptions one connection may hold.
+    /// Subscriptions one connection may hold, besides its built-in streams (session, user, broadcast).
     public var maxSubscriptions: Int = 100
     /// Requests one connection may have in flight at once.
     public var maxInFlightRequests: Int = 64

@@ -53,9 +53,10 @@ extension GatewayCore {
         }
     }
 
-    /// A connection closed: its presence ends on every stream it had, and its shares of the
-    /// node-level subscriptions it `held` go back.
-    func connectionClosed(_ handle: ConnectionHandle, streams: [String], held: [String]) {
+    /// A connection closed: its presence ends on every stream it had, its shares of the
+    /// node-level subscriptions it `held` go back, and the session's "connected" mark is
+    /// cleared if this connection had set it (`clearSessionMark`).
+    func connectionClosed(_ handle: ConnectionHandle, streams: [String], held: [String], clearSessionMark: Bool) {
         self.hub.releaseSession(handle.session, by: handle)
         let engine = self.engine
         let member = PresenceMember(user: handle.user, session: handle.session, connection: "\(self.nodeID)/\(handle.id)")
@@ -63,7 +64,12 @@ extension GatewayCore {
         self.bookkeeping {
             for stream in held { await engine.unsubscribe(stream) }
             for stream in presence { await PresenceEvents.record(.leave, member, on: stream, engine: engine) }
-            try? await engine.touchSession(handle.session, user: handle.user, connected: false)
+            if clearSessionMark { try? await engine.touchSession(handle.session, user: handle.user, connected: false) }
         }
+    }
+
+    /// Clears the session's "connected" mark set by a connection that closed while setting it.
+    func clearSessionMark(_ handle: ConnectionHandle) async {
+        try? await self.engine.touchSession(handle.session, user: handle.user, connected: false)
     }
 }

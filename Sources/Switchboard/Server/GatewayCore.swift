@@ -154,10 +154,7 @@ final class GatewayCore: Sendable {
         }
     }
 
-    static func randomID(length: Int) -> String {
-        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
-        return String((0..<length).map { _ in alphabet.randomElement()! })
-    }
+    static func randomID(length: Int) -> String { RandomID.make(length: length) }
 
     /// Session ids are 15 characters so Swift stores them inline, without a heap allocation.
     static func newSessionID() -> String { randomID(length: 15) }

@@ -6,7 +6,8 @@ import NIOHTTP1
 ///
 /// - a new connection has `handshakeTimeout` to send its first request head and, for an
 ///   upgrade, to finish the handshake (silent sockets, slowloris);
-/// - a request's body must arrive within `requestTimeout` of its head (slow uploads);
+/// - a request's body must arrive within `requestTimeout` of its head (slow uploads), and a
+///   response the peer stops reading may wait that long for room (a client that never reads);
 /// - a kept-alive connection may wait `idleTimeout` for its next request;
 /// - at most `maxHandshakes` connections of the node may be in their handshake at once;
 /// - a request the decoder cannot parse gets 400 (431 when its head is too large) and the
@@ -38,7 +39,7 @@ final class HTTPConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// What a timer ran out on, for the log and `switchboard_connections_timed_out_total`.
     enum Phase: String, CaseIterable {
-        case handshake, request, idle
+        case handshake, request, response, idle
     }
 
     private let core: GatewayCore
@@ -74,10 +75,18 @@ final class HTTPConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var data = data
         switch Self.unwrapInboundIn(data) {
-        case .head(let head):
+        case .head(var head):
+            if !Self.asksForWebSocket(head), head.headers.contains(name: "upgrade") {
+                // An upgrade to anything else (`Upgrade: h2c`, what `curl --http2` sends) is
+                // served as the plain request it also is. Passed on as an upgrade request,
+                // NIO's upgrade handler finds no upgrader and drops the request head.
+                head.headers.remove(name: "upgrade")
+                data = Self.wrapInboundOut(.head(head))
+            }
             switch self.state {
-            case .handshake where head.headers.contains(name: "upgrade"):
+            case .handshake where Self.asksForWebSocket(head):
                 // The handshake timer keeps running while the node decides.
                 self.state = .upgrading
             case .handshake:
@@ -101,12 +110,38 @@ final class HTTPConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelRead(data)
     }
 
+    /// A response the peer does not read fills the socket: it gets `requestTimeout` to make room,
+    /// also once the whole response is queued (the idle wait starts when it has drained).
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        switch self.state {
+        case .answering, .idle:
+            if !context.channel.isWritable {
+                self.arm(.response, after: self.configuration.requestTimeout, context: context)
+            } else if case .idle = self.state {
+                self.arm(.idle, after: self.configuration.idleTimeout, context: context)
+            } else {
+                self.disarm()
+            }
+        case .handshake, .upgrading, .receiving, .closed:
+            break
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Only a WebSocket upgrade is one here (`Upgrade: h2c` and the like are plain requests).
+    static func asksForWebSocket(_ head: HTTPRequestHead) -> Bool {
+        head.headers[canonicalForm: "upgrade"].contains { $0.lowercased() == "websocket" }
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         if case .end = Self.unwrapOutboundIn(data) {
             switch self.state {
             case .answering:
                 self.state = .idle
-                self.arm(.idle, after: self.configuration.idleTimeout, context: context)
+                // A response still stuck in an unwritable socket keeps its response timer.
+                if context.channel.isWritable {
+                    self.arm(.idle, after: self.configuration.idleTimeout, context: context)
+                }
             case .upgrading:
                 // Answered without an upgrade (refused, or not a WebSocket upgrade).
                 self.endHandshake()
@@ -180,16 +215,5 @@ final class HTTPConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         self.disarm()
         self.endHandshake()
         self.state = .closed
-    }
-}
-
-extension TimeAmount {
-    /// `seconds` as a timer length: negative and NaN count as 0, anything past Int64's range
-    /// of nanoseconds (about 292 years) as that range's end. Configuration and tokens may hold
-    /// any number; a conversion must never trap.
-    static func seconds(clamping seconds: Double) -> TimeAmount {
-        guard seconds > 0 else { return .nanoseconds(0) }
-        let nanoseconds = seconds * 1e9
-        return .nanoseconds(nanoseconds < 9.2e18 ? Int64(nanoseconds) : Int64.max)
     }
 }
