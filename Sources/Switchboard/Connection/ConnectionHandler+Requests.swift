@@ -123,8 +123,9 @@ extension ConnectionHandler {
                 self.subscribe(stream, since: resumeAfter, epoch: epoch, tag: tag, requestID: requestID)
                 if subject == nil {
                     let member = self.presenceMember
-                    let engine = self.core.engine
-                    Task { await PresenceEvents.record(.join, member, on: stream, engine: engine) }
+                    let presenceStore = self.core.presenceStore
+                    let streamStore = self.core.streamStore
+                    Task { await PresenceEvents.record(.join, member, on: stream, presence: presenceStore, streams: streamStore) }
                 }
             }
         }

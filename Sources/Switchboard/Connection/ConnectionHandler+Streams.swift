@@ -28,12 +28,9 @@ extension ConnectionHandler {
         guard case .open = self.state else { return nil }
         self.lastGeneration &+= 1
         let generation = self.lastGeneration
-        var cursor = StreamCursor(
-            stream: stream, last: since ?? 0, epoch: epoch ?? "", lastTag: tag ?? "", mode: .catchingUp(buffer: [], overflowed: false),
-            generation: generation
+        self.streams[stream] = StreamCursor(
+            stream: stream, since: since, epoch: epoch, tag: tag, generation: generation, engine: self.streams[stream]?.engine ?? .none
         )
-        cursor.engine = self.streams[stream]?.engine ?? .none
-        self.streams[stream] = cursor
         self.loopHub.addSubscriber(stream, self)
         return PendingSubscription(stream: stream, generation: generation, since: since, epoch: epoch, tag: tag, requestID: requestID)
     }
@@ -46,11 +43,12 @@ extension ConnectionHandler {
         do {
             try await self.takeEngineShare(s.stream, generation: s.generation)
             if let since = s.since {
-                try await self.replay(s.stream, generation: s.generation, after: since, epoch: s.epoch, tag: s.tag, requestID: s.requestID, reply: true)
+                let from = StreamCursor.ReadPoint(offset: since, epoch: s.epoch, tag: s.tag)
+                try await self.replay(s.stream, generation: s.generation, from: from, requestID: s.requestID, first: true)
             } else {
-                let position = try await core.engine.position(of: s.stream)
+                let position = try await core.streamStore.position(of: s.stream)
                 try await self.stillSubscribed(s.stream, generation: s.generation)
-                try await core.engine.ack(session: self.session, stream: s.stream, offset: position.top)
+                try await core.streamStore.ack(session: self.session, stream: s.stream, offset: position.top)
                 loop.execute { self.startedLive(s.stream, generation: s.generation, position: position, requestID: s.requestID) }
             }
         } catch is Superseded {
@@ -90,7 +88,7 @@ extension ConnectionHandler {
             // The taker may have found the stream dropped meanwhile (and given the share back).
             try await self.stillSubscribed(stream, generation: generation)
         case .take(let promise):
-            let engine = self.core.engine
+            let engine = self.core.streamStore
             do {
                 try await engine.subscribe(stream)
             } catch {
@@ -137,21 +135,18 @@ extension ConnectionHandler {
         if !current { throw Superseded() }
     }
 
-    /// Read history in batches and write it, pausing while the socket is full.
-    private func replay(
-        _ stream: String, generation: UInt32, after: Int64, epoch: String?, tag: String? = nil, requestID: String?, reply: Bool
-    ) async throws {
+    /// Read history in batches and write it, pausing while the socket is full, until the cursor
+    /// goes live (or the subscription was replaced or dropped).
+    private func replay(_ stream: String, generation: UInt32, from: StreamCursor.ReadPoint, requestID: String?, first: Bool) async throws {
         let loop = self.loopHub.loop
         let limit = self.configuration.replayBatchSize
-        var after = after
-        var epoch = epoch
-        var tag = tag
-        var reply = reply
+        var point = from
+        var first = first
         while true {
             // Every read names the message it continues after: the history it reads must still
             // hold that one (or the history was rolled back since, and the reader is told).
-            let read = try await self.core.engine.read(stream, after: after, epoch: epoch, tag: tag, limit: limit)
-            if reply {
+            let read = try await self.core.streamStore.read(stream, after: point.offset, epoch: point.epoch, tag: point.tag, limit: limit)
+            if first {
                 // The subscription's first read: where the session now stands in the stream is
                 // recorded before anything is written, so it holds the history it is about to
                 // read (no other session's acks trim it), never past the stream's top. An offset
@@ -160,122 +155,76 @@ extension ConnectionHandler {
                 try await self.stillSubscribed(stream, generation: generation)
                 switch read {
                 case .gone(let position):
-                    try await self.core.engine.ack(session: self.session, stream: stream, offset: position.top)
+                    try await self.core.streamStore.ack(session: self.session, stream: stream, offset: position.top)
                 case .messages(_, let position):
-                    try await self.core.engine.ack(session: self.session, stream: stream, offset: min(after, position.top))
+                    try await self.core.streamStore.ack(session: self.session, stream: stream, offset: min(point.offset, position.top))
                 }
             }
-            let first = reply
-            let next: (offset: Int64, tag: String)? = try await loop.submit {
-                self.applyHistory(stream, generation: generation, read: read, limit: limit, requestID: requestID, reply: first)
+            let isFirst = first
+            let next = try await loop.submit { () -> StreamCursor.Next? in
+                guard case .open = self.state, let index = self.streams.index(of: stream),
+                    let actions = self.streams[at: index].historyRead(read, generation: generation, limit: limit, first: isFirst)
+                else { return nil }
+                self.perform(actions, on: stream, requestID: requestID)
+                return actions.next
             }.get()
-            reply = false
-            guard let next else { return }
-            if case .messages(_, let position) = read { epoch = position.epoch }
-            after = next.offset
-            tag = next.tag.isEmpty ? nil : next.tag
+            first = false
+            guard case .read(let after) = next else { return }
+            point = after
             try await loop.flatSubmit { self.waitUntilWritable() }.get()
         }
     }
 
-    /// Write one batch of history. Returns where to read after next (offset and the tag there),
-    /// or nil when the cursor went live (or the subscription was replaced or dropped).
-    private func applyHistory(
-        _ stream: String, generation: UInt32, read: HistoryRead, limit: Int, requestID: String?, reply: Bool
-    ) -> (offset: Int64, tag: String)? {
-        guard var cursor = self.streams[stream], cursor.generation == generation, case .open = self.state else { return nil }
-        switch read {
-        case .gone(let position):
-            // History does not cover the gap: say so explicitly, then continue from the top.
+    /// Writes what a step of catching up asks for: the SUB reply, history, the live messages
+    /// that waited.
+    private func perform(_ actions: StreamCursor.HistoryActions, on stream: String, requestID: String?) {
+        switch actions.reply {
+        case .recovered(let since, let position)?:
+            var meta = Self.subscriptionMeta(requestID: requestID, position: position, recovered: true)
+            meta[MetaKey.offset] = String(since)
+            self.writeFrame(method: .sub, status: 200, target: stream, meta: meta)
+            self.core.metrics.resumesRecovered.increment()
+        case .notRecovered(let since, let position)?:
             self.core.metrics.resumesNotRecovered.increment()
             self.writeFrame(
                 method: .sub, status: 410, target: stream,
                 meta: Self.subscriptionMeta(requestID: requestID, position: position, recovered: false),
                 body: JSONBody.error(
                     "history_gone",
-                    reason: "messages after offset \(cursor.last) are no longer retained, the stream's epoch changed, or its history was rolled back"
+                    reason: "messages after offset \(since) are no longer retained, the stream's epoch changed, or its history was rolled back"
                 )
             )
-            cursor.last = position.top
-            cursor.epoch = position.epoch
-            cursor.lastTag = ""
-            self.streams[stream] = cursor
-            return self.finishCatchUp(stream)
-        case .messages(let messages, let position):
-            if reply {
-                var meta = Self.subscriptionMeta(requestID: requestID, position: position, recovered: true)
-                meta[MetaKey.offset] = String(cursor.last)
-                self.writeFrame(method: .sub, status: 200, target: stream, meta: meta)
-                self.core.metrics.resumesRecovered.increment()
-            }
-            cursor.epoch = position.epoch
-            var written: Int64 = 0
-            // One read of one log: each message follows the one before (the first was checked by
-            // the read against the tag it was given).
-            for message in messages where message.offset == cursor.last + 1 {
-                self.writeRaw(Hub.pushFrame(message, allocator: self.core.allocator))
-                cursor.last = message.offset
-                cursor.lastTag = message.tag
-                written += 1
-            }
-            self.core.metrics.historyDeliveries.increment(by: written)
-            self.streams[stream] = cursor
-            if messages.count >= limit { return (cursor.last, cursor.lastTag) }
-            return self.finishCatchUp(stream)
+        case nil:
+            break
         }
+        for message in actions.history {
+            self.writeRaw(WebSocketFraming.push(message, allocator: self.core.allocator))
+        }
+        self.core.metrics.historyDeliveries.increment(by: Int64(actions.history.count))
+        for message in actions.waited {
+            self.writeRaw(WebSocketFraming.push(message, allocator: self.core.allocator))
+        }
+        self.loopHub.delivered += actions.waited.count
     }
 
     /// Subscribed from the top of the stream: nothing to replay.
     private func startedLive(_ stream: String, generation: UInt32, position: StreamPosition, requestID: String?) {
-        guard var cursor = self.streams[stream], cursor.generation == generation, case .open = self.state else { return }
-        cursor.last = position.top
-        cursor.epoch = position.epoch
-        cursor.lastTag = ""
-        self.streams[stream] = cursor
+        guard case .open = self.state, let index = self.streams.index(of: stream),
+            let actions = self.streams[at: index].startedLive(at: position, generation: generation)
+        else { return }
         self.writeFrame(method: .sub, status: 200, target: stream, meta: Self.subscriptionMeta(requestID: requestID, position: position, recovered: nil))
-        if let next = self.finishCatchUp(stream) {
-            self.startReplay(stream, after: next.offset)
-        }
+        self.perform(actions, on: stream, requestID: requestID)
+        if case .read(let point) = actions.next { self.startReplay(stream, from: point) }
     }
 
-    /// Write the live messages that waited during replay. Returns where to read next
-    /// if they left a gap (or overflowed), else switches the cursor to live.
-    private func finishCatchUp(_ stream: String) -> (offset: Int64, tag: String)? {
-        guard var cursor = self.streams[stream], case .catchingUp(let buffer, let overflowed) = cursor.mode else { return nil }
-        var gap = overflowed
-        for message in buffer where message.offset > cursor.last {
-            // A gap, another epoch, or a message that does not follow the last one written (the
-            // history was rolled back): read on from history, which tells which.
-            guard message.offset == cursor.last + 1, message.epoch == cursor.epoch, message.follows(cursor.lastTag) else {
-                gap = true
-                break
-            }
-            self.writeRaw(Hub.pushFrame(message, allocator: self.core.allocator))
-            self.loopHub.delivered += 1
-            cursor.last = message.offset
-            cursor.lastTag = message.tag
-        }
-        if gap {
-            cursor.mode = .catchingUp(buffer: [], overflowed: false)
-            self.streams[stream] = cursor
-            return (cursor.last, cursor.lastTag)
-        }
-        cursor.mode = .live
-        self.streams[stream] = cursor
-        return nil
-    }
-
-    /// A live message skipped ahead (a message was lost on the way), or did not follow the last
-    /// one written: read from history after the last one written, naming it.
-    private func startReplay(_ stream: String, after: Int64) {
+    /// The cursor asked for history (a gap, a broken chain, an overflow): read it in a task.
+    private func startReplay(_ stream: String, from point: StreamCursor.ReadPoint) {
         guard let cursor = self.streams[stream] else { return }
         let generation = cursor.generation
-        let epoch = cursor.epoch.isEmpty ? nil : cursor.epoch
-        let tag = cursor.lastTag.isEmpty ? nil : cursor.lastTag
         let loop = self.loopHub.loop
         Task {
             do {
-                try await self.replay(stream, generation: generation, after: after, epoch: epoch, tag: tag, requestID: nil, reply: false)
+                try await self.replay(stream, generation: generation, from: point, requestID: nil, first: false)
             } catch {
                 loop.execute { self.subscriptionFailed(stream, generation: generation, requestID: nil, error: error) }
             }
@@ -311,77 +260,49 @@ extension ConnectionHandler {
     }
 
     /// A live message from the hub (the frame is shared by every local subscriber).
-    /// Hot path: one hash lookup, then the cursor is mutated in place.
+    /// Hot path: one search of the connection's few streams, then the cursor decides in place.
     func deliverLive(_ message: StreamMessage, frame: ByteBuffer) {
         guard case .open = self.state else { return self.core.metrics.droppedClosing.increment() }
         guard let index = self.streams.index(of: message.stream) else { return }
-        switch self.streams[at: index].mode {
-        case .live:
-            if message.epoch != self.streams[at: index].epoch {
-                // The stream's history was lost and it restarted: tell the client, then follow the new epoch.
-                let position = StreamPosition(epoch: message.epoch, top: message.offset - 1)
-                self.writeFrame(
-                    method: .sub, status: 410, target: message.stream,
-                    meta: Self.subscriptionMeta(requestID: nil, position: position, recovered: false),
-                    body: JSONBody.error("epoch_changed", reason: "the stream's history was lost")
-                )
-                self.streams[at: index].epoch = message.epoch
-                self.streams[at: index].last = message.offset - 1
-                self.streams[at: index].lastTag = ""
-            }
-            let last = self.streams[at: index].last
-            if message.offset <= last { return }
-            // A gap (a message lost on the way), or the next offset naming another predecessor
-            // than the message written last (the history was rolled back and written again):
-            // read from history, which catches the gap up or says it cannot (SUB410).
-            if message.offset > last + 1 || !message.follows(self.streams[at: index].lastTag) {
-                self.streams[at: index].mode = .catchingUp(buffer: [message], overflowed: false)
-                self.startReplay(message.stream, after: last)
-                return
-            }
+        let decision = self.streams[at: index].live(message)
+        if let position = decision.epochChanged {
+            // The stream's history was lost and it restarted: tell the client, then follow the new epoch.
+            self.writeFrame(
+                method: .sub, status: 410, target: message.stream,
+                meta: Self.subscriptionMeta(requestID: nil, position: position, recovered: false),
+                body: JSONBody.error("epoch_changed", reason: "the stream's history was lost")
+            )
+        }
+        switch decision.action {
+        case .write:
             guard self.isWritable else {
                 self.core.metrics.droppedSlowConsumer.increment()
                 return self.close(code: .slowConsumer, reason: "outbound queue over \(self.configuration.maxQueueBytes) bytes; resume to continue")
             }
             self.writeRaw(frame)
             self.loopHub.delivered += 1
-            self.streams[at: index].last = message.offset
-            self.streams[at: index].lastTag = message.tag
-        case .catchingUp(var buffer, let overflowed):
-            if overflowed { return }
-            self.streams[at: index].mode = .live  // drop the array's second reference before appending
-            if buffer.count < StreamCursor.maxBuffered {
-                buffer.append(message)
-                self.streams[at: index].mode = .catchingUp(buffer: buffer, overflowed: false)
-            } else {
-                self.streams[at: index].mode = .catchingUp(buffer: [], overflowed: true)
-            }
+        case .read(let point):
+            self.startReplay(message.stream, from: point)
+        case .ignore, .buffered, .overflowed:
+            break
         }
     }
 
     /// The engine says live messages of `stream` up to `position` may have been lost on the
-    /// way (pub/sub was away): if this cursor is behind, read the gap from history. A changed
-    /// epoch is found by the read (`.gone`) and answered with SUB410.
+    /// way (pub/sub was away): the cursor decides whether to read the gap from history. A
+    /// changed epoch is found by the read (`.gone`) and answered with SUB410.
     func catchUp(_ stream: String, to position: StreamPosition) {
         guard case .open = self.state, let index = self.streams.index(of: stream) else { return }
-        guard case .live = self.streams[at: index].mode else {
-            // A replay is reading, perhaps already past its last read of what was missed: it reads
-            // once more before it goes live (the same as a live buffer that overflowed).
-            self.streams[at: index].mode = .catchingUp(buffer: [], overflowed: true)
-            return
+        if let point = self.streams[at: index].engineCaughtUp(to: position) {
+            self.startReplay(stream, from: point)
         }
-        let cursor = self.streams[at: index]
-        // Behind, another epoch, or a top below what was written here (a rollback): read.
-        guard position.epoch != cursor.epoch || position.top != cursor.last else { return }
-        self.streams[at: index].mode = .catchingUp(buffer: [], overflowed: false)
-        self.startReplay(stream, after: cursor.last)
     }
 
     /// A share held is given back now; one being taken is given back by its taker, which finds
     /// the stream gone.
     private func giveBackEngineShare(of cursor: StreamCursor) {
         guard case .held = cursor.engine else { return }
-        let engine = self.core.engine
+        let engine = self.core.streamStore
         let stream = cursor.stream
         self.core.bookkeeping { await engine.unsubscribe(stream) }
     }
@@ -390,13 +311,14 @@ extension ConnectionHandler {
         guard let cursor = self.streams.remove(stream) else { return }
         self.loopHub.removeSubscriber(stream, self)
         self.giveBackEngineShare(of: cursor)
-        let engine = self.core.engine
+        let streamStore = self.core.streamStore
+        let presenceStore = self.core.presenceStore
         let session = self.session
         let member = self.presenceMember
         let hasPresence = self.core.hasPresence(stream)
         self.core.bookkeeping {
-            try? await engine.release(session: session, stream: stream)
-            if hasPresence { await PresenceEvents.record(.leave, member, on: stream, engine: engine) }
+            try? await streamStore.release(session: session, stream: stream)
+            if hasPresence { await PresenceEvents.record(.leave, member, on: stream, presence: presenceStore, streams: streamStore) }
         }
     }
 
@@ -408,7 +330,7 @@ extension ConnectionHandler {
     /// Record an ACK; `requestID` gets ACK200 once the engine recorded it.
     func acknowledge(_ stream: String, offset: Int64, requestID: String?) -> Bool {
         guard let cursor = self.streams[stream] else { return false }
-        let engine = self.core.engine
+        let engine = self.core.streamStore
         let session = self.session
         let upTo = min(offset, cursor.last)
         let loop = self.loopHub.loop

@@ -1,41 +1,5 @@
 import NIOCore
 
-/// Where a connection stands in one stream it subscribes to.
-struct StreamCursor {
-    enum Mode {
-        /// Live messages are written as they come, in offset order.
-        case live
-        /// History is being replayed; live messages wait here (bounded) until it is done.
-        case catchingUp(buffer: [StreamMessage], overflowed: Bool)
-    }
-
-    /// This connection's share of the node-level subscription of the stream (the engine's live
-    /// channel): taken once per stream, kept across re-subscriptions, given back once.
-    enum EngineShare {
-        /// Not taken (yet, or taking it failed).
-        case none
-        /// Being taken: a later subscription of the stream waits for it before it reads.
-        case taking(EventLoopFuture<Void>)
-        /// Taken: given back when the stream is unsubscribed or the connection closes.
-        case held
-    }
-
-    let stream: String
-    /// Highest offset written to this connection.
-    var last: Int64
-    /// Empty until the stream's epoch is known.
-    var epoch: String
-    /// The tag of the message at `last` when it was a message (empty when `last` came from a
-    /// position): the next one written must follow it, or the history was rolled back.
-    var lastTag: String = ""
-    var mode: Mode
-    /// Unique per subscription of the connection, so work started for an older one stops.
-    var generation: UInt32
-    var engine: EngineShare = .none
-
-    static let maxBuffered = 1024
-}
-
 /// The streams of one connection. A connection has a handful, so a small array searched
 /// linearly costs less memory than a dictionary and no hashing on the delivery path.
 struct StreamCursors {

@@ -44,13 +44,14 @@ public enum PresenceEvents {
         return ByteBuffer(bytes: (try? encoder.encode(event)) ?? Data())
     }
 
-    /// Records a join (or leave) and, when it changed the presence, publishes the event.
-    static func record(_ kind: Kind, _ member: PresenceMember, on stream: String, engine: any SwitchboardEngine) async {
+    /// Records a join (or leave) in `presence` and, when it changed the presence, publishes the
+    /// event to the stream's presence stream in `streams`.
+    static func record(_ kind: Kind, _ member: PresenceMember, on stream: String, presence: any PresenceStore, streams: any StreamStore) async {
         do {
             let changed = kind == .join
-                ? try await engine.presenceJoin(stream, member: member)
-                : try await engine.presenceLeave(stream, member: member)
-            if changed { _ = try await engine.publish(self.stream(for: stream), body: self.body(kind, member), idempotencyKey: nil) }
+                ? try await presence.presenceJoin(stream, member: member)
+                : try await presence.presenceLeave(stream, member: member)
+            if changed { _ = try await streams.publish(self.stream(for: stream), body: self.body(kind, member), idempotencyKey: nil) }
         } catch {
             // Redis away: the member's entry expires with its node's heartbeat.
         }

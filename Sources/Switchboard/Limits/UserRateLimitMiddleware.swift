@@ -22,7 +22,7 @@ public struct UserRateLimitMiddleware<Context: SwitchboardRequestContextProtocol
         guard let user = context.identity?.user else { return try await next(request, context) }
         let allowed: Bool
         do {
-            allowed = try await context.switchboard.core.engine.takeToken("user:" + user, rate: self.rate, burst: self.burst)
+            allowed = try await context.switchboard.core.rateBuckets.takeToken("user:" + user, rate: self.rate, burst: self.burst)
         } catch {
             context.logger.debug("user rate limit not checked: engine unavailable", metadata: ["error": "\(error)"])
             allowed = true

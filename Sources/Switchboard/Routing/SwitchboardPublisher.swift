@@ -11,7 +11,7 @@ public struct SwitchboardPublisher: Sendable {
     @discardableResult
     public func publish(_ body: ByteBuffer, to stream: String, idempotencyKey: String? = nil) async throws -> PublishResult {
         try Self.validate(stream: stream)
-        let engine = self.core.engine
+        let engine = self.core.streamStore
         return try await self.core.metrics.timePublish { try await engine.publish(stream, body: body, idempotencyKey: idempotencyKey) }
     }
 
@@ -41,14 +41,14 @@ public struct SwitchboardPublisher: Sendable {
     /// Who subscribes to `stream` (through a route), across nodes.
     public func presence(of stream: String) async throws -> [PresenceMember] {
         try Self.validate(stream: stream)
-        return try await self.core.engine.presence(of: stream)
+        return try await self.core.presenceStore.presence(of: stream)
     }
 
     /// Messages of `stream` after `offset` (at most `limit`), or `.gone` when history no
     /// longer reaches back that far.
     public func history(of stream: String, after offset: Int64, limit: Int) async throws -> HistoryRead {
         try Self.validate(stream: stream)
-        return try await self.core.engine.read(stream, after: offset, epoch: nil, limit: limit)
+        return try await self.core.streamStore.read(stream, after: offset, epoch: nil, limit: limit)
     }
 
     /// Close the connection of `session`, on whichever node holds it. False when the session
@@ -59,9 +59,9 @@ public struct SwitchboardPublisher: Sendable {
             handle.close(code: code, reason: reason)
             return true
         }
-        guard let node = try await self.core.engine.loadSession(session)?.node else { return false }
+        guard let node = try await self.core.sessionStore.loadSession(session)?.node else { return false }
         do {
-            try await self.core.engine.send(.closeSession(session, code: code.rawValue, reason: reason), to: node)
+            try await self.core.nodeRegistry.send(.closeSession(session, code: code.rawValue, reason: reason), to: node)
             return true
         } catch EngineError.unknownNode {
             return false
@@ -70,8 +70,8 @@ public struct SwitchboardPublisher: Sendable {
 
     /// Close every connection of `user`, on every node.
     public func disconnect(user: String, code: CloseCode = .disconnected, reason: String = "disconnected by the server") async throws {
-        for node in try await self.core.engine.nodes() {
-            try? await self.core.engine.send(.closeUser(user, code: code.rawValue, reason: reason), to: node.id)
+        for node in try await self.core.nodeRegistry.nodes() {
+            try? await self.core.nodeRegistry.send(.closeUser(user, code: code.rawValue, reason: reason), to: node.id)
         }
     }
 
@@ -80,7 +80,7 @@ public struct SwitchboardPublisher: Sendable {
 
     /// The live nodes of the cluster.
     public func nodes() async throws -> [NodeInfo] {
-        try await self.core.engine.nodes()
+        try await self.core.nodeRegistry.nodes()
     }
 
     /// This node's live connections.

@@ -18,10 +18,15 @@ import ServiceLifecycle
 public final class Gateway: Service, Sendable {
     let core: GatewayCore
     let eventLoopGroup: any EventLoopGroup
-    private let port = NIOLockedValueBox<Int?>(nil)
-    private let portWaiters = NIOLockedValueBox<[CheckedContinuation<Int, Never>]>([])
+    private let listener = NIOLockedValueBox(Listener.starting(waiters: []))
     /// Seconds over which a draining node spreads its 4503 closes.
     public let drainWindow: Double
+
+    /// Whether the node listens yet: callers of `waitUntilListening()` wait until it does.
+    private enum Listener {
+        case starting(waiters: [CheckedContinuation<Int, Never>])
+        case listening(port: Int)
+    }
 
     public init<Context: SwitchboardRequestContextProtocol>(
         router: Router<Context>,
@@ -64,10 +69,15 @@ public final class Gateway: Service, Sendable {
     /// The port the node listens on, once it does (useful with port 0).
     public func waitUntilListening() async -> Int {
         await withCheckedContinuation { continuation in
-            let port: Int? = self.portWaiters.withLockedValue { waiters in
-                if let port = self.port.withLockedValue({ $0 }) { return port }
-                waiters.append(continuation)
-                return nil
+            let port: Int? = self.listener.withLockedValue { listener in
+                switch listener {
+                case .listening(let port):
+                    return port
+                case .starting(var waiters):
+                    waiters.append(continuation)
+                    listener = .starting(waiters: waiters)
+                    return nil
+                }
             }
             if let port { continuation.resume(returning: port) }
         }
@@ -119,13 +129,13 @@ public final class Gateway: Service, Sendable {
     }
 
     private func listening(on port: Int) {
-        let engine = self.core.engine
+        let engine = self.core.nodeRegistry
         let address = "\(self.core.configuration.host):\(port)"
         Task { await engine.announce(address: address) }
-        let waiters = self.portWaiters.withLockedValue { waiters in
-            self.port.withLockedValue { $0 = port }
-            defer { waiters.removeAll() }
-            return waiters
+        let waiters = self.listener.withLockedValue { listener in
+            defer { listener = .listening(port: port) }
+            if case .starting(let waiters) = listener { return waiters }
+            return []
         }
         for w in waiters { w.resume(returning: port) }
         self.core.logger.info("switchboard node \(self.core.nodeID) listening on \(self.core.configuration.host):\(port)")

@@ -41,14 +41,15 @@ extension GatewayCore {
         if let old = self.hub.claimSession(handle.session, by: handle), old.id != handle.id {
             old.close(code: .sessionTakenOver, reason: "session resumed by a newer connection")
         }
-        let engine = self.engine
+        let sessions = self.sessionStore
+        let nodes = self.nodeRegistry
         let takeOver = previousNode.flatMap { $0 == self.nodeID ? nil : $0 }
         return {
-            try? await engine.touchSession(handle.session, user: handle.user, connected: true)
+            try? await sessions.touchSession(handle.session, user: handle.user, connected: true)
             if let takeOver {
                 let message = ControlMessage.closeSession(
                     handle.session, code: CloseCode.sessionTakenOver.rawValue, reason: "session resumed by a newer connection")
-                try? await engine.send(message, to: takeOver)
+                try? await nodes.send(message, to: takeOver)
             }
         }
     }
@@ -58,18 +59,20 @@ extension GatewayCore {
     /// cleared if this connection had set it (`clearSessionMark`).
     func connectionClosed(_ handle: ConnectionHandle, streams: [String], held: [String], clearSessionMark: Bool) {
         self.hub.releaseSession(handle.session, by: handle)
-        let engine = self.engine
+        let streamStore = self.streamStore
+        let presenceStore = self.presenceStore
+        let sessions = self.sessionStore
         let member = PresenceMember(user: handle.user, session: handle.session, connection: "\(self.nodeID)/\(handle.id)")
         let presence = streams.filter { self.hasPresence($0) }
         self.bookkeeping {
-            for stream in held { await engine.unsubscribe(stream) }
-            for stream in presence { await PresenceEvents.record(.leave, member, on: stream, engine: engine) }
-            if clearSessionMark { try? await engine.touchSession(handle.session, user: handle.user, connected: false) }
+            for stream in held { await streamStore.unsubscribe(stream) }
+            for stream in presence { await PresenceEvents.record(.leave, member, on: stream, presence: presenceStore, streams: streamStore) }
+            if clearSessionMark { try? await sessions.touchSession(handle.session, user: handle.user, connected: false) }
         }
     }
 
     /// Clears the session's "connected" mark set by a connection that closed while setting it.
     func clearSessionMark(_ handle: ConnectionHandle) async {
-        try? await self.engine.touchSession(handle.session, user: handle.user, connected: false)
+        try? await self.sessionStore.touchSession(handle.session, user: handle.user, connected: false)
     }
 }

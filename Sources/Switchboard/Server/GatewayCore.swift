@@ -6,7 +6,14 @@ import SwitchboardWire
 /// What every connection of a node shares: configuration, engine, hub, router, keys.
 final class GatewayCore: Sendable {
     let configuration: GatewayConfiguration
+    /// The engine whole, for its lifecycle (start, health, shutdown); callers otherwise ask for
+    /// the role they use (below).
     let engine: any SwitchboardEngine
+    let streamStore: any StreamStore
+    let sessionStore: any SessionStore
+    let presenceStore: any PresenceStore
+    let nodeRegistry: any NodeRegistry
+    let rateBuckets: any RateBuckets
     let hub: Hub
     let responder: ErasedResponder
     let verifier: TokenVerifier?
@@ -45,6 +52,11 @@ final class GatewayCore: Sendable {
     ) {
         self.configuration = configuration
         self.engine = engine
+        self.streamStore = engine
+        self.sessionStore = engine
+        self.presenceStore = engine
+        self.nodeRegistry = engine
+        self.rateBuckets = engine
         self.hub = hub
         self.responder = responder
         self.verifier = verifier

@@ -119,7 +119,7 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
         let requested = QueryString.value(of: "sid", in: query) ?? head.headers["switchboard-session"].first
         var accepted = AcceptedUpgrade(identity: identity, session: GatewayCore.newSessionID(), resumedCursors: nil)
         do {
-            if let requested, let record = try await self.core.engine.loadSession(requested) {
+            if let requested, let record = try await self.core.sessionStore.loadSession(requested) {
                 if record.user == identity?.user {
                     accepted.session = record.id
                     accepted.resumedCursors = record.cursors
@@ -127,7 +127,7 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
                 }
             }
             if accepted.resumedCursors == nil {
-                try await self.core.engine.saveSession(SessionRecord(id: accepted.session, user: identity?.user))
+                try await self.core.sessionStore.saveSession(SessionRecord(id: accepted.session, user: identity?.user))
             }
         } catch {
             self.core.logger.warning("upgrade refused: session store unavailable", metadata: ["error": "\(error)"])
