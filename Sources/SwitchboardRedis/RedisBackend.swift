@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import RESP
 
@@ -120,7 +121,7 @@ final class ClusterBackend: RedisBackend {
     let sharded = true
     let events: AsyncStream<RESPClientEvent>
     private let continuation: AsyncStream<RESPClientEvent>.Continuation
-    private let state = Locked(State())
+    private let state = NIOLockedValueBox(State())
     private let logger: Logger
     private let reconnect: RESPReconnectPolicy
 
@@ -132,11 +133,11 @@ final class ClusterBackend: RedisBackend {
         (self.events, self.continuation) = AsyncStream<RESPClientEvent>.makeStream(bufferingPolicy: .bufferingNewest(64))
     }
 
-    var isConnected: Bool { self.state.withLock { $0.client != nil } }
+    var isConnected: Bool { self.state.withLockedValue { $0.client != nil } }
 
     /// PINGs every primary at once; true at the first answer.
     func anyNodeAnswers(within timeout: Duration) async -> Bool {
-        guard let client = self.state.withLock({ $0.client }) else { return false }
+        guard let client = self.state.withLockedValue({ $0.client }) else { return false }
         return await withTaskGroup(of: Bool.self) { group in
             for node in client.primaries {
                 group.addTask { (try? await client.connection(to: node).send(RESPCommand("PING"), timeout: timeout)) != nil }
@@ -150,7 +151,7 @@ final class ClusterBackend: RedisBackend {
     }
 
     func start() {
-        self.state.withLock { s in
+        self.state.withLockedValue { s in
             guard s.task == nil, !s.shutdown else { return }
             s.task = Task { await self.connectLoop() }
         }
@@ -165,7 +166,7 @@ final class ClusterBackend: RedisBackend {
             do {
                 let client = try await RESPClusterClient.connect(seeds: self.seeds, configuration: self.configuration, logger: self.logger)
                 let subscriber = RESPClusterSubscriber(cluster: client, retryPolicy: self.reconnect, logger: self.logger)
-                let installed = self.state.withLock { s -> Bool in
+                let installed = self.state.withLockedValue { s -> Bool in
                     guard !s.shutdown else { return false }
                     s.client = client
                     s.subscriber = subscriber
@@ -196,7 +197,7 @@ final class ClusterBackend: RedisBackend {
     }
 
     private func client() throws -> RESPClusterClient {
-        guard let client = self.state.withLock({ $0.client }) else { throw RESPError.notConnected }
+        guard let client = self.state.withLockedValue({ $0.client }) else { throw RESPError.notConnected }
         return client
     }
 
@@ -218,12 +219,12 @@ final class ClusterBackend: RedisBackend {
     }
 
     func subscribe(_ channel: String, handler: @escaping @Sendable (ByteBuffer) -> Void) async throws -> RESPSubscription {
-        guard let subscriber = self.state.withLock({ $0.subscriber }) else { throw RESPError.notConnected }
+        guard let subscriber = self.state.withLockedValue({ $0.subscriber }) else { throw RESPError.notConnected }
         return try await subscriber.subscribe([channel]) { message in handler(message.payload) }
     }
 
     func shutdown() async {
-        let (task, client, subscriber) = self.state.withLock { s in
+        let (task, client, subscriber) = self.state.withLockedValue { s in
             s.shutdown = true
             return (s.task, s.client, s.subscriber)
         }

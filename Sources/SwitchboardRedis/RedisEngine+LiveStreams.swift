@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import RESP
 import Switchboard
@@ -6,17 +7,7 @@ import SwitchboardWire
 
 /// Live delivery: a pub/sub channel per stream this node has subscribers of, and the checks
 /// that turn anything pub/sub lost into a catch-up from the log, and any rollback of the log
-/// into a new epoch.
-///
-/// **Rollbacks.** Redis replication is asynchronous: a master can acknowledge writes, die before
-/// its replica got them, and the promoted replica hands out the same offsets again (a single
-/// Redis with `appendfsync everysec` can do the same after a crash). Offsets only ever grow
-/// within an epoch, so a node that sees a stream's offsets go backwards in the same epoch, live
-/// (a message at or below one it already received) or in a position it reads (a top below one it
-/// saw), knows the history was rolled back. It starts a new epoch for the stream
-/// (`RedisScripts.newEpoch`), and its subscribers are told (SUB410), like everyone's after it.
-/// Clients that resume name the tag of their last message, so a rollback no node saw is caught
-/// by the read (`RedisScripts.read`).
+/// into a new epoch (`RedisEngine+Rollbacks.swift`).
 extension RedisEngine {
     public func subscribe(_ stream: String) async throws {
         // A session's own stream comes over the node's pattern subscription (single Redis).
@@ -29,7 +20,7 @@ extension RedisEngine {
         if self.configuration.clusterSeeds == nil {
             guard self.isAvailable else { throw EngineError.unavailable("Redis not connected") }
         }
-        let (generation, pending, fresh) = try self.state.withLock { s -> (UInt64, Task<RESPSubscription, any Error>?, Bool) in
+        let (generation, pending, fresh) = try self.state.withLockedValue { s -> (UInt64, Task<RESPSubscription, any Error>?, Bool) in
             if s.shutdown { throw EngineError.unavailable("engine shut down") }
             if var l = s.live[stream] {
                 l.refs += 1
@@ -49,19 +40,19 @@ extension RedisEngine {
         guard let pending else { return }
         do {
             let subscription = try await pending.value
-            self.state.withLock { s in
+            self.state.withLockedValue { s in
                 if s.live[stream]?.generation == generation { s.live[stream]?.channel = .subscribed(subscription) }
             }
         } catch {
             // The subscription failed for every caller waiting on it: forget it.
-            self.state.withLock { s in
+            self.state.withLockedValue { s in
                 if s.live[stream]?.generation == generation { s.live[stream] = nil }
             }
             throw Self.map(error)
         }
         // Where the stream stood once live messages flow: the checks measure from here.
         if fresh, let position = try? await self.position(of: stream) {
-            self.state.withLock { s in
+            self.state.withLockedValue { s in
                 guard s.live[stream]?.generation == generation, s.live[stream]?.lastOffset == nil else { return }
                 s.live[stream]?.lastOffset = position.top
                 s.live[stream]?.lastEpoch = position.epoch
@@ -86,7 +77,7 @@ extension RedisEngine {
 
     public func unsubscribe(_ stream: String) async {
         if self.isSharedSessionStream(stream) { return }
-        let channel = self.state.withLock { s -> LiveChannel? in
+        let channel = self.state.withLockedValue { s -> LiveChannel? in
             guard var l = s.live[stream] else { return nil }
             l.refs -= 1
             if l.refs > 0 {
@@ -117,7 +108,7 @@ extension RedisEngine {
             return
         }
         enum Outcome { case deliver(any EngineDelivery, verify: (Int64, String)?), rolledBack(seen: Int64), drop }
-        let outcome = self.state.withLock { s -> Outcome in
+        let outcome = self.state.withLockedValue { s -> Outcome in
             // A stale subscription (unsubscribed, being replaced) must not deliver twice.
             guard var l = s.live[stream], l.generation == generation, let delivery = s.delivery, !l.rollingBack else { return .drop }
             // Pub/sub delivers a stream's messages once, in offset order: one at or below a
@@ -166,7 +157,7 @@ extension RedisEngine {
     /// Records a publish by this node to `stream`: local traffic, which the live check watches
     /// for (a subscription that dies silently is found without reading anything).
     func published(_ stream: String, offset: Int64, epoch: String) {
-        self.state.withLock { s in
+        self.state.withLockedValue { s in
             guard var l = s.live[stream], l.lastEpoch == epoch || l.lastEpoch == nil else { return }
             l.published = max(l.published ?? 0, offset)
             l.activeUntil = .now + self.liveCheckWindow
@@ -195,57 +186,6 @@ extension RedisEngine {
         return StreamMessage(stream: stream, offset: offset, epoch: epoch, tag: tag, previousTag: previous, body: body)
     }
 
-    // MARK: rollbacks
-
-    /// Whether the message kept at `offset` of `stream` (in `epoch`) is not the one tagged
-    /// `tag` (nor followed by one naming it): the history there was written again.
-    func wasRewritten(_ stream: String, at offset: Int64, tag: String, epoch: String) async -> Bool {
-        guard case .gone(let p)? = try? await self.read(stream, after: offset, epoch: epoch, tag: tag, limit: 0) else { return false }
-        // Gone for another reason (trimmed, a new epoch) is not a rewrite of this epoch.
-        guard p.epoch == epoch, offset <= p.top else { return false }
-        if case .messages? = try? await self.read(stream, after: offset, epoch: epoch, tag: nil, limit: 0) { return true }
-        return false
-    }
-
-    /// `stream`'s history in `epoch` was rolled back: this node had seen offset `seen`, and the
-    /// stream is now at `now` in the same epoch. A new epoch starts (unless another node started
-    /// one already), and local subscribers catch up to it: they get SUB410.
-    func rolledBack(_ stream: String, epoch: String, seen: Int64, now: Int64) async {
-        self.logger.error("stream \(stream) was rolled back in epoch \(epoch): offset \(seen) was handed out, the stream is at \(now); starting a new epoch")
-        var reply: RESPValue?
-        for attempt in 0..<20 where reply == nil {
-            // Redis may be failing over right now: keep trying (live messages wait meanwhile).
-            if attempt > 0 { try? await Task.sleep(for: .milliseconds(250)) }
-            reply = try? await self.run(RedisScripts.newEpoch, keys: [self.keys(stream).meta], args: [.string(epoch), .string(Self.newEpoch())])
-        }
-        guard let a = reply?.array, a.count == 2, let e = a[0].string, let top = Self.offset(a[1]) else {
-            // No new epoch (Redis unreachable all along): live delivery resumes, and the
-            // subscribers read from the log, whose reads check their last message's tag.
-            self.state.withLock { s in
-                s.live[stream]?.rollingBack = false
-                s.live[stream]?.received = nil
-                s.live[stream]?.receivedTag = ""
-            }
-            if let position = try? await self.position(of: stream) { self.state.withLock { $0.delivery }?.catchUp(stream, to: position) }
-            return
-        }
-        let position = StreamPosition(epoch: e, top: top)
-        let delivery = self.state.withLock { s -> (any EngineDelivery)? in
-            guard var l = s.live[stream] else { return nil }
-            l.lastOffset = top
-            l.lastEpoch = e
-            l.received = nil
-            l.receivedTag = ""
-            l.rollingBack = false
-            l.published = nil
-            l.suspect = nil
-            s.live[stream] = l
-            return s.delivery
-        }
-        self.rollbacks.withLock { $0 += 1 }
-        delivery?.catchUp(stream, to: position)
-    }
-
     // MARK: catching up
 
     /// After an outage of the live channels: every subscribed stream whose position moved past
@@ -253,8 +193,8 @@ extension RedisEngine {
     /// dead channel delivers nothing, so only a read can tell). A top below what this node
     /// saw, in the same epoch, is a rollback. Returns the streams that were behind.
     func catchUpLiveStreams() async -> [String: StreamPosition] {
-        let known = self.state.withLock { s in s.live.mapValues { ($0.lastOffset, $0.lastEpoch) } }
-        let receivedTags = self.state.withLock { s in
+        let known = self.state.withLockedValue { s in s.live.mapValues { ($0.lastOffset, $0.lastEpoch) } }
+        let receivedTags = self.state.withLockedValue { s in
             s.live.compactMapValues { l in l.received.map { ($0, l.receivedTag) } }
         }
         guard !known.isEmpty else {
@@ -294,7 +234,7 @@ extension RedisEngine {
             lagging[stream] = nil
         }
         for (stream, epoch, seen, now) in rolledBack { await self.rolledBack(stream, epoch: epoch, seen: seen, now: now) }
-        let delivery = self.state.withLock { $0.delivery }
+        let delivery = self.state.withLockedValue { $0.delivery }
         for (stream, position) in lagging { delivery?.catchUp(stream, to: position) }
         if !lagging.isEmpty { self.logger.info("caught up \(lagging.count) live streams after an outage") }
         await self.catchUpSessionStreams()
@@ -320,7 +260,7 @@ extension RedisEngine {
     func checkLiveSubscriptions() async {
         await self.checkSessionChannel()
         let now = ContinuousClock.now
-        let (known, unheard) = self.state.withLock { s -> ([(String, Int64, String?, Int64?)], [String]) in
+        let (known, unheard) = self.state.withLockedValue { s -> ([(String, Int64, String?, Int64?)], [String]) in
             var unheard: [String] = []
             var active: [(String, Int64, String?, Int64?)] = []
             for (stream, l) in s.live {
@@ -346,7 +286,7 @@ extension RedisEngine {
         var dead: [String: StreamPosition] = [:]
         var rolledBack: [(String, String, Int64, Int64)] = []
         if !known.isEmpty, self.isAvailable, let positions = try? await self.tops(of: known.map(\.0)) {
-            self.state.withLock { s in
+            self.state.withLockedValue { s in
                 for (stream, offset, epoch, suspect) in known {
                     guard let p = positions[stream], s.live[stream] != nil else { continue }
                     if offset < 0 {
@@ -377,7 +317,7 @@ extension RedisEngine {
         guard !dead.isEmpty else { return }
         self.logger.warning("live subscriptions behind their stream: \(dead.keys.sorted()); resubscribing and catching up")
         for stream in dead.keys { await self.resubscribe(stream) }
-        let delivery = self.state.withLock { $0.delivery }
+        let delivery = self.state.withLockedValue { $0.delivery }
         for (stream, position) in dead { delivery?.catchUp(stream, to: position) }
     }
 
@@ -415,7 +355,7 @@ extension RedisEngine {
 
     /// Replaces the live subscription of `stream` with a new one (same local references).
     func resubscribe(_ stream: String) async {
-        let (task, generation) = self.state.withLock { s -> (Task<RESPSubscription, any Error>?, UInt64) in
+        let (task, generation) = self.state.withLockedValue { s -> (Task<RESPSubscription, any Error>?, UInt64) in
             guard var l = s.live[stream] else { return (nil, 0) }
             let generation = s.nextGeneration
             s.nextGeneration += 1
@@ -426,7 +366,7 @@ extension RedisEngine {
             return (task, generation)
         }
         if let task, let subscription = try? await task.value {
-            self.state.withLock { s in
+            self.state.withLockedValue { s in
                 if s.live[stream]?.generation == generation { s.live[stream]?.channel = .subscribed(subscription) }
             }
         }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import RESP
 import Switchboard
@@ -39,7 +40,7 @@ extension RedisEngine {
     /// one (calls during the same beat share it), so `start()` returns registered.
     func heartbeat() async {
         let beatHere: Bool = await withCheckedContinuation { waiter in
-            let now = self.state.withLock { s -> Bool in
+            let now = self.state.withLockedValue { s -> Bool in
                 switch s.heartbeat {
                 case .idle:
                     s.heartbeat = .beating(next: [])
@@ -56,7 +57,7 @@ extension RedisEngine {
         while true {
             await self.beatOnce()
             for waiter in served { waiter.resume(returning: false) }
-            served = self.state.withLock { s in
+            served = self.state.withLockedValue { s in
                 guard case .beating(let next) = s.heartbeat, !next.isEmpty else {
                     s.heartbeat = .idle
                     return []
@@ -69,7 +70,7 @@ extension RedisEngine {
     }
 
     private func beatOnce() async {
-        let pulse = self.state.withLock { s -> (node: String, address: String?, started: Double, connections: Int)? in
+        let pulse = self.state.withLockedValue { s -> (node: String, address: String?, started: Double, connections: Int)? in
             guard !s.node.isEmpty, !s.shutdown else { return nil }
             return (s.node, s.address, s.startedAt, s.sessions.count)
         }
@@ -96,7 +97,7 @@ extension RedisEngine {
             // Others' silence counts only if this node heard Redis all that time itself. A beat
             // that took longer than an interval (retried through a failover) was a gap in its
             // own hearing: it starts counting again.
-            let judge = self.state.withLock { s -> Bool in
+            let judge = self.state.withLockedValue { s -> Bool in
                 s.lastRoundTrip = roundTrip
                 guard let since = s.beatingSince, roundTrip <= interval else {
                     s.beatingSince = .now
@@ -117,13 +118,13 @@ extension RedisEngine {
                 self.logger.debug("not judging \(dead.count) silent nodes until this node has been connected for \(deadAfter)")
             }
         } catch {
-            self.state.withLock { $0.beatingSince = nil }
+            self.state.withLockedValue { $0.beatingSince = nil }
             self.logger.debug("heartbeat failed: \(error)")
         }
         // Members expire after `presenceTTL` without a refresh: three refreshes per TTL suffice,
         // whatever the heartbeat interval (each one is a command per stream with members).
         let every = Duration.milliseconds(Int((self.configuration.presenceTTL * 1000 / 3).rounded()))
-        let refresh = self.state.withLock { s -> Bool in
+        let refresh = self.state.withLockedValue { s -> Bool in
             guard s.lastPresenceRefresh.map({ ContinuousClock.now - $0 >= every }) ?? true else { return false }
             s.lastPresenceRefresh = .now
             return true
@@ -215,7 +216,7 @@ extension RedisEngine {
 
     public func send(_ message: ControlMessage, to node: String) async throws {
         if node == self.nodeID {
-            self.state.withLock { $0.delivery }?.control(message)
+            self.state.withLockedValue { $0.delivery }?.control(message)
             return
         }
         let payload = String(decoding: try JSONEncoder().encode(ControlEnvelope(message)), as: UTF8.self)
@@ -226,7 +227,7 @@ extension RedisEngine {
 
     /// Subscribes to this node's control channel (once; the backend restores it after outages).
     private func subscribeControl() {
-        let (node, start) = self.state.withLock { s -> (String, Bool) in
+        let (node, start) = self.state.withLockedValue { s -> (String, Bool) in
             guard s.control == nil, !s.node.isEmpty, !s.shutdown else { return (s.node, false) }
             return (s.node, true)
         }
@@ -238,15 +239,15 @@ extension RedisEngine {
                 guard let self, let envelope = try? JSONDecoder().decode(ControlEnvelope.self, from: Data(payload.readableBytesView)),
                     let message = envelope.message
                 else { return }
-                self.state.withLock { $0.delivery }?.control(message)
+                self.state.withLockedValue { $0.delivery }?.control(message)
             }
         }
-        self.state.withLock { $0.control = task }
+        self.state.withLockedValue { $0.control = task }
         Task { [weak self] in
             if case .failure(let error) = await task.result {
                 // Try again with the next heartbeat.
                 self?.logger.debug("control channel subscription failed: \(error)")
-                self?.state.withLock { $0.control = nil }
+                self?.state.withLockedValue { $0.control = nil }
             }
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import RESP
 import Switchboard
@@ -40,7 +41,7 @@ extension RedisEngine {
     /// Subscribes the node to every session stream (once; the backend restores it after outages).
     func subscribeSessionStreams() {
         guard self.sharesSessionChannels else { return }
-        let start = self.state.withLock { s -> Bool in
+        let start = self.state.withLockedValue { s -> Bool in
             guard s.sessionChannel == nil, !s.node.isEmpty, !s.shutdown else { return false }
             return true
         }
@@ -52,12 +53,12 @@ extension RedisEngine {
                 self?.receivedSessionMessage(channel: channel, payload: payload)
             }
         }
-        self.state.withLock { $0.sessionChannel = task }
+        self.state.withLockedValue { $0.sessionChannel = task }
         Task { [weak self] in
             if case .failure(let error) = await task.result {
                 // Tried again with the next heartbeat.
                 self?.logger.warning("session streams' subscription failed: \(error)")
-                self?.state.withLock { $0.sessionChannel = nil }
+                self?.state.withLockedValue { $0.sessionChannel = nil }
             }
         }
     }
@@ -69,39 +70,39 @@ extension RedisEngine {
         let stream = String(channel.dropFirst(base.count - 1).dropLast())
         if stream == self.canaryStream {
             let n = UInt64(String(buffer: payload)) ?? 0
-            self.state.withLock { $0.canaryHeard = max($0.canaryHeard, n) }
+            self.state.withLockedValue { $0.canaryHeard = max($0.canaryHeard, n) }
             return
         }
         // Only the sessions held here: the others are another node's.
-        guard self.state.withLock({ $0.sessions[String(stream.dropFirst(BuiltinStream.sessionPrefix.count))] != nil }) else { return }
+        guard self.state.withLockedValue({ $0.sessions[String(stream.dropFirst(BuiltinStream.sessionPrefix.count))] != nil }) else { return }
         guard let message = Self.decode(stream: stream, payload: payload) else {
             self.logger.warning("undecodable live message on \(stream)")
             return
         }
-        self.state.withLock { $0.delivery }?.deliver(message)
+        self.state.withLockedValue { $0.delivery }?.deliver(message)
     }
 
     /// One live-check round for the session streams: the canary sent last round must have come
     /// back; a new one goes out.
     func checkSessionChannel() async {
         guard self.sharesSessionChannels, self.isAvailable else { return }
-        let (sent, heard, subscribed) = self.state.withLock { ($0.canarySent, $0.canaryHeard, $0.sessionChannel != nil) }
+        let (sent, heard, subscribed) = self.state.withLockedValue { ($0.canarySent, $0.canaryHeard, $0.sessionChannel != nil) }
         guard subscribed else { return }
         if sent > heard {
             self.logger.warning("the session streams' subscription went silent; subscribing again and catching up")
-            let old = self.state.withLock { s -> Task<RESPSubscription, any Error>? in
+            let old = self.state.withLockedValue { s -> Task<RESPSubscription, any Error>? in
                 defer { s.sessionChannel = nil }
                 return s.sessionChannel
             }
             if let old, let subscription = try? await old.value { try? await subscription.unsubscribe() }
             self.subscribeSessionStreams()
-            if let task = self.state.withLock({ $0.sessionChannel }) { _ = try? await task.value }
+            if let task = self.state.withLockedValue({ $0.sessionChannel }) { _ = try? await task.value }
             await self.catchUpSessionStreams()
         }
-        let next = self.state.withLock { max($0.canarySent, $0.canaryHeard) + 1 }
+        let next = self.state.withLockedValue { max($0.canarySent, $0.canaryHeard) + 1 }
         // Counted as sent only once Redis took it: a canary lost with a connection is no alarm.
         if (try? await self.send(RESPCommand("PUBLISH", .string(self.keys(self.canaryStream).channel), .string(String(next))))) != nil {
-            self.state.withLock { $0.canarySent = max($0.canarySent, next) }
+            self.state.withLockedValue { $0.canarySent = max($0.canarySent, next) }
         }
     }
 
@@ -109,9 +110,9 @@ extension RedisEngine {
     /// already at a stream's position reads nothing).
     func catchUpSessionStreams() async {
         guard self.sharesSessionChannels else { return }
-        let streams = self.state.withLock { s in s.sessions.keys.map { BuiltinStream.session($0) } }
+        let streams = self.state.withLockedValue { s in s.sessions.keys.map { BuiltinStream.session($0) } }
         guard !streams.isEmpty else { return }
-        let delivery = self.state.withLock { $0.delivery }
+        let delivery = self.state.withLockedValue { $0.delivery }
         var start = 0
         while start < streams.count {
             let batch = Array(streams[start..<min(start + Self.liveCheckBatch, streams.count)])

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import RESP
 import Switchboard
@@ -31,10 +32,10 @@ public final class RedisEngine: SwitchboardEngine {
     let eventsContinuation: AsyncStream<RedisEngineEvent>.Continuation
     let logger: Logger
     let backend: any RedisBackend
-    let state = Locked(State())
+    let state = NIOLockedValueBox(State())
     /// Rollbacks of a stream's history this node detected (each started a new epoch).
-    let rollbacks = Locked(0)
-    public var rollbacksDetected: Int { self.rollbacks.withLock { $0 } }
+    let rollbacks = NIOLockedValueBox(0)
+    public var rollbacksDetected: Int { self.rollbacks.withLockedValue { $0 } }
 
     /// A stream's channel subscription: the task while SUBSCRIBE is on its way, then only the
     /// handle (a finished Task is kept whole, ~1.5 KiB: that would be per connection, for every
@@ -142,25 +143,25 @@ public final class RedisEngine: SwitchboardEngine {
     }
 
     /// True while Redis serves (caught up or not).
-    public var isAvailable: Bool { self.state.withLock { $0.availability != .unavailable } && self.backend.isConnected }
+    public var isAvailable: Bool { self.state.withLockedValue { $0.availability != .unavailable } && self.backend.isConnected }
 
     /// Streams with a live subscription on this node.
-    public var subscribedStreams: Set<String> { self.state.withLock { Set($0.live.keys) } }
+    public var subscribedStreams: Set<String> { self.state.withLockedValue { Set($0.live.keys) } }
 
     /// The last message delivered live for `stream` (nil if none or not subscribed).
     public func lastDelivered(_ stream: String) -> (offset: Int64, epoch: String)? {
-        self.state.withLock { s in
+        self.state.withLockedValue { s in
             guard let l = s.live[stream], let o = l.lastOffset, let e = l.lastEpoch else { return nil }
             return (o, e)
         }
     }
 
-    var nodeID: String { self.state.withLock { $0.node } }
+    var nodeID: String { self.state.withLockedValue { $0.node } }
 
     // MARK: lifecycle
 
     public func start(node: String, delivery: any EngineDelivery) async throws {
-        let first = self.state.withLock { s -> Bool in
+        let first = self.state.withLockedValue { s -> Bool in
             s.node = node
             s.delivery = delivery
             defer { s.started = true }
@@ -189,14 +190,14 @@ public final class RedisEngine: SwitchboardEngine {
                 await self.checkLiveSubscriptions()
             }
         }
-        self.state.withLock { $0.tasks += [watcher, heartbeat, liveCheck] }
+        self.state.withLockedValue { $0.tasks += [watcher, heartbeat, liveCheck] }
         if self.configuration.requireConnectionAtStart {
             do {
                 try await self.backend.waitUntilConnected(timeout: self.configuration.connectTimeout)
             } catch {
                 throw EngineError.unavailable("cannot reach Redis at \(self.configuration.redis.host):\(self.configuration.redis.port): \(error)")
             }
-            self.state.withLock { s in
+            self.state.withLockedValue { s in
                 if s.availability == .unavailable { s.availability = .available }
             }
             await self.register()
@@ -204,13 +205,13 @@ public final class RedisEngine: SwitchboardEngine {
     }
 
     public func announce(address: String) async {
-        self.state.withLock { $0.address = address }
+        self.state.withLockedValue { $0.address = address }
         await self.heartbeat()
     }
 
     public func shutdown() async {
         await self.deregister()
-        let (tasks, live, control, sessions) = self.state.withLock {
+        let (tasks, live, control, sessions) = self.state.withLockedValue {
             s -> ([Task<Void, Never>], [LiveStream], Task<RESPSubscription, any Error>?, Task<RESPSubscription, any Error>?) in
             s.shutdown = true
             let t = s.tasks, l = Array(s.live.values)
@@ -228,7 +229,7 @@ public final class RedisEngine: SwitchboardEngine {
     }
 
     public func health() async -> EngineHealth {
-        let (availability, lastRoundTrip, degraded) = self.state.withLock { ($0.availability, $0.lastRoundTrip, $0.degraded) }
+        let (availability, lastRoundTrip, degraded) = self.state.withLockedValue { ($0.availability, $0.lastRoundTrip, $0.degraded) }
         let target = self.configuration.clusterSeeds == nil
             ? "Redis \(self.configuration.redis.host):\(self.configuration.redis.port)"
             : "Redis Cluster (\(self.configuration.clusterSeeds!.count) seeds)"
@@ -253,7 +254,7 @@ public final class RedisEngine: SwitchboardEngine {
     private func handle(_ event: RESPClientEvent) async {
         switch event {
         case .connected:
-            self.state.withLock { s in
+            self.state.withLockedValue { s in
                 if s.availability == .unavailable { s.availability = .available }
             }
             await self.loadScripts()
@@ -263,11 +264,11 @@ public final class RedisEngine: SwitchboardEngine {
             // Operations on the failed slots fail on their own (503) until the replica takes over;
             // the node stays ready. Its live streams there are caught up when they are back.
             self.logger.warning("a Redis Cluster shard is unavailable")
-            self.state.withLock { $0.degraded = true }
+            self.state.withLockedValue { $0.degraded = true }
             self.eventsContinuation.yield(.disconnected)
         case .disconnected:
             self.logger.warning("Redis unavailable")
-            self.state.withLock { s in
+            self.state.withLockedValue { s in
                 s.availability = .unavailable
                 s.beatingSince = nil
             }
@@ -275,11 +276,11 @@ public final class RedisEngine: SwitchboardEngine {
         case .reconnected where self.configuration.clusterSeeds != nil:
             self.logger.info("Redis Cluster live channels are back; catching up their streams")
             let lagging = await self.catchUpLiveStreams()
-            self.state.withLock { $0.degraded = false }
+            self.state.withLockedValue { $0.degraded = false }
             self.eventsContinuation.yield(.reconnected(lagging: lagging))
         case .reconnected:
             self.logger.info("Redis available again; catching up live streams")
-            self.state.withLock { s in
+            self.state.withLockedValue { s in
                 s.availability = .catchingUp
                 s.beatingSince = nil
                 // A canary lost in the outage is no sign of a dead subscription: the catch-up
@@ -290,92 +291,8 @@ public final class RedisEngine: SwitchboardEngine {
             await self.loadScripts()
             await self.register()
             let lagging = await self.catchUpLiveStreams()
-            self.state.withLock { if $0.availability == .catchingUp { $0.availability = .available } }
+            self.state.withLockedValue { if $0.availability == .catchingUp { $0.availability = .available } }
             self.eventsContinuation.yield(.reconnected(lagging: lagging))
-        }
-    }
-
-    // MARK: keys
-
-    struct StreamKeys {
-        let meta: String, log: String, acks: String, holds: String, presence: String, channel: String
-        let base: String
-        func idempotency(_ key: String) -> String { base + ":idem:" + key }
-        var scriptKeys: [String] { [meta, log, acks, holds] }
-    }
-
-    /// `sb:{P}:…`: the hash tag keeps a stream's keys (and its sharded channel) in one slot.
-    func keys(_ stream: String) -> StreamKeys {
-        let base = "\(self.configuration.keyPrefix):{\(stream)}"
-        return StreamKeys(meta: base + ":meta", log: base + ":log", acks: base + ":acks", holds: base + ":holds",
-                          presence: base + ":presence", channel: base, base: base)
-    }
-
-    private var ms: (Double) -> Int { { Int(($0 * 1000).rounded()) } }
-    private var streamTTLms: Int { self.configuration.streamIdleTTL > 0 ? max(1, self.ms(self.configuration.streamIdleTTL)) : 0 }
-
-    // MARK: streams
-
-    public func publish(_ stream: String, body: ByteBuffer, idempotencyKey: String?) async throws -> PublishResult {
-        let k = self.keys(stream)
-        var keys = k.scriptKeys
-        if let idempotencyKey { keys.append(k.idempotency(idempotencyKey)) }
-        let c = self.configuration
-        let reply = try await self.run(RedisScripts.publish, keys: keys, args: [
-            .bytes(body), .string(Self.newEpoch()), .int(max(0, c.historySize)), .int(self.ms(c.historyAge)),
-            // Session streams share a pattern subscription on a single Redis: classic PUBLISH.
-            .int(max(1, self.ms(c.idempotencyTTL))), .string(k.channel), .int(self.backend.sharded && !self.isSharedSessionStream(stream) ? 1 : 0),
-            .int(c.approximateTrimming ? 1 : 0), .int(self.streamTTLms), .string(StreamMessage.newTag()),
-        ])
-        guard let a = reply.array, a.count == 4, let offset = Self.offset(a[0]), let epoch = a[1].string, let dup = a[2].int else {
-            throw EngineError.unavailable("unexpected publish reply: \(reply)")
-        }
-        self.published(stream, offset: offset, epoch: epoch)
-        return PublishResult(offset: offset, epoch: epoch, duplicate: dup == 1)
-    }
-
-    public func read(_ stream: String, after offset: Int64, epoch: String?, tag: String?, limit: Int) async throws -> HistoryRead {
-        let k = self.keys(stream)
-        let after = max(0, offset)
-        let reply = try await self.run(RedisScripts.read, keys: k.scriptKeys, args: [
-            .int(Int(after)), .string(Self.newEpoch()), .int(max(0, limit)), .int(self.ms(self.configuration.historyAge)),
-            .string(epoch ?? ""), .int(self.streamTTLms), .int(max(0, self.configuration.historySize)), .string(tag ?? ""),
-        ])
-        guard let a = reply.array, a.count >= 3, (a.count - 3) % 4 == 0, let e = a[0].string, let top = Self.offset(a[1]), let gone = a[2].int else {
-            throw EngineError.unavailable("unexpected read reply: \(reply)")
-        }
-        let position = StreamPosition(epoch: e, top: top)
-        if gone == 1 { return .gone(position) }
-        var messages: [StreamMessage] = []
-        messages.reserveCapacity((a.count - 3) / 4)
-        var i = 3
-        while i + 3 < a.count {
-            guard let o = Self.offset(a[i]), o > after, o <= top, let tag = a[i + 1].string, let previous = a[i + 2].string,
-                let body = a[i + 3].bytes
-            else {
-                throw EngineError.unavailable("unexpected read entry")
-            }
-            messages.append(StreamMessage(stream: stream, offset: o, epoch: e, tag: tag, previousTag: previous, body: body))
-            i += 4
-        }
-        return .messages(messages, position)
-    }
-
-    public func position(of stream: String) async throws -> StreamPosition {
-        switch try await self.read(stream, after: 0, epoch: nil, limit: 0) {
-        case .messages(_, let p), .gone(let p): return p
-        }
-    }
-
-    /// Positions of many streams, pipelined on the one connection.
-    public func positions(of streams: [String]) async throws -> [String: StreamPosition] {
-        try await withThrowingTaskGroup(of: (String, StreamPosition).self) { group in
-            for s in Set(streams) {
-                group.addTask { (s, try await self.position(of: s)) }
-            }
-            var out: [String: StreamPosition] = [:]
-            for try await (s, p) in group { out[s] = p }
-            return out
         }
     }
 
@@ -430,17 +347,4 @@ public final class RedisEngine: SwitchboardEngine {
     }
 
     static func newEpoch() -> String { RandomID.make(length: 8) }
-}
-
-/// Lock-protected value (NSLock; `Mutex` needs macOS 15).
-final class Locked<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value
-    init(_ value: Value) { self.value = value }
-    @discardableResult
-    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
-        self.lock.lock()
-        defer { self.lock.unlock() }
-        return try body(&self.value)
-    }
 }

@@ -81,35 +81,35 @@ struct Serve: AsyncParsableCommand {
 
     /// Resolves and validates every option; each error names the option and the bad value.
     func settings(environment: Environment = Environment()) throws -> Settings {
-        let env = environment
-        let path = self.config ?? env["CONFIG"]
+        let path = self.config ?? environment["CONFIG"]
         let file = try path.map { try ConfigFile(path: $0, keys: Self.fileKeys) } ?? .empty
+        // Each option by its long name: flag, else SWITCHBOARD_<NAME>, else the file's key.
+        let o = OptionLayers(environment: environment, file: file, keys: Self.fileKeys)
         var s = Settings()
         var g = s.gateway
-        g.host = self.host ?? env["HOST"] ?? file.string("host") ?? g.host
-        g.port = try self.port ?? env.int("PORT") ?? file.int("port") ?? g.port
-        g.webSocketPath = self.wsPath ?? env["WS_PATH"] ?? file.string("ws-path") ?? g.webSocketPath
-        let anonymous = try env.bool("ALLOW_ANONYMOUS") ?? file.bool("allow-anonymous") ?? false
-        g.allowAnonymous = self.allowAnonymous || anonymous
-        g.nodeID = self.nodeID ?? env["NODE_ID"] ?? file.string("node-id")
-        g.maxQueueBytes = try self.maxQueueBytes ?? env.int("MAX_QUEUE_BYTES") ?? file.int("max-queue-bytes") ?? g.maxQueueBytes
-        g.maxMessageSize = try self.maxMessageSize ?? env.int("MAX_MESSAGE_SIZE") ?? file.int("max-message-size") ?? g.maxMessageSize
-        g.pingInterval = try self.pingInterval ?? env.double("PING_INTERVAL") ?? file.double("ping-interval") ?? g.pingInterval
-        g.requestRate = try self.requestRate ?? env.double("REQUEST_RATE") ?? file.double("request-rate") ?? g.requestRate
-        g.requestBurst = try self.requestBurst ?? env.double("REQUEST_BURST") ?? file.double("request-burst") ?? g.requestBurst
-        g.maxSubscriptions = try self.maxSubscriptions ?? env.int("MAX_SUBSCRIPTIONS") ?? file.int("max-subscriptions") ?? g.maxSubscriptions
-        g.maxInFlightRequests = try self.maxInFlight ?? env.int("MAX_IN_FLIGHT") ?? file.int("max-in-flight") ?? g.maxInFlightRequests
-        g.connectionRate = try self.connectionRate ?? env.double("CONNECTION_RATE") ?? file.double("connection-rate")
-        g.connectionBurst = try self.connectionBurst ?? env.double("CONNECTION_BURST") ?? file.double("connection-burst")
-        g.maxConnectionsPerUser = try self.maxConnectionsPerUser ?? env.int("MAX_CONNECTIONS_PER_USER") ?? file.int("max-connections-per-user")
-        g.echoPath = self.echoPath ?? env["ECHO_PATH"] ?? file.string("echo-path")
-        g.allowedOrigins = Self.list(self.allowedOrigins, env["ALLOWED_ORIGINS"], file.strings("allowed-origins"))
+        g.host = o.string(self.host, "host") ?? g.host
+        g.port = try o.int(self.port, "port") ?? g.port
+        g.webSocketPath = o.string(self.wsPath, "ws-path") ?? g.webSocketPath
+        g.allowAnonymous = try o.bool(self.allowAnonymous, "allow-anonymous")
+        g.nodeID = o.string(self.nodeID, "node-id")
+        g.maxQueueBytes = try o.int(self.maxQueueBytes, "max-queue-bytes") ?? g.maxQueueBytes
+        g.maxMessageSize = try o.int(self.maxMessageSize, "max-message-size") ?? g.maxMessageSize
+        g.pingInterval = try o.double(self.pingInterval, "ping-interval") ?? g.pingInterval
+        g.requestRate = try o.double(self.requestRate, "request-rate") ?? g.requestRate
+        g.requestBurst = try o.double(self.requestBurst, "request-burst") ?? g.requestBurst
+        g.maxSubscriptions = try o.int(self.maxSubscriptions, "max-subscriptions") ?? g.maxSubscriptions
+        g.maxInFlightRequests = try o.int(self.maxInFlight, "max-in-flight") ?? g.maxInFlightRequests
+        g.connectionRate = try o.double(self.connectionRate, "connection-rate")
+        g.connectionBurst = try o.double(self.connectionBurst, "connection-burst")
+        g.maxConnectionsPerUser = try o.int(self.maxConnectionsPerUser, "max-connections-per-user")
+        g.echoPath = o.string(self.echoPath, "echo-path")
+        g.allowedOrigins = o.list(self.allowedOrigins, "allowed-origins")
 
-        g.handshakeTimeout = try self.handshakeTimeout ?? env.double("HANDSHAKE_TIMEOUT") ?? file.double("handshake-timeout") ?? g.handshakeTimeout
-        g.requestTimeout = try self.requestTimeout ?? env.double("REQUEST_TIMEOUT") ?? file.double("request-timeout") ?? g.requestTimeout
-        g.idleTimeout = try self.idleTimeout ?? env.double("IDLE_TIMEOUT") ?? file.double("idle-timeout") ?? g.idleTimeout
-        g.maxHandshakes = try self.maxHandshakes ?? env.int("MAX_HANDSHAKES") ?? file.int("max-handshakes") ?? g.maxHandshakes
-        g.maxConnections = try self.maxConnections ?? env.int("MAX_CONNECTIONS") ?? file.int("max-connections")
+        g.handshakeTimeout = try o.double(self.handshakeTimeout, "handshake-timeout") ?? g.handshakeTimeout
+        g.requestTimeout = try o.double(self.requestTimeout, "request-timeout") ?? g.requestTimeout
+        g.idleTimeout = try o.double(self.idleTimeout, "idle-timeout") ?? g.idleTimeout
+        g.maxHandshakes = try o.int(self.maxHandshakes, "max-handshakes") ?? g.maxHandshakes
+        g.maxConnections = try o.int(self.maxConnections, "max-connections")
 
         guard (0...65535).contains(g.port) else { throw ConfigError("--port must be 0-65535, got \(g.port)") }
         guard g.webSocketPath.hasPrefix("/") else { throw ConfigError("--ws-path must start with '/', got '\(g.webSocketPath)'") }
@@ -137,40 +137,32 @@ struct Serve: AsyncParsableCommand {
         s.gateway = g
 
         var m = s.memory
-        m.historySize = try self.historySize ?? env.int("HISTORY_SIZE") ?? file.int("history-size") ?? m.historySize
-        m.historyAge = try self.historyAge ?? env.double("HISTORY_AGE") ?? file.double("history-age") ?? m.historyAge
-        m.sessionTTL = try self.sessionTTL ?? env.double("SESSION_TTL") ?? file.double("session-ttl") ?? m.sessionTTL
+        m.historySize = try o.int(self.historySize, "history-size") ?? m.historySize
+        m.historyAge = try o.double(self.historyAge, "history-age") ?? m.historyAge
+        m.sessionTTL = try o.double(self.sessionTTL, "session-ttl") ?? m.sessionTTL
         try Bounds.integer("--history-size", m.historySize, 1...100_000_000)
         try Bounds.number("--history-age", m.historyAge, above: 0, max: 100 * Bounds.year)
         try Bounds.number("--session-ttl", m.sessionTTL, above: 0, max: Bounds.year)
         s.memory = m
 
-        s.jwtJWKS = self.jwtJWKS ?? env["JWT_JWKS"] ?? file.string("jwt-jwks")
-        s.jwtSecret = self.jwtSecret ?? env["JWT_SECRET"] ?? file.string("jwt-secret")
-        s.apiKeys = Set(Self.list(self.apiKeys, env["API_KEYS"], file.strings("api-keys")))
+        s.jwtJWKS = o.string(self.jwtJWKS, "jwt-jwks")
+        s.jwtSecret = o.string(self.jwtSecret, "jwt-secret")
+        s.apiKeys = Set(o.list(self.apiKeys, "api-keys"))
         guard !s.apiKeys.contains("") else { throw ConfigError("--api-key must not be empty") }
-        s.redis = self.redis ?? env["REDIS"] ?? file.string("redis")
-        let cluster = try env.bool("REDIS_CLUSTER") ?? file.bool("redis-cluster") ?? false
-        s.redisCluster = self.redisCluster || cluster
-        s.userRequestRate = try self.userRequestRate ?? env.double("USER_REQUEST_RATE") ?? file.double("user-request-rate")
-        s.userRequestBurst = try self.userRequestBurst ?? env.double("USER_REQUEST_BURST") ?? file.double("user-request-burst")
+        s.redis = o.string(self.redis, "redis")
+        s.redisCluster = try o.bool(self.redisCluster, "redis-cluster")
+        s.userRequestRate = try o.double(self.userRequestRate, "user-request-rate")
+        s.userRequestBurst = try o.double(self.userRequestBurst, "user-request-burst")
         if let rate = s.userRequestRate { try Bounds.number("--user-request-rate", rate, above: 0, max: 1e9) }
         if let burst = s.userRequestBurst { try Bounds.number("--user-request-burst", burst, atLeast: 1, max: 1e9) }
-        s.drainWindow = try self.drainWindow ?? env.double("DRAIN_WINDOW") ?? file.double("drain-window") ?? s.drainWindow
+        s.drainWindow = try o.double(self.drainWindow, "drain-window") ?? s.drainWindow
         try Bounds.number("--drain-window", s.drainWindow, atLeast: 0, max: Bounds.day)
-        let level = self.logLevel ?? env["LOG_LEVEL"] ?? file.string("log-level") ?? "info"
+        let level = o.string(self.logLevel, "log-level") ?? "info"
         guard let parsed = Logger.Level(rawValue: level) else {
             throw ConfigError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(level)'")
         }
         s.logLevel = parsed
         return s
-    }
-
-    /// A repeatable option: flags if given, else the comma-separated variable, else the file.
-    private static func list(_ flags: [String], _ env: String?, _ file: [String]?) -> [String] {
-        if !flags.isEmpty { return flags }
-        if let env { return env.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
-        return file ?? []
     }
 
     /// What `serve` starts with and `config check` validates: the settings, the token verifier

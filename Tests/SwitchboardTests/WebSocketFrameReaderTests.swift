@@ -1,4 +1,5 @@
 import NIOCore
+import NIOWebSocket
 import Testing
 
 @testable import Switchboard
@@ -28,7 +29,7 @@ struct WebSocketFrameReaderTests {
         var frames: [(UInt8, Bool, [UInt8])] = []
         for chunk in chunks {
             try reader.read(ByteBuffer(bytes: chunk), allocator: ByteBufferAllocator()) { frame in
-                frames.append((frame.opcode, frame.fin, Array(frame.payload.readableBytesView)))
+                frames.append((UInt8(webSocketOpcode: frame.opcode), frame.fin, Array(frame.payload.readableBytesView)))
                 return true
             }
         }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOWebSocket
 import SwitchboardWire
 
 /// One WebSocket connection, living as a channel handler on its event loop: no task
@@ -20,7 +21,7 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     /// A message split over several frames, while it is being reassembled.
     struct Fragments {
-        var opcode: UInt8
+        var opcode: WebSocketOpcode
         var data: ByteBuffer
     }
 
@@ -35,13 +36,13 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     var state: State = .open
     var context: ChannelHandlerContext?
     private var reader: WebSocketFrameReader
-    private var fragments: Fragments?
+    var fragments: Fragments?
     /// Subscribed streams and where this connection stands in each.
     var streams = StreamCursors()
-    private var needsFlush = false
+    var needsFlush = false
     /// The channel's writability, kept from its events so the delivery path needs no lookup.
-    private(set) var isWritable = true
-    private var pingOutstanding = false
+    var isWritable = true
+    var pingOutstanding = false
     private var strikes = 0
     var inFlight = 0
     private var bucket: TokenBucket
@@ -180,11 +181,11 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     private func frameReceived(_ frame: WebSocketFrameReader.Frame, context: ChannelHandlerContext) {
         guard case .open = self.state else {
             // Closing: only the peer's close frame matters now.
-            if frame.opcode == WebSocketFrameReader.close { context.close(promise: nil) }
+            if frame.opcode == .connectionClose { context.close(promise: nil) }
             return
         }
         switch frame.opcode {
-        case WebSocketFrameReader.text, WebSocketFrameReader.binary:
+        case .text, .binary:
             guard self.fragments == nil else {
                 return self.close(code: .protocolError, reason: "new message before the previous one finished")
             }
@@ -193,7 +194,7 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             } else {
                 self.fragments = Fragments(opcode: frame.opcode, data: frame.payload)
             }
-        case WebSocketFrameReader.continuation:
+        case .continuation:
             guard var fragments = self.fragments else {
                 return self.close(code: .protocolError, reason: "continuation frame without a message")
             }
@@ -208,9 +209,9 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             } else {
                 self.fragments = fragments
             }
-        case WebSocketFrameReader.ping:
-            self.writeRaw(WebSocketFraming.control(opcode: WebSocketFraming.pongOpcode, payload: frame.payload, allocator: context.channel.allocator))
-        case WebSocketFrameReader.pong:
+        case .ping:
+            self.writeRaw(WebSocketFraming.control(opcode: .pong, payload: frame.payload, allocator: context.channel.allocator))
+        case .pong:
             self.pingOutstanding = false
         default:  // close; the reader lets no other opcode through
             self.receivedClose(frame.payload)
@@ -258,7 +259,7 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         echo.writeInteger(code)
         self.state = .closing
         context.writeAndFlush(
-            self.wrapOutboundOut(WebSocketFraming.control(opcode: WebSocketFraming.closeOpcode, payload: echo, allocator: context.channel.allocator)),
+            self.wrapOutboundOut(WebSocketFraming.control(opcode: .connectionClose, payload: echo, allocator: context.channel.allocator)),
             promise: nil
         )
         context.close(promise: nil)
@@ -272,9 +273,9 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     /// A whole message arrived.
-    private func message(opcode: UInt8, data: ByteBuffer) {
+    private func message(opcode: WebSocketOpcode, data: ByteBuffer) {
         if self.echo { return self.echoMessage(opcode: opcode, data: data) }
-        guard opcode == WebSocketFrameReader.text else {
+        guard opcode == .text else {
             return self.close(code: .unsupportedData, reason: "binary messages are not supported; send text frames")
         }
         guard UTF8Validation.isValid(data) else {
@@ -303,129 +304,12 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         self.dispatch(frame)
     }
 
-    private func echoMessage(opcode: UInt8, data: ByteBuffer) {
-        if opcode == WebSocketFrameReader.text, !UTF8Validation.isValid(data) {
+    private func echoMessage(opcode: WebSocketOpcode, data: ByteBuffer) {
+        if opcode == .text, !UTF8Validation.isValid(data) {
             return self.close(code: .invalidPayload, reason: "text message is not valid UTF-8")
         }
         self.core.metrics.messageIn(.echo)
         guard let context = self.context else { return }
         self.writeRaw(WebSocketFraming.message(opcode: opcode, payload: data, allocator: context.channel.allocator))
-    }
-
-    // MARK: outbound
-
-    /// Queue an already framed WebSocket message; the loop's flush pass sends it.
-    func writeRaw(_ bytes: ByteBuffer) {
-        guard let context = self.context, case .open = self.state else { return }
-        context.write(self.wrapOutboundOut(bytes), promise: nil)
-        if !self.needsFlush {
-            self.needsFlush = true
-            self.loopHub.markDirty(self)
-        }
-    }
-
-    func writeFrame(method: SwitchboardWire.Method, status: Int?, target: String, meta: Meta, body: ByteBuffer = ByteBuffer()) {
-        guard let context = self.context else { return }
-        self.core.metrics.repliesOut.increment()
-        self.writeRaw(WebSocketFraming.text(method: method, status: status, target: target, meta: meta, body: body, allocator: context.channel.allocator))
-    }
-
-    func replyError(status: Int, method: SwitchboardWire.Method, target: String, requestID: String?, error: String, reason: String) {
-        var meta = Meta()
-        if let requestID { meta[MetaKey.requestID] = requestID }
-        self.writeFrame(method: method, status: status, target: target, meta: meta, body: JSONBody.error(error, reason: reason))
-    }
-
-    func flushIfNeeded() {
-        guard self.needsFlush else { return }
-        self.needsFlush = false
-        self.context?.flush()
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        self.isWritable = context.channel.isWritable
-        if self.isWritable, let waiters = self.writabilityWaiters {
-            self.writabilityWaiters = nil
-            for w in waiters { w.succeed() }
-        }
-        context.fireChannelWritabilityChanged()
-    }
-
-    /// Completes when the socket can take more (or at once if it can).
-    func waitUntilWritable() -> EventLoopFuture<Void> {
-        guard let context = self.context, case .open = self.state else {
-            return self.loopHub.loop.makeFailedFuture(ChannelError.ioOnClosedChannel)
-        }
-        if context.channel.isWritable { return context.eventLoop.makeSucceededVoidFuture() }
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        self.writabilityWaiters = (self.writabilityWaiters ?? []) + [promise]
-        return promise.futureResult
-    }
-
-    private func failWritabilityWaiters() {
-        if let waiters = self.writabilityWaiters {
-            self.writabilityWaiters = nil
-            for w in waiters { w.fail(ChannelError.ioOnClosedChannel) }
-        }
-    }
-
-    /// Start the closing handshake with `code`; the socket closes when the peer
-    /// answers or after the close timeout.
-    func close(code: CloseCode, reason: String) {
-        guard let channel = self.context?.channel, self.sendClose(code: code, reason: reason) != nil else { return }
-        channel.eventLoop.scheduleTask(in: .seconds(clamping: self.configuration.closeTimeout)) {
-            channel.close(promise: nil)
-        }
-    }
-
-    /// Fail the connection: send a close frame with `code`, then close the socket without
-    /// waiting for the peer's answer (its byte stream cannot be trusted, or it already closed).
-    func fail(code: CloseCode, reason: String) {
-        guard let context = self.context else { return }
-        let channel = context.channel
-        guard let sent = self.sendClose(code: code, reason: reason) else { return context.close(promise: nil) }
-        sent.whenComplete { _ in channel.close(promise: nil) }
-    }
-
-    /// Moves an open connection to `.closing` and writes its close frame; nil if it was not open.
-    private func sendClose(code: CloseCode, reason: String) -> EventLoopFuture<Void>? {
-        guard let context = self.context, case .open = self.state else { return nil }
-        self.state = .closing
-        self.closeCode = code.rawValue
-        if code == .slowConsumer { self.core.metrics.slowConsumerCloses.increment() }
-        self.fragments = nil
-        self.failWritabilityWaiters()
-        return context.writeAndFlush(
-            self.wrapOutboundOut(WebSocketFraming.close(code: code.rawValue, reason: reason, allocator: context.channel.allocator))
-        )
-    }
-
-    /// Called by the loop's expiry timer: closes the connection if its token expired by `now`;
-    /// otherwise returns when it will (nil: no token, or not open).
-    func closeIfExpired(at now: Date) -> Date? {
-        guard case .open = self.state, let identity = self.identity else { return nil }
-        guard identity.isExpired(at: now) else { return identity.expiresAt }
-        self.closeExpired()
-        return nil
-    }
-
-    func closeExpired() {
-        self.close(code: .unauthorized, reason: "token expired; reconnect with a fresh token")
-    }
-
-    /// Called by the loop's ping timer.
-    func heartbeat(now: NIODeadline) {
-        guard case .open = self.state, let context = self.context else { return }
-        if let identity = self.identity, identity.isExpired(at: Date()) {
-            return self.closeExpired()
-        }
-        if self.pingOutstanding {
-            // No pong since the last ping: the peer is gone.
-            self.logger.debug("closing dead peer", metadata: ["connection": "\(self.handle.id)"])
-            context.close(promise: nil)
-            return
-        }
-        self.pingOutstanding = true
-        self.writeRaw(WebSocketFraming.control(opcode: WebSocketFraming.pingOpcode, payload: ByteBuffer(), allocator: context.channel.allocator))
     }
 }

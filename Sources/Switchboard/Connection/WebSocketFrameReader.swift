@@ -1,4 +1,5 @@
 import NIOCore
+import NIOWebSocket
 
 /// Client-to-server WebSocket frames (RFC 6455 §5.2), parsed inside the connection handler
 /// instead of by a decoder handler of their own: an idle connection then holds no decoder,
@@ -7,12 +8,12 @@ import NIOCore
 struct WebSocketFrameReader {
     struct Frame {
         var fin: Bool
-        var opcode: UInt8
+        var opcode: WebSocketOpcode
         /// The unmasked payload, in a buffer of its own (never a slice of the read buffer,
         /// so the channel can reuse its receive buffer).
         var payload: ByteBuffer
 
-        var isControl: Bool { self.opcode & 0x8 != 0 }
+        var isControl: Bool { self.opcode.isControlOpcode }
     }
 
     enum Failure: Error, Equatable {
@@ -21,13 +22,6 @@ struct WebSocketFrameReader {
         /// Close with 1009: the frame is larger than the limit.
         case tooBig
     }
-
-    static let continuation: UInt8 = 0x0
-    static let text: UInt8 = 0x1
-    static let binary: UInt8 = 0x2
-    static let close: UInt8 = 0x8
-    static let ping: UInt8 = 0x9
-    static let pong: UInt8 = 0xA
 
     let maxFrameSize: Int
     /// The start of a frame that has not fully arrived; nil between frames.
@@ -74,7 +68,7 @@ struct WebSocketFrameReader {
 
     struct Header {
         var fin: Bool
-        var opcode: UInt8
+        var opcode: WebSocketOpcode
         var maskKey: UInt32
         /// Bytes of the header itself (2 to 14).
         var length: Int
@@ -87,16 +81,17 @@ struct WebSocketFrameReader {
             let second = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt8.self)
         else { return nil }
         let fin = first & 0x80 != 0
-        let opcode = first & 0x0F
         guard first & 0x70 == 0 else { throw .protocolError("reserved bits set without an extension") }
+        // Four bits always make an opcode; the reserved ones are refused below.
+        let opcode = WebSocketOpcode(encodedWebSocketOpcode: first & 0x0F)!
         switch opcode {
-        case Self.continuation, Self.text, Self.binary:
+        case .continuation, .text, .binary:
             break
-        case Self.close, Self.ping, Self.pong:
+        case .connectionClose, .ping, .pong:
             guard fin else { throw .protocolError("fragmented control frame") }
             guard second & 0x7F <= 125 else { throw .protocolError("control frame longer than 125 bytes") }
         default:
-            throw .protocolError("reserved opcode \(opcode)")
+            throw .protocolError("reserved opcode \(first & 0x0F)")
         }
         guard second & 0x80 != 0 else { throw .protocolError("client frames must be masked") }
         var length = 2

@@ -1,13 +1,10 @@
 import NIOCore
+import NIOWebSocket
 import SwitchboardWire
 
 /// Server-side WebSocket framing (RFC 6455 §5.2): unmasked frames encoded straight
 /// into one buffer, so a push is framed once and the same bytes go to every socket.
 enum WebSocketFraming {
-    static let textOpcode: UInt8 = 0x1
-    static let closeOpcode: UInt8 = 0x8
-    static let pingOpcode: UInt8 = 0x9
-    static let pongOpcode: UInt8 = 0xA
     /// Largest header a server frame needs (no mask).
     static let maxHeaderLength = 10
 
@@ -30,12 +27,23 @@ enum WebSocketFraming {
         Frame.encodeHeader(method: method, status: status, target: target, meta: meta, into: &buffer)
         var body = body
         buffer.writeBuffer(&body)
-        self.prependHeader(opcode: textOpcode, to: &buffer)
+        self.prependHeader(opcode: .text, to: &buffer)
         return buffer
     }
 
+    /// A message of a stream as the PUSH frame every subscriber gets (`PUSH200|<stream>|id=…;e=…;t=…|body`).
+    static func push(_ message: StreamMessage, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var meta = Meta()
+        meta[MetaKey.offset] = String(message.offset)
+        meta[MetaKey.epoch] = message.epoch
+        if !message.tag.isEmpty { meta[MetaKey.tag] = message.tag }
+        return self.text(
+            method: .push, status: 200, target: message.stream, meta: meta, body: message.body, allocator: allocator
+        )
+    }
+
     /// A whole message as one frame with `opcode` (text or binary), e.g. for the echo endpoint.
-    static func message(opcode: UInt8, payload: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
+    static func message(opcode: WebSocketOpcode, payload: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
         var buffer = allocator.buffer(capacity: maxHeaderLength + payload.readableBytes)
         buffer.moveWriterIndex(forwardBy: maxHeaderLength)
         buffer.moveReaderIndex(forwardBy: maxHeaderLength)
@@ -46,9 +54,9 @@ enum WebSocketFraming {
     }
 
     /// A control frame (close, ping, pong); `payload` must be at most 125 bytes.
-    static func control(opcode: UInt8, payload: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
+    static func control(opcode: WebSocketOpcode, payload: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
         var buffer = allocator.buffer(capacity: 2 + payload.readableBytes)
-        buffer.writeInteger(0x80 | opcode)
+        buffer.writeInteger(0x80 | UInt8(webSocketOpcode: opcode))
         buffer.writeInteger(UInt8(payload.readableBytes))
         var payload = payload
         buffer.writeBuffer(&payload)
@@ -65,15 +73,15 @@ enum WebSocketFraming {
             reasonBytes.removeLast()
         }
         payload.writeBytes(reasonBytes)
-        return self.control(opcode: closeOpcode, payload: payload, allocator: allocator)
+        return self.control(opcode: .connectionClose, payload: payload, allocator: allocator)
     }
 
     /// Write the FIN + opcode + length header right before the readable bytes.
-    private static func prependHeader(opcode: UInt8, to buffer: inout ByteBuffer) {
+    private static func prependHeader(opcode: WebSocketOpcode, to buffer: inout ByteBuffer) {
         let length = buffer.readableBytes
         let headerLength = length < 126 ? 2 : (length <= 0xFFFF ? 4 : 10)
         let start = buffer.readerIndex - headerLength
-        buffer.setInteger(0x80 | opcode, at: start)
+        buffer.setInteger(0x80 | UInt8(webSocketOpcode: opcode), at: start)
         switch headerLength {
         case 2:
             buffer.setInteger(UInt8(length), at: start + 1)

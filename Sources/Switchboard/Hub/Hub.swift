@@ -50,7 +50,7 @@ final class Hub: EngineDelivery, @unchecked Sendable {
     func deliver(_ message: StreamMessage) {
         let mask = self.interest.withLockedValue { $0[message.stream] ?? 0 }
         guard mask != 0 else { return }
-        let frame = Self.pushFrame(message, allocator: self.allocator)
+        let frame = WebSocketFraming.push(message, allocator: self.allocator)
         var first = true
         for hub in self.loops where mask & (1 << UInt64(hub.index)) != 0 {
             // Every socket write retains the frame's storage: one copy per loop (not per
@@ -82,16 +82,6 @@ final class Hub: EngineDelivery, @unchecked Sendable {
                 connection.close(code: CloseCode(rawValue: code) ?? .disconnected, reason: reason)
             }
         }
-    }
-
-    static func pushFrame(_ message: StreamMessage, allocator: ByteBufferAllocator) -> ByteBuffer {
-        var meta = Meta()
-        meta[MetaKey.offset] = String(message.offset)
-        meta[MetaKey.epoch] = message.epoch
-        if !message.tag.isEmpty { meta[MetaKey.tag] = message.tag }
-        return WebSocketFraming.text(
-            method: .push, status: 200, target: message.stream, meta: meta, body: message.body, allocator: allocator
-        )
     }
 
     /// Registers `handle` as its session's live connection; returns the one it replaced.
