@@ -43,9 +43,11 @@ let package = Package(
         .target(
             name: "RESP",
             dependencies: [
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -80,6 +82,7 @@ let package = Package(
             name: "SwitchboardRedis",
             dependencies: [
                 "Switchboard", "SwitchboardWire", "RESP",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -90,6 +93,7 @@ let package = Package(
             dependencies: [
                 "SwitchboardWire",
                 .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -173,7 +177,10 @@ let package = Package(
             ],
             path: "Tests/RedisTestSupport"
         ),
-        .testTarget(name: "RESPTests", dependencies: ["RESP", "RedisTestSupport"]),
+        .testTarget(
+            name: "RESPTests",
+            dependencies: ["RESP", "RedisTestSupport", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         // Real `switchboard serve` processes over real Redis (and Redis Cluster).
         .testTarget(
             name: "SwitchboardClusterTests",
@@ -199,7 +206,12 @@ let package = Package(
         .testTarget(name: "SwitchboardRedisTests", dependencies: ["SwitchboardRedis", "Switchboard", "RESP", "RedisTestSupport"]),
         .testTarget(
             name: "SwitchboardClientTests",
-            dependencies: ["SwitchboardClient", "SwitchboardWire", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOWebSocket", package: "swift-nio")]
+            dependencies: [
+                "SwitchboardClient", "SwitchboardWire",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "SwitchboardTests",

@@ -86,28 +86,42 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private struct Inbox {
+        enum Phase {
+            /// Nothing scheduled: the next submission schedules a drain on the loop.
+            case idle
+            /// A drain is scheduled; later submissions join it.
+            case drainScheduled
+            /// The connection is gone: later submissions fail at once, unsent.
+            case closed
+        }
         var items: [RESPSubmission] = []
-        var scheduled = false
-        /// Set once the connection is gone: later submissions fail at once, unsent.
-        var closed = false
+        var phase = Phase.idle
+    }
+
+    /// The handler's life on its loop.
+    private enum State {
+        /// Not in a pipeline yet.
+        case notAdded
+        case active(ChannelHandlerContext)
+        /// The connection failed or closed: nothing more is written or parsed.
+        case failed(RESPError)
     }
 
     let loop: any EventLoop
     // Loop-only state.
-    private var context: ChannelHandlerContext?
+    private var state = State.notAdded
     private var pending = CircularBuffer<Pending>(initialCapacity: 64)
     private var parser: RESPParser
     /// Received bytes not yet parsed into a whole value.
     private var received: ByteBuffer?
-    private var failure: RESPError?
     // Shared with submitters.
     private let inbox = NIOLockedValueBox(Inbox())
     /// Shared with `RESPConnection` so later sends report why the connection closed.
-    private let closeReason: LockedBox<RESPError?>
+    private let closeReason: NIOLockedValueBox<RESPError?>
     private let onPush: (@Sendable (RESPValue) -> Void)?
     private let logger: Logger
 
-    init(loop: any EventLoop, parser: RESPParser, onPush: (@Sendable (RESPValue) -> Void)?, closeReason: LockedBox<RESPError?>, logger: Logger) {
+    init(loop: any EventLoop, parser: RESPParser, onPush: (@Sendable (RESPValue) -> Void)?, closeReason: NIOLockedValueBox<RESPError?>, logger: Logger) {
         self.loop = loop
         self.parser = parser
         self.onPush = onPush
@@ -119,10 +133,17 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func submit(_ submission: RESPSubmission) {
         let outcome = self.inbox.withLockedValue { inbox -> (schedule: Bool, closed: Bool) in
-            if inbox.closed { return (false, true) }
-            inbox.items.append(submission)
-            defer { inbox.scheduled = true }
-            return (!inbox.scheduled, false)
+            switch inbox.phase {
+            case .closed:
+                return (false, true)
+            case .drainScheduled:
+                inbox.items.append(submission)
+                return (false, false)
+            case .idle:
+                inbox.items.append(submission)
+                inbox.phase = .drainScheduled
+                return (true, false)
+            }
         }
         if outcome.closed {
             submission.fail(self.unsentError)
@@ -134,11 +155,11 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     /// Encodes every waiting submission into one buffer: one write, one flush.
     private func drainInbox() {
         let items = self.inbox.withLockedValue { inbox in
-            inbox.scheduled = false
+            if case .drainScheduled = inbox.phase { inbox.phase = .idle }
             defer { inbox.items.removeAll(keepingCapacity: true) }
             return inbox.items
         }
-        guard let context = self.context, self.failure == nil else {
+        guard case .active(let context) = self.state else {
             for item in items { item.fail(self.unsentError) }
             return
         }
@@ -161,7 +182,7 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     // MARK: channel events (loop)
 
     func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
+        self.state = .active(context)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -172,7 +193,7 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             self.received = input
         }
         do {
-            while self.failure == nil, let value = try self.parser.parse(&self.received!) {
+            while case .active = self.state, let value = try self.parser.parse(&self.received!) {
                 self.replyReceived(value, context: context)
             }
         } catch let error as RESPError {
@@ -227,9 +248,9 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func fail(context: ChannelHandlerContext, error: RESPError) {
-        if self.failure == nil {
-            self.failure = error
-            self.closeReason.withLock { if $0 == nil { $0 = error } }
+        if case .active = self.state {
+            self.state = .failed(error)
+            self.closeReason.withLockedValue { if $0 == nil { $0 = error } }
         }
         if case .protocolError(let msg) = error { self.logger.warning("RESP protocol error: \(msg)") }
         self.closeInbox()
@@ -240,7 +261,7 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     /// No more submissions: those not yet written fail (unsent), and so do later ones.
     private func closeInbox() {
         let items = self.inbox.withLockedValue { inbox in
-            inbox.closed = true
+            inbox.phase = .closed
             defer { inbox.items.removeAll() }
             return inbox.items
         }
@@ -250,7 +271,7 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     /// Why a command was not written: the error that broke the connection (a protocol error),
     /// else `.notConnected` (callers may safely retry elsewhere: nothing was sent).
     private var unsentError: RESPError {
-        if case .protocolError(let reason)? = self.closeReason.withLock({ $0 }) { return .protocolError(reason) }
+        if case .protocolError(let reason)? = self.closeReason.withLockedValue({ $0 }) { return .protocolError(reason) }
         return .notConnected
     }
 
@@ -259,8 +280,7 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        let error = self.failure ?? .connectionClosed
-        if self.failure == nil { self.failure = error }
+        let error = self.failWith(.connectionClosed)
         self.received = nil
         self.closeInbox()
         self.failAll(error)
@@ -268,10 +288,15 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        let error = self.failure ?? .connectionClosed
-        if self.failure == nil { self.failure = error }
+        let error = self.failWith(.connectionClosed)
         self.closeInbox()
         self.failAll(error)
-        self.context = nil
+    }
+
+    /// The error the handler failed with, failing it with `error` when it had not yet.
+    private func failWith(_ error: RESPError) -> RESPError {
+        if case .failed(let earlier) = self.state { return earlier }
+        self.state = .failed(error)
+        return error
     }
 }

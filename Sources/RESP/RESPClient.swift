@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -47,7 +48,7 @@ public final class RESPClient: RESPCommandExecutor, Sendable {
     /// Connection state events (single consumer).
     public let events: AsyncStream<RESPClientEvent>
     private let eventsContinuation: AsyncStream<RESPClientEvent>.Continuation
-    private let state = LockedBox(State())
+    private let state = NIOLockedValueBox(State())
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
 
@@ -66,7 +67,7 @@ public final class RESPClient: RESPCommandExecutor, Sendable {
 
     /// Starts the background connect/reconnect loop (idempotent). Returns immediately.
     public func start() {
-        state.withLock { s in
+        state.withLockedValue { s in
             guard s.task == nil, !s.shutdown else { return }
             s.task = Task { [self] in await self.run() }
         }
@@ -78,28 +79,28 @@ public final class RESPClient: RESPCommandExecutor, Sendable {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if isConnected { return }
-            if state.withLock({ $0.shutdown }) { throw RESPError.shutdown }
+            if state.withLockedValue({ $0.shutdown }) { throw RESPError.shutdown }
             try await Task.sleep(for: .milliseconds(10))
         }
         throw RESPError.timeout
     }
 
-    public var isConnected: Bool { state.withLock { $0.connection != nil } }
+    public var isConnected: Bool { state.withLockedValue { $0.connection != nil } }
 
     /// The current command connection (nil while disconnected).
-    public var connection: RESPConnection? { state.withLock { $0.connection } }
+    public var connection: RESPConnection? { state.withLockedValue { $0.connection } }
 
     public func send(_ command: RESPCommand, timeout: Duration?) async throws -> RESPValue {
-        guard let conn = state.withLock({ $0.connection }), conn.isActive else {
-            throw state.withLock({ $0.shutdown }) ? RESPError.shutdown : RESPError.notConnected
+        guard let conn = state.withLockedValue({ $0.connection }), conn.isActive else {
+            throw state.withLockedValue({ $0.shutdown }) ? RESPError.shutdown : RESPError.notConnected
         }
         return try await conn.send(command, timeout: timeout)
     }
 
     /// Several commands in one write (see `RESPConnection.pipeline`).
     public func pipeline(_ commands: [RESPCommand], timeout: Duration? = nil) async throws -> [Result<RESPValue, RESPError>] {
-        guard let conn = state.withLock({ $0.connection }), conn.isActive else {
-            throw state.withLock({ $0.shutdown }) ? RESPError.shutdown : RESPError.notConnected
+        guard let conn = state.withLockedValue({ $0.connection }), conn.isActive else {
+            throw state.withLockedValue({ $0.shutdown }) ? RESPError.shutdown : RESPError.notConnected
         }
         return try await conn.pipeline(commands, timeout: timeout)
     }
@@ -117,7 +118,7 @@ public final class RESPClient: RESPCommandExecutor, Sendable {
 
     /// Stops reconnecting, closes connections, finishes `events` and subscription streams.
     public func shutdown() async {
-        let (task, conn) = state.withLock { s -> (Task<Void, Never>?, RESPConnection?) in
+        let (task, conn) = state.withLockedValue { s -> (Task<Void, Never>?, RESPConnection?) in
             s.shutdown = true
             let c = s.connection
             s.connection = nil
@@ -133,13 +134,13 @@ public final class RESPClient: RESPCommandExecutor, Sendable {
     private func run() async {
         var attempt = 0
         var everConnected = false
-        while !Task.isCancelled && !state.withLock({ $0.shutdown }) {
+        while !Task.isCancelled && !state.withLockedValue({ $0.shutdown }) {
             var conn: RESPConnection?
             do {
                 let c = try await RESPConnection.connect(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger)
                 conn = c
                 let sub = try await subscriber.connectAndResubscribe()
-                let installed = state.withLock { s -> Bool in
+                let installed = state.withLockedValue { s -> Bool in
                     if s.shutdown { return false }
                     s.connection = c
                     return true
@@ -156,17 +157,17 @@ public final class RESPClient: RESPCommandExecutor, Sendable {
                 sub.closeFuture.whenComplete { _ in closed.succeed(()) }
                 try? await closed.futureResult.get()
 
-                state.withLock { s in if s.connection === c { s.connection = nil } }
+                state.withLockedValue { s in if s.connection === c { s.connection = nil } }
                 subscriber.detach(sub)
                 await c.close()
                 await sub.close()
-                if state.withLock({ $0.shutdown }) { return }
+                if state.withLockedValue({ $0.shutdown }) { return }
                 eventsContinuation.yield(.disconnected)
                 logger.warning("RESP client disconnected from \(configuration.host):\(configuration.port)")
                 conn = nil
             } catch {
                 if let conn { await conn.close() }
-                if Task.isCancelled || state.withLock({ $0.shutdown }) { return }
+                if Task.isCancelled || state.withLockedValue({ $0.shutdown }) { return }
                 logger.debug("RESP connect attempt \(attempt) failed: \(error)")
             }
             let delay = reconnectPolicy.delay(attempt: attempt)

@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -88,14 +89,14 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     /// How long a command is retried while the cluster says "not now" or its node is
     /// unreachable; then the last error is thrown.
     public let retryBudget: Duration
-    private let state: LockedBox<State>
+    private let state: NIOLockedValueBox<State>
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
 
     init(seeds: [Node], configuration: RESPConfiguration, maxRedirects: Int, retryPolicy: RESPReconnectPolicy,
          retryBudget: Duration, eventLoopGroup: any EventLoopGroup, logger: Logger) {
         self.retryBudget = retryBudget
-        self.state = LockedBox(State(seeds: seeds))
+        self.state = NIOLockedValueBox(State(seeds: seeds))
         self.configuration = configuration
         self.maxRedirects = maxRedirects
         self.retryPolicy = retryPolicy
@@ -123,15 +124,15 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
                 try? await client.refreshSlots()
             }
         }
-        client.state.withLock { $0.refresher = refresher }
+        client.state.withLockedValue { $0.refresher = refresher }
         return client
     }
 
-    var isClosed: Bool { state.withLock { $0.shutdown } }
+    var isClosed: Bool { state.withLockedValue { $0.shutdown } }
 
     /// Every primary in the current slot map.
     public var primaries: [Node] {
-        state.withLock { s in
+        state.withLockedValue { s in
             var seen = Set<Node>()
             return s.slots.compactMap { $0 }.filter { seen.insert($0).inserted }
         }
@@ -139,7 +140,7 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
 
     /// Reloads the slot map with `CLUSTER SLOTS` from any known node.
     public func refreshSlots() async throws {
-        let candidates: [Node] = state.withLock { s in
+        let candidates: [Node] = state.withLockedValue { s in
             var seen = Set<Node>()
             return (Array(s.connections.keys) + s.seeds + s.slots.compactMap { $0 }).filter { seen.insert($0).inserted }
         }
@@ -158,7 +159,7 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
                     if host.isEmpty || host == "?" { host = node.host }
                     for slot in start...end { slots[slot] = Node(host: host, port: port) }
                 }
-                state.withLock { $0.slots = slots }
+                state.withLockedValue { $0.slots = slots }
                 return
             } catch {
                 lastError = error
@@ -169,14 +170,14 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     }
 
     /// The node currently believed to own `slot`.
-    public func node(forSlot slot: Int) -> Node? { state.withLock { $0.slots[slot] } }
+    public func node(forSlot slot: Int) -> Node? { state.withLockedValue { $0.slots[slot] } }
 
     /// Testing hook: overrides one slot owner.
-    func setNode(_ node: Node, forSlot slot: Int) { state.withLock { $0.slots[slot] = node } }
+    func setNode(_ node: Node, forSlot slot: Int) { state.withLockedValue { $0.slots[slot] = node } }
 
     /// Returns (creating if needed) the shared connection to `node`.
     public func connection(to node: Node) async throws -> RESPConnection {
-        let task: Task<RESPConnection, Error> = try state.withLock { s in
+        let task: Task<RESPConnection, Error> = try state.withLockedValue { s in
             if s.shutdown { throw RESPError.shutdown }
             if let t = s.connections[node] { return t }
             var cfg = configuration
@@ -199,7 +200,7 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     }
 
     private func dropConnection(to node: Node, ifTask task: Task<RESPConnection, Error>? = nil) {
-        state.withLock { s in
+        state.withLockedValue { s in
             if task == nil || s.connections[node] == task { s.connections[node] = nil }
         }
     }
@@ -263,7 +264,7 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
                     throw RESPError.server(code: code, message: message)
                 }
                 if code == "MOVED" {
-                    state.withLock { $0.slots[movedSlot] = newNode }
+                    state.withLockedValue { $0.slots[movedSlot] = newNode }
                     triggerBackgroundRefresh()
                 } else {
                     asking = true
@@ -294,7 +295,7 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     }
 
     private func owner(of slot: Int?) -> Node? {
-        state.withLock { s in
+        state.withLockedValue { s in
             if let slot { return s.slots[slot] }
             return s.slots.first { $0 != nil } ?? s.seeds.first
         }
@@ -313,7 +314,7 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     }
 
     private func triggerBackgroundRefresh() {
-        let start = state.withLock { s -> Bool in
+        let start = state.withLockedValue { s -> Bool in
             if s.refreshing || s.shutdown { return false }
             s.refreshing = true
             return true
@@ -321,12 +322,12 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
         guard start else { return }
         Task {
             try? await self.refreshSlots()
-            self.state.withLock { $0.refreshing = false }
+            self.state.withLockedValue { $0.refreshing = false }
         }
     }
 
     public func close() async {
-        let tasks = state.withLock { s -> [Task<RESPConnection, Error>] in
+        let tasks = state.withLockedValue { s -> [Task<RESPConnection, Error>] in
             s.shutdown = true
             s.refresher?.cancel()
             let t = Array(s.connections.values)

@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -51,7 +52,7 @@ public final class RESPClusterSubscriber: Sendable {
     /// (single consumer).
     public let events: AsyncStream<RESPClientEvent>
     private let eventsContinuation: AsyncStream<RESPClientEvent>.Continuation
-    private let state = LockedBox(State())
+    private let state = NIOLockedValueBox(State())
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
 
@@ -71,7 +72,7 @@ public final class RESPClusterSubscriber: Sendable {
         var unique: [String] = []
         var seen = Set<String>()
         for c in channels where seen.insert(c).inserted { unique.append(c) }
-        let (id, waits): (UInt64, [Task<Void, any Error>]) = try state.withLock { s in
+        let (id, waits): (UInt64, [Task<Void, any Error>]) = try state.withLockedValue { s in
             if s.shutdown { throw RESPError.shutdown }
             let id = s.nextID
             s.nextID += 1
@@ -106,7 +107,7 @@ public final class RESPClusterSubscriber: Sendable {
     }
 
     func unsubscribe(id: UInt64) async throws {
-        let gone: [RESPSubscription] = state.withLock { s in
+        let gone: [RESPSubscription] = state.withLockedValue { s in
             guard let local = s.locals.removeValue(forKey: id) else { return [] }
             var gone: [RESPSubscription] = []
             for channel in local.channels {
@@ -122,13 +123,13 @@ public final class RESPClusterSubscriber: Sendable {
     }
 
     /// Channels with at least one local subscriber.
-    public var subscribedChannels: Set<String> { state.withLock { Set($0.channels.keys) } }
+    public var subscribedChannels: Set<String> { state.withLockedValue { Set($0.channels.keys) } }
 
     /// The node each channel is subscribed on (nil while it is being resubscribed).
-    public func node(of channel: String) -> Node? { state.withLock { $0.channels[channel]?.node } }
+    public func node(of channel: String) -> Node? { state.withLockedValue { $0.channels[channel]?.node } }
 
     public func close() async {
-        let nodes: [Task<RESPSubscriber, any Error>] = state.withLock { s in
+        let nodes: [Task<RESPSubscriber, any Error>] = state.withLockedValue { s in
             s.shutdown = true
             s.locals = [:]
             s.channels = [:]
@@ -167,7 +168,7 @@ public final class RESPClusterSubscriber: Sendable {
                 let subscription = try await subscriber.subscribe([channel], kind: .shard) { [weak self] message in
                     self?.deliver(message)
                 }
-                let stale: RESPSubscription? = state.withLock { s in
+                let stale: RESPSubscription? = state.withLockedValue { s in
                     guard s.channels[channel] != nil, !s.shutdown else { return subscription }
                     s.channels[channel]!.node = node
                     s.channels[channel]!.via = ObjectIdentifier(subscriber)
@@ -194,7 +195,7 @@ public final class RESPClusterSubscriber: Sendable {
     }
 
     private func deliver(_ message: RESPMessage) {
-        let handlers: [@Sendable (RESPMessage) -> Void] = state.withLock { s in
+        let handlers: [@Sendable (RESPMessage) -> Void] = state.withLockedValue { s in
             (s.channels[message.channel]?.refs ?? []).compactMap { s.locals[$0]?.handler }
         }
         for handler in handlers { handler(message) }
@@ -202,7 +203,7 @@ public final class RESPClusterSubscriber: Sendable {
 
     /// The dedicated pub/sub connection to `node`, opened on first use.
     private func subscriber(for node: Node) async throws -> RESPSubscriber {
-        let task: Task<RESPSubscriber, any Error> = try state.withLock { s in
+        let task: Task<RESPSubscriber, any Error> = try state.withLockedValue { s in
             if s.shutdown { throw RESPError.shutdown }
             if let task = s.nodes[node] { return task }
             var configuration = cluster.configuration
@@ -215,7 +216,7 @@ public final class RESPClusterSubscriber: Sendable {
                     onServerUnsubscribe: { [weak self] channel in self?.broke([channel]) }
                 )
                 let id = ObjectIdentifier(subscriber)
-                self?.state.withLock { $0.connected[node] = id }
+                self?.state.withLockedValue { $0.connected[node] = id }
                 // A lost connection takes its subscriptions with it. (The callback keeps the
                 // subscriber alive until it ran, so its identity cannot be reused before.)
                 subscriber.connection?.closeFuture.whenComplete { [weak self] _ in
@@ -229,14 +230,14 @@ public final class RESPClusterSubscriber: Sendable {
         do {
             return try await task.value
         } catch {
-            state.withLock { s in if s.nodes[node] == task { s.nodes[node] = nil } }
+            state.withLockedValue { s in if s.nodes[node] == task { s.nodes[node] = nil } }
             throw error
         }
     }
 
     /// Closes the connection to `node`; channels still on it are resubscribed (see `connectionLost`).
     private func dropSubscriber(for node: Node) {
-        let task = state.withLock { s in
+        let task = state.withLockedValue { s in
             s.connected[node] = nil
             return s.nodes.removeValue(forKey: node)
         }
@@ -246,7 +247,7 @@ public final class RESPClusterSubscriber: Sendable {
     // MARK: repair
 
     private func connectionLost(_ id: ObjectIdentifier, node: Node) {
-        let channels: [String] = state.withLock { s in
+        let channels: [String] = state.withLockedValue { s in
             guard !s.shutdown else { return [] }
             if s.connected[node] == id {
                 s.connected[node] = nil
@@ -262,7 +263,7 @@ public final class RESPClusterSubscriber: Sendable {
 
     /// `channels` lost their subscription: subscribe them again, in the background.
     private func broke(_ channels: [String]) {
-        let start: Bool = state.withLock { s in
+        let start: Bool = state.withLockedValue { s in
             guard !s.shutdown else { return false }
             for channel in channels where s.channels[channel] != nil {
                 s.channels[channel]!.node = nil
@@ -281,7 +282,7 @@ public final class RESPClusterSubscriber: Sendable {
     private func repair() async {
         var attempt = 0
         while true {
-            let batch: [(String, RESPSubscription?)] = state.withLock { s in
+            let batch: [(String, RESPSubscription?)] = state.withLockedValue { s in
                 let batch = s.broken.compactMap { channel -> (String, RESPSubscription?)? in
                     guard let remote = s.channels[channel] else { return nil }
                     s.channels[channel]!.subscription = nil
@@ -304,10 +305,10 @@ public final class RESPClusterSubscriber: Sendable {
             if !failed.isEmpty {
                 attempt += 1
                 self.logger.warning("\(failed.count) shard channels not resubscribed yet (attempt \(attempt))")
-                state.withLock { s in for channel in failed where s.channels[channel] != nil { s.broken.insert(channel) } }
+                state.withLockedValue { s in for channel in failed where s.channels[channel] != nil { s.broken.insert(channel) } }
                 try? await Task.sleep(for: retryPolicy.delay(attempt: min(attempt, 6)))
             }
-            if state.withLock({ $0.shutdown }) { return }
+            if state.withLockedValue({ $0.shutdown }) { return }
         }
         eventsContinuation.yield(.reconnected)
     }

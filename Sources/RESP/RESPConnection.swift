@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -69,10 +70,10 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
     public let configuration: RESPConfiguration
     let logger: Logger
     private let handler: RESPChannelHandler
-    private let closeReason: LockedBox<RESPError?>
+    private let closeReason: NIOLockedValueBox<RESPError?>
 
     private init(channel: any Channel, handler: RESPChannelHandler, protocolVersion: Int, configuration: RESPConfiguration,
-                 logger: Logger, closeReason: LockedBox<RESPError?>) {
+                 logger: Logger, closeReason: NIOLockedValueBox<RESPError?>) {
         self.channel = channel
         self.handler = handler
         self.closeReason = closeReason
@@ -91,9 +92,9 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
     ) async throws -> RESPConnection {
         let sslContext = try configuration.tls.map { try NIOSSLContext(configuration: $0) }
         let serverName = configuration.tlsServerName ?? (isIPAddress(configuration.host) ? nil : configuration.host)
-        let closeReason = LockedBox<RESPError?>(nil)
+        let closeReason = NIOLockedValueBox<RESPError?>(nil)
         let parser = RESPParser(maxDepth: configuration.maxNestingDepth, maxBlobSize: configuration.maxBlobSize)
-        let installed = LockedBox<RESPChannelHandler?>(nil)
+        let installed = NIOLockedValueBox<RESPChannelHandler?>(nil)
         let bootstrap = ClientBootstrap(group: eventLoopGroup)
             .connectTimeout(TimeAmount(configuration.connectTimeout))
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -105,11 +106,11 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
                     }
                     let handler = RESPChannelHandler(loop: channel.eventLoop, parser: parser, onPush: onPush, closeReason: closeReason, logger: logger)
                     try ops.addHandler(handler)
-                    installed.withLock { $0 = handler }
+                    installed.withLockedValue { $0 = handler }
                 }
             }
         let channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
-        guard let handler = installed.withLock({ $0 }) else {
+        guard let handler = installed.withLockedValue({ $0 }) else {
             try? await channel.close()
             throw RESPError.connectionClosed
         }
@@ -218,7 +219,7 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
     public var isActive: Bool { channel.isActive }
 
     /// Why the connection closed, if it closed because of an error (e.g. `.protocolError`).
-    public var closeError: RESPError? { closeReason.withLock { $0 } }
+    public var closeError: RESPError? { closeReason.withLockedValue { $0 } }
 
     /// Completes when the connection is closed (by either side).
     public var closeFuture: EventLoopFuture<Void> { channel.closeFuture }

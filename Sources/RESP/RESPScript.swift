@@ -1,11 +1,16 @@
+import Crypto
+
 /// A Lua script identified by its SHA1; `run` uses EVALSHA and loads it on NOSCRIPT.
 public struct RESPScript: Sendable, Hashable {
     public let source: String
+    /// Lowercase hex, as Redis names scripts.
     public let sha1: String
 
     public init(source: String) {
         self.source = source
-        self.sha1 = SHA1.hex(source.utf8)
+        let hex = Array("0123456789abcdef".utf8)
+        let digest = Insecure.SHA1.hash(data: Array(source.utf8))
+        self.sha1 = String(decoding: digest.flatMap { [hex[Int($0 >> 4)], hex[Int($0 & 0x0F)]] }, as: UTF8.self)
     }
 }
 

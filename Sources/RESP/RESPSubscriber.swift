@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -68,7 +69,7 @@ public final class RESPSubscriber: Sendable {
         var shutdown = false
     }
 
-    private let state = LockedBox(State())
+    private let state = NIOLockedValueBox(State())
     public let configuration: RESPConfiguration
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
@@ -102,7 +103,7 @@ public final class RESPSubscriber: Sendable {
     }
 
     /// The current underlying connection, if connected.
-    public var connection: RESPConnection? { state.withLock { $0.connection } }
+    public var connection: RESPConnection? { state.withLockedValue { $0.connection } }
 
     /// Opens a new connection and re-sends SUBSCRIBE for every locally referenced channel.
     func connectAndResubscribe() async throws -> RESPConnection {
@@ -113,7 +114,7 @@ public final class RESPSubscriber: Sendable {
             await conn.close()
             throw RESPError.unexpectedReply("pub/sub requires RESP3 (HELLO 3 failed)")
         }
-        let promises: [EventLoopPromise<RESPValue>]? = state.withLock { s in
+        let promises: [EventLoopPromise<RESPValue>]? = state.withLockedValue { s in
             if s.shutdown { return nil }
             s.connection = conn
             var byKind: [RESPSubscriptionKind: [String]] = [:]
@@ -139,7 +140,7 @@ public final class RESPSubscriber: Sendable {
 
     /// Forgets `conn` if it is the current connection.
     func detach(_ conn: RESPConnection) {
-        state.withLock { s in if s.connection === conn { s.connection = nil } }
+        state.withLockedValue { s in if s.connection === conn { s.connection = nil } }
     }
 
     /// Subscribes with a handler. Only channels without local subscribers are sent to Redis.
@@ -177,7 +178,7 @@ public final class RESPSubscriber: Sendable {
         var seen = Set<String>()
         for c in channels where seen.insert(c).inserted { unique.append(c) }
         let managed = self.managed
-        let result: Result<(UInt64, EventLoopPromise<RESPValue>?, [EventLoopFuture<RESPValue>]), RESPError> = state.withLock { s in
+        let result: Result<(UInt64, EventLoopPromise<RESPValue>?, [EventLoopFuture<RESPValue>]), RESPError> = state.withLockedValue { s in
             if s.shutdown { return .failure(.shutdown) }
             if s.connection == nil && !managed { return .failure(.notConnected) }
             let id = s.nextID
@@ -205,7 +206,7 @@ public final class RESPSubscriber: Sendable {
                                             unsubscribe: { [weak self] id in try await self?.unsubscribe(id: id) })
         if let promise {
             defer {
-                state.withLock { s in
+                state.withLockedValue { s in
                     for name in unique {
                         let key = Key(kind: kind, name: name)
                         if s.inflight[key] === promise.futureResult { s.inflight[key] = nil }
@@ -227,7 +228,7 @@ public final class RESPSubscriber: Sendable {
     }
 
     func unsubscribe(id: UInt64) async throws {
-        let (entry, promise): (Entry?, EventLoopPromise<RESPValue>?) = state.withLock { s in
+        let (entry, promise): (Entry?, EventLoopPromise<RESPValue>?) = state.withLockedValue { s in
             guard let entry = s.subscriptions.removeValue(forKey: id) else { return (nil, nil) }
             var gone: [String] = []
             for name in entry.channels {
@@ -254,7 +255,7 @@ public final class RESPSubscriber: Sendable {
 
     /// Channels (of `kind`) currently subscribed locally.
     public func subscribedChannels(kind: RESPSubscriptionKind = .channel) -> Set<String> {
-        state.withLock { s in Set(s.refs.keys.filter { $0.kind == kind }.map(\.name)) }
+        state.withLockedValue { s in Set(s.refs.keys.filter { $0.kind == kind }.map(\.name)) }
     }
 
     private func handlePush(_ value: RESPValue) {
@@ -277,7 +278,7 @@ public final class RESPSubscriber: Sendable {
         case "sunsubscribe" where items.count >= 2:
             // Not the answer to our SUNSUBSCRIBE (that one is consumed as its confirmation): the
             // server dropped the channel because its slot moved to another node.
-            if let ch = items[1].string, state.withLock({ $0.refs[Key(kind: .shard, name: ch)] != nil }) {
+            if let ch = items[1].string, state.withLockedValue({ $0.refs[Key(kind: .shard, name: ch)] != nil }) {
                 logger.debug("shard channel \(ch) unsubscribed by the server")
                 onServerUnsubscribe?(ch)
             }
@@ -286,7 +287,7 @@ public final class RESPSubscriber: Sendable {
             logger.trace("ignoring push \(value)")
             return
         }
-        let handlers: [@Sendable (RESPMessage) -> Void] = state.withLock { s in
+        let handlers: [@Sendable (RESPMessage) -> Void] = state.withLockedValue { s in
             (s.refs[key] ?? []).compactMap { s.subscriptions[$0]?.handler }
         }
         for h in handlers { h(message) }
@@ -294,7 +295,7 @@ public final class RESPSubscriber: Sendable {
 
     /// Closes the connection and finishes every message stream.
     public func close() async {
-        let (conn, entries): (RESPConnection?, [Entry]) = state.withLock { s in
+        let (conn, entries): (RESPConnection?, [Entry]) = state.withLockedValue { s in
             s.shutdown = true
             let c = s.connection
             s.connection = nil

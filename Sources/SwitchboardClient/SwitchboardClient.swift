@@ -1,5 +1,6 @@
 import HummingbirdWSClient
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import SwitchboardWire
 
@@ -11,7 +12,7 @@ public final class SwitchboardClient: Sendable {
     let tokenProvider: (@Sendable () async -> String?)?
     let configuration: SwitchboardClientConfiguration
     let logger: Logger
-    let state: LockedBox<ClientState>
+    let state: NIOLockedValueBox<ClientState>
     public let events: AsyncStream<ClientEvent>
 
     public convenience init(
@@ -40,11 +41,11 @@ public final class SwitchboardClient: Sendable {
         self.events = events
         var state = ClientState(events: continuation, logger: logger)
         state.retryBackoff = configuration.reconnectBackoff
-        self.state = LockedBox(state)
+        self.state = NIOLockedValueBox(state)
     }
 
     deinit {
-        self.state.withLock { state in
+        self.state.withLockedValue { state in
             state.loopTask?.cancel()
             state.ackTask?.cancel()
         }
@@ -53,18 +54,18 @@ public final class SwitchboardClient: Sendable {
     // MARK: public API
 
     /// The current session id (from the last HELLO).
-    public var session: String? { self.state.withLock { $0.session } }
+    public var session: String? { self.state.withLockedValue { $0.session } }
 
     /// The last offset handed to the application on `stream`.
     public func lastOffset(of stream: String) -> Int64? {
-        self.state.withLock { $0.book.last(of: stream) }
+        self.state.withLockedValue { $0.book.last(of: stream) }
     }
 
     /// Starts the connection loop; returns after the first HELLO. Throws if the first attempt fails
     /// (the upgrade is refused, e.g. HTTP 401, or the server cannot be reached); the client is then closed.
     public func connect() async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            self.state.withLock { state in
+            self.state.withLockedValue { state in
                 switch state.phase {
                 case .idle:
                     state.firstConnect = continuation
@@ -85,7 +86,7 @@ public final class SwitchboardClient: Sendable {
     /// Stops reconnecting and closes the socket with 1000. Pending requests fail with `.closed`,
     /// subscriptions and `events` end.
     public func close() async {
-        let (task, handshake): (Task<Void, Never>?, Bool) = self.state.withLock { state in
+        let (task, handshake): (Task<Void, Never>?, Bool) = self.state.withLockedValue { state in
             let handshake: Bool
             switch state.phase {
             case .connected, .connecting:
@@ -108,7 +109,7 @@ public final class SwitchboardClient: Sendable {
             await task.value
             watchdog.cancel()
         }
-        self.state.withLock { $0.shutDown(error: .closed) }
+        self.state.withLockedValue { $0.shutDown(error: .closed) }
     }
 
     /// Sends an application request and waits for its response (any status). Survives reconnects:
@@ -126,7 +127,7 @@ public final class SwitchboardClient: Sendable {
         try FrameValidation.checkTarget(path)
         if let idempotencyKey { try FrameValidation.checkMetaValue(idempotencyKey, key: MetaKey.idempotencyKey) }
         let timeout = timeout ?? self.configuration.requestTimeout
-        let r = self.state.withLock { $0.makeRequestID() }
+        let r = self.state.withLockedValue { $0.makeRequestID() }
         var meta: Meta = [MetaKey.requestID: r]
         // A request may be sent again after a reconnect (it was not answered, e.g. after 4429):
         // one that changes something carries a key, so the server applies it once.
@@ -136,7 +137,7 @@ public final class SwitchboardClient: Sendable {
         let text = encodeFrame(method: method, target: path, meta: meta, body: body)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ClientResponse, any Error>) in
-                self.state.withLock { state in
+                self.state.withLockedValue { state in
                     guard state.phase != .closed && state.phase != .idle else {
                         continuation.resume(throwing: SwitchboardClientError.closed)
                         return
@@ -181,7 +182,7 @@ public final class SwitchboardClient: Sendable {
         try FrameValidation.checkTarget(stream)
         let timeout = self.configuration.requestTimeout
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            self.state.withLock { state in
+            self.state.withLockedValue { state in
                 guard state.phase != .closed && state.phase != .idle else {
                     continuation.resume(throwing: SwitchboardClientError.closed)
                     return
@@ -212,20 +213,20 @@ public final class SwitchboardClient: Sendable {
                 state.sendSubscribe(stream, r: r)
             }
         }
-        let messages = self.state.withLock { $0.subscriptions[stream]?.messages } ?? AsyncStream { $0.finish() }
+        let messages = self.state.withLockedValue { $0.subscriptions[stream]?.messages } ?? AsyncStream { $0.finish() }
         return ClientSubscription(stream: stream, messages: messages, client: self)
     }
 
     /// The messages of a stream the server subscribes to by itself (`/users/<u>`, `/sessions/<s>`,
     /// `/broadcast`), or of a stream already subscribed. Messages are buffered until consumed.
     public func messages(_ stream: String) -> ClientSubscription {
-        let messages = self.state.withLock { $0.slot(for: stream, explicit: false).messages }
+        let messages = self.state.withLockedValue { $0.slot(for: stream, explicit: false).messages }
         return ClientSubscription(stream: stream, messages: messages, client: self)
     }
 
     /// Sends the new token (AUTH) and keeps it for the next reconnects (unless a token provider was given).
     public func refreshToken(_ token: String) async throws {
-        self.state.withLock { $0.latestToken = token }
+        self.state.withLockedValue { $0.latestToken = token }
         let response = try await self.request("AUTH", "/", body: token)
         guard (200..<300).contains(response.status) else {
             throw SwitchboardClientError.refused(status: response.status, body: response.body)
@@ -235,7 +236,7 @@ public final class SwitchboardClient: Sendable {
     /// Test hook: drop the socket without a close handshake (simulates a network loss);
     /// the client reconnects and resumes.
     public func simulateNetworkLoss() async {
-        self.state.withLock { state in
+        self.state.withLockedValue { state in
             if state.phase.connectionID != nil { state.outbound?.yield(.drop) }
         }
     }
@@ -243,7 +244,7 @@ public final class SwitchboardClient: Sendable {
     // MARK: internals
 
     func unsubscribe(_ stream: String) {
-        self.state.withLock { state in
+        self.state.withLockedValue { state in
             if let slot = state.subscriptions.removeValue(forKey: stream) { slot.continuation.finish() }
             state.book.forget(stream)
             state.resubscriptions = state.resubscriptions.filter { $0.value != stream }
@@ -258,7 +259,7 @@ public final class SwitchboardClient: Sendable {
     }
 
     func failRequest(_ r: String, error: any Error) {
-        self.state.withLock { state in
+        self.state.withLockedValue { state in
             guard let pending = state.requests.removeValue(forKey: r) else { return }
             pending.timer?.cancel()
             pending.continuation.resume(throwing: error)
@@ -266,7 +267,7 @@ public final class SwitchboardClient: Sendable {
     }
 
     func subscribeTimedOut(_ r: String) {
-        self.state.withLock { state in
+        self.state.withLockedValue { state in
             guard let waiter = state.subscribeWaiters.removeValue(forKey: r) else { return }
             state.failSubscribe(waiter, error: .timeout)
         }
@@ -278,7 +279,7 @@ public final class SwitchboardClient: Sendable {
             while true {
                 do { try await Task.sleep(for: interval) } catch { return }
                 guard let client else { return }
-                let running = client.state.withLock { state -> Bool in
+                let running = client.state.withLockedValue { state -> Bool in
                     guard state.phase != .closed else { return false }
                     guard state.phase.isConnected else { return true }
                     for ack in state.book.takeAcks() {
@@ -305,7 +306,7 @@ public final class SwitchboardClient: Sendable {
     /// The connection loop: connect, run, decide (§8), back off, repeat.
     func runLoop() async {
         while true {
-            let next: (id: UInt64, session: String?)? = self.state.withLock { state in
+            let next: (id: UInt64, session: String?)? = self.state.withLockedValue { state in
                 guard state.phase == .waitingToReconnect else { return nil }
                 state.nextConnectionID += 1
                 state.phase = .connecting(id: state.nextConnectionID)
@@ -313,7 +314,7 @@ public final class SwitchboardClient: Sendable {
             }
             guard let (connectionID, session) = next else { return }
             let token: String?
-            if let tokenProvider { token = await tokenProvider() } else { token = self.state.withLock { $0.latestToken } }
+            if let tokenProvider { token = await tokenProvider() } else { token = self.state.withLockedValue { $0.latestToken } }
 
             var wsConfiguration = WebSocketClientConfiguration(maxFrameSize: self.configuration.maxMessageSize)
             if let token { wsConfiguration.additionalHeaders[.authorization] = "Bearer \(token)" }
@@ -334,7 +335,7 @@ public final class SwitchboardClient: Sendable {
                 reason = "\(error)"
             }
             self.logger.debug("connection ended", metadata: ["code": "\(code.map(String.init) ?? "-")", "reason": "\(reason)"])
-            let delay = self.state.withLock { state in
+            let delay = self.state.withLockedValue { state in
                 state.connectionEnded(connectionID: connectionID, code: code, reason: reason, error: failure, configuration: self.configuration)
             }
             guard let delay else { return }
@@ -348,10 +349,10 @@ public final class SwitchboardClient: Sendable {
     /// its upgrade completes later.
     func connectBounded(_ connectionID: UInt64, url: String, configuration: WebSocketClientConfiguration) async throws -> WebSocketCloseFrame? {
         enum Attempt { case pending, upgraded, abandoned }
-        let attemptState = LockedBox(Attempt.pending)
+        let attemptState = NIOLockedValueBox(Attempt.pending)
         let attempt = Task {
             try await WebSocketClient.connect(url: url, configuration: configuration, logger: self.logger) { inbound, outbound, _ in
-                let run = attemptState.withLock { state -> Bool in
+                let run = attemptState.withLockedValue { state -> Bool in
                     guard state == .pending else { return false }
                     state = .upgraded
                     return true
@@ -366,16 +367,16 @@ public final class SwitchboardClient: Sendable {
         let timeout = self.configuration.connectTimeout
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<WebSocketCloseFrame?, any Error>) in
-                let once = LockedBox<CheckedContinuation<WebSocketCloseFrame?, any Error>?>(continuation)
+                let once = NIOLockedValueBox<CheckedContinuation<WebSocketCloseFrame?, any Error>?>(continuation)
                 let resume: @Sendable (Result<WebSocketCloseFrame?, any Error>) -> Void = { result in
-                    once.withLock { c in
+                    once.withLockedValue { c in
                         c?.resume(with: result)
                         c = nil
                     }
                 }
                 let watchdog = Task {
                     do { try await Task.sleep(for: timeout) } catch { return }
-                    let abandoned = attemptState.withLock { state -> Bool in
+                    let abandoned = attemptState.withLockedValue { state -> Bool in
                         guard state == .pending else { return false }
                         state = .abandoned
                         return true
@@ -399,7 +400,7 @@ public final class SwitchboardClient: Sendable {
     /// Runs one WebSocket: a writer task draining the outbound queue, and the reader.
     func runConnection(_ connectionID: UInt64, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async {
         let (queue, continuation) = AsyncStream.makeStream(of: OutboundItem.self)
-        let attached = self.state.withLock { state -> Bool in
+        let attached = self.state.withLockedValue { state -> Bool in
             guard state.phase.connectionID == connectionID else { return false }
             state.outbound = continuation
             return true
@@ -434,7 +435,7 @@ public final class SwitchboardClient: Sendable {
                         self.logger.warning("unparsable frame from server", metadata: ["error": "\(error)"])
                         continue
                     }
-                    self.state.withLock { $0.receive(frame, connectionID: connectionID) }
+                    self.state.withLockedValue { $0.receive(frame, connectionID: connectionID) }
                 }
             } catch {
                 self.logger.debug("inbound ended", metadata: ["error": "\(error)"])

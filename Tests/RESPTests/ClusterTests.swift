@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import RedisTestSupport
 import Testing
@@ -116,12 +117,12 @@ struct ClusterTests {
             let client = try await RESPClusterClient.connect(seeds: cluster.seeds, configuration: cluster.configuration)
             let subscriber = RESPClusterSubscriber(cluster: client)
             defer { Task { await subscriber.close(); await client.close() } }
-            let received = LockedBox([String: [String]]())
+            let received = NIOLockedValueBox([String: [String]]())
             // Channels spread over every node.
             let channels = (0..<12).map { "ch:{\($0)}" }
             #expect(Set(channels.map { client.node(forSlot: RESPClusterSlot.slot(for: $0))! }).count == 3)
             let subscription = try await subscriber.subscribe(channels) { message in
-                received.withLock { $0[message.channel, default: []].append(message.payload.text) }
+                received.withLockedValue { $0[message.channel, default: []].append(message.payload.text) }
             }
             let events = Task { () -> [RESPClientEvent] in
                 var seen: [RESPClientEvent] = []
@@ -132,7 +133,7 @@ struct ClusterTests {
                 return seen
             }
             for channel in channels { _ = try await client.spublish(channel, "one") }
-            #expect(try await eventually { received.withLock { $0.values.reduce(0) { $0 + $1.count } } == 12 })
+            #expect(try await eventually { received.withLockedValue { $0.values.reduce(0) { $0 + $1.count } } == 12 })
 
             // Move the slot of one channel: its node drops the subscription, which is made
             // again on the new owner; messages published there arrive.
@@ -144,14 +145,14 @@ struct ClusterTests {
             #expect(try await eventually { subscriber.node(of: moved)?.port == target.port })
             #expect(try await events.value == [.disconnected, .reconnected])
             _ = try await client.spublish(moved, "two")
-            #expect(try await eventually { received.withLock { $0[moved] } == ["one", "two"] })
+            #expect(try await eventually { received.withLockedValue { $0[moved] } == ["one", "two"] })
 
             // One local unsubscribe ends delivery of all its channels.
             try await subscription.unsubscribe()
             #expect(subscriber.subscribedChannels.isEmpty)
             _ = try await client.spublish(channels[1], "after")
             try await Task.sleep(for: .milliseconds(200))
-            #expect(received.withLock { $0[channels[1]] } == ["one"])
+            #expect(received.withLockedValue { $0[channels[1]] } == ["one"])
         }
     }
 
@@ -160,11 +161,11 @@ struct ClusterTests {
             let client = try await RESPClusterClient.connect(seeds: cluster.seeds, configuration: cluster.configuration)
             let subscriber = RESPClusterSubscriber(cluster: client)
             defer { Task { await subscriber.close(); await client.close() } }
-            let received = LockedBox([String]())
+            let received = NIOLockedValueBox([String]())
             let channel = "restart:{x}"
             let slot = RESPClusterSlot.slot(for: channel)
             let owner = try await cluster.server(owning: slot)
-            _ = try await subscriber.subscribe([channel]) { message in received.withLock { $0.append(message.payload.text) } }
+            _ = try await subscriber.subscribe([channel]) { message in received.withLockedValue { $0.append(message.payload.text) } }
             let events = Task { () -> [RESPClientEvent] in
                 var seen: [RESPClientEvent] = []
                 for await event in subscriber.events {
@@ -181,7 +182,7 @@ struct ClusterTests {
             #expect(try await cluster.waitUntilOK())
             #expect(try await events.value == [.disconnected, .reconnected])
             #expect(try await eventually(timeout: .seconds(20)) {
-                (try? await client.spublish(channel, "back")) != nil && received.withLock { $0.contains("back") }
+                (try? await client.spublish(channel, "back")) != nil && received.withLockedValue { $0.contains("back") }
             })
         }
     }

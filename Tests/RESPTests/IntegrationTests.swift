@@ -1,5 +1,6 @@
 import RedisTestSupport
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -175,9 +176,9 @@ struct IntegrationTests {
             let s1 = try await sub.subscribe(["a", "b", "a"])
             #expect(s1.channels == ["a", "b"])
             let s2 = try await sub.subscribe(["a"])
-            let received = LockedBox<[String]>([])
+            let received = NIOLockedValueBox<[String]>([])
             let h = try await sub.subscribe(["news.*"], kind: .pattern) { (m: RESPMessage) in
-                received.withLock { $0.append("\(m.pattern ?? ""):\(m.channel):\(m.payload.text)") }
+                received.withLockedValue { $0.append("\(m.pattern ?? ""):\(m.channel):\(m.payload.text)") }
             }
             #expect(try await pub.publish("a", "hello") == 1) // one server-side subscriber connection
             #expect(try await pub.publish("b", .bytes(ByteBuffer(string: "world"))) == 1)
@@ -189,8 +190,8 @@ struct IntegrationTests {
             #expect(m2?.channel == "b" && m2?.payload.text == "world")
             var it2 = s2.messages.makeAsyncIterator()
             #expect(await it2.next()?.payload.text == "hello")
-            try await eventually { received.withLock { $0.count } == 1 }
-            #expect(received.withLock { $0 } == ["news.*:news.x:n1"])
+            try await eventually { received.withLockedValue { $0.count } == 1 }
+            #expect(received.withLockedValue { $0 } == ["news.*:news.x:n1"])
             // Reference counting: "a" stays subscribed until the last local subscriber leaves.
             try await s1.unsubscribe()
             #expect(await it.next() == nil)
@@ -217,17 +218,17 @@ struct IntegrationTests {
             let pub = try await RESPConnection.connect(configuration: server.configuration)
             let sub = try await RESPSubscriber.connect(configuration: server.configuration)
             defer { Task { await pub.close(); await sub.close() } }
-            let count = LockedBox(0)
+            let count = NIOLockedValueBox(0)
             try await withThrowingTaskGroup(of: RESPSubscription.self) { group in
                 for _ in 0..<50 {
-                    group.addTask { try await sub.subscribe(["shared", "c2"]) { _, _ in count.withLock { $0 += 1 } } }
+                    group.addTask { try await sub.subscribe(["shared", "c2"]) { _, _ in count.withLockedValue { $0 += 1 } } }
                 }
                 var subs: [RESPSubscription] = []
                 for try await s in group { subs.append(s) }
                 // Every subscribe call returned after the server confirmed: the publish reaches all 50.
                 #expect(try await pub.publish("shared", "x") == 1)
-                try await eventually { count.withLock { $0 } == 50 }
-                #expect(count.withLock { $0 } == 50)
+                try await eventually { count.withLockedValue { $0 } == 50 }
+                #expect(count.withLockedValue { $0 } == 50)
                 #expect(sub.subscribedChannels() == ["shared", "c2"])
                 for s in subs { try await s.unsubscribe() }
             }
@@ -309,7 +310,7 @@ struct IntegrationTests {
     }
 
     @Test func helloFallbackToRESP2() async throws {
-        let log = LockedBox<[String]>([])
+        let log = NIOLockedValueBox<[String]>([])
         let server = try await fakeRedis { OldRedisHandler(log: log) }
         defer { server.close(promise: nil) }
         let cfg = RESPConfiguration(port: server.localAddress!.port!, username: "u", password: "pw", clientName: "gw", database: 2)
@@ -317,25 +318,25 @@ struct IntegrationTests {
         #expect(c.protocolVersion == 2)
         #expect(try await c.ping() == .simpleString(ByteBuffer(string: "PONG")))
         await c.close()
-        #expect(log.withLock { $0 } == ["HELLO 3 AUTH u pw SETNAME gw", "AUTH u pw", "CLIENT SETNAME gw", "SELECT 2", "PING"])
+        #expect(log.withLockedValue { $0 } == ["HELLO 3 AUTH u pw SETNAME gw", "AUTH u pw", "CLIENT SETNAME gw", "SELECT 2", "PING"])
     }
 
     /// A cluster that answers CLUSTERDOWN (a failover in progress, full coverage required) is
     /// retried for the client's time budget, not a count of attempts: a short outage is ridden
     /// over, a long one fails with the cluster's own error once the budget is spent.
     @Test func clusterDownIsRetriedForTheBudget() async throws {
-        let downUntil = LockedBox(ContinuousClock.now)
+        let downUntil = NIOLockedValueBox(ContinuousClock.now)
         let server = try await fakeRedis { ClusterDownHandler(downUntil: downUntil) }
         defer { server.close(promise: nil) }
         let node = RESPClusterClient.Node(host: "127.0.0.1", port: server.localAddress!.port!)
         let client = try await RESPClusterClient.connect(seeds: [node], configuration: .init(port: node.port), retryBudget: .seconds(5))
         defer { Task { await client.close() } }
         let start = ContinuousClock.now
-        downUntil.withLock { $0 = start + .milliseconds(1500) }
+        downUntil.withLockedValue { $0 = start + .milliseconds(1500) }
         #expect(try await client.send(RESPCommand("GET", "k"), routingKey: "k").string == "v")
         #expect(ContinuousClock.now - start >= .milliseconds(1400))
 
-        downUntil.withLock { $0 = .now + .seconds(60) }
+        downUntil.withLockedValue { $0 = .now + .seconds(60) }
         let short = try await RESPClusterClient.connect(seeds: [node], configuration: .init(port: node.port), retryBudget: .seconds(1))
         defer { Task { await short.close() } }
         let failed = ContinuousClock.now
@@ -353,12 +354,12 @@ struct IntegrationTests {
             await #expect(throws: RESPError.notConnected) { _ = try await client.send("PING") }
             client.start()
             #expect(await events.next() == .connected)
-            let received = LockedBox<[String]>([])
+            let received = NIOLockedValueBox<[String]>([])
             let sub = try await client.subscribe(["news"]) { channel, payload in
-                received.withLock { $0.append("\(channel)=\(payload.text)") }
+                received.withLockedValue { $0.append("\(channel)=\(payload.text)") }
             }
             #expect(try await client.publish("news", "one") == 1)
-            try await eventually { received.withLock { $0.count } == 1 }
+            try await eventually { received.withLockedValue { $0.count } == 1 }
 
             server.stop()
             #expect(await events.next() == .disconnected)
@@ -376,8 +377,8 @@ struct IntegrationTests {
             #expect(try await client.publish("later", "three") == 1)
             var it = later.messages.makeAsyncIterator()
             #expect(await it.next()?.payload.text == "three")
-            try await eventually { received.withLock { $0.count } >= 2 }
-            #expect(received.withLock { $0 } == ["news=one", "news=two"])
+            try await eventually { received.withLockedValue { $0.count } >= 2 }
+            #expect(received.withLockedValue { $0 } == ["news=one", "news=two"])
             try await sub.unsubscribe()
             await client.shutdown()
             #expect(await events.next() == nil)
@@ -390,11 +391,11 @@ struct IntegrationTests {
 final class OldRedisHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = RESPValue
     typealias OutboundOut = ByteBuffer
-    let log: LockedBox<[String]>
-    init(log: LockedBox<[String]>) { self.log = log }
+    let log: NIOLockedValueBox<[String]>
+    init(log: NIOLockedValueBox<[String]>) { self.log = log }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let args = unwrapInboundIn(data).array?.compactMap(\.string) ?? []
-        log.withLock { $0.append(args.joined(separator: " ")) }
+        log.withLockedValue { $0.append(args.joined(separator: " ")) }
         let reply: String
         switch args.first?.uppercased() {
         case "HELLO": reply = "-ERR unknown command 'HELLO'\r\n"
@@ -433,8 +434,8 @@ where Handler.InboundIn == RESPValue {
 final class ClusterDownHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = RESPValue
     typealias OutboundOut = ByteBuffer
-    let downUntil: LockedBox<ContinuousClock.Instant>
-    init(downUntil: LockedBox<ContinuousClock.Instant>) { self.downUntil = downUntil }
+    let downUntil: NIOLockedValueBox<ContinuousClock.Instant>
+    init(downUntil: NIOLockedValueBox<ContinuousClock.Instant>) { self.downUntil = downUntil }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let args = unwrapInboundIn(data).array?.compactMap(\.string) ?? []
         let port = context.channel.localAddress?.port ?? 0
@@ -442,7 +443,7 @@ final class ClusterDownHandler: ChannelInboundHandler, @unchecked Sendable {
         switch args.first?.uppercased() {
         case "HELLO": reply = "-ERR unknown command 'HELLO'\r\n"
         case "CLUSTER": reply = "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:\(port)\r\n"
-        case "GET": reply = ContinuousClock.now < downUntil.withLock({ $0 }) ? "-CLUSTERDOWN The cluster is down\r\n" : "$1\r\nv\r\n"
+        case "GET": reply = ContinuousClock.now < downUntil.withLockedValue({ $0 }) ? "-CLUSTERDOWN The cluster is down\r\n" : "$1\r\nv\r\n"
         default: reply = "+OK\r\n"
         }
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: reply)), promise: nil)

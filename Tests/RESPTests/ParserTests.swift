@@ -171,12 +171,11 @@ struct ParserTests {
         #expect(c.text == "*4\r\n$1\r\nX\r\n$20\r\n-9223372036854775808\r\n$19\r\n9223372036854775807\r\n$2\r\né\r\n")
     }
 
-    @Test func sha1() {
-        #expect(SHA1.hex("".utf8) == "da39a3ee5e6b4b0d3255bfef95601890afd80709")
-        #expect(SHA1.hex("abc".utf8) == "a9993e364706816aba3e25717850c26c9cd0d89d")
-        #expect(SHA1.hex("The quick brown fox jumps over the lazy dog".utf8) == "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12")
-        #expect(SHA1.hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8) == "84983e441c3bd26ebaae4aa1f95129e5e54670f1")
-        #expect(SHA1.hex(Array(repeating: UInt8(ascii: "a"), count: 1_000_000)) == "34aa973cd4c4daa4f61eeb2bdbad27316534016f")
+    @Test func scriptsAreNamedByTheirSHA1() {
+        #expect(RESPScript(source: "").sha1 == "da39a3ee5e6b4b0d3255bfef95601890afd80709")
+        #expect(RESPScript(source: "abc").sha1 == "a9993e364706816aba3e25717850c26c9cd0d89d")
+        #expect(RESPScript(source: "The quick brown fox jumps over the lazy dog").sha1 == "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12")
+        #expect(RESPScript(source: String(repeating: "a", count: 1_000_000)).sha1 == "34aa973cd4c4daa4f61eeb2bdbad27316534016f")
     }
 
     @Test func backoffFullJitter() {

@@ -1,21 +1,14 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
 import SwitchboardWire
 
-/// A value behind a lock, for test bookkeeping shared with event loops.
-final class Locked<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value
-    init(_ value: Value) { self.value = value }
-    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
-        self.lock.lock()
-        defer { self.lock.unlock() }
-        return try body(&self.value)
-    }
-    var current: Value { self.withLock { $0 } }
+extension NIOLockedValueBox {
+    /// A copy of the value, for test bookkeeping shared with event loops.
+    var current: Value { self.withLockedValue { $0 } }
 }
 
 /// One accepted WebSocket of the fake server.
@@ -61,14 +54,14 @@ final class FakeServer: Sendable {
     }
 
     let session: String
-    let connections = Locked<[FakeConnection]>([])
-    let received = Locked<[Received]>([])
-    let closeCodes = Locked<[UInt16]>([])
+    let connections = NIOLockedValueBox<[FakeConnection]>([])
+    let received = NIOLockedValueBox<[Received]>([])
+    let closeCodes = NIOLockedValueBox<[UInt16]>([])
     /// Status answered to upgrade requests instead of upgrading (nil: upgrade).
-    let refuseStatus = Locked<HTTPResponseStatus?>(nil)
+    let refuseStatus = NIOLockedValueBox<HTTPResponseStatus?>(nil)
     let onFrame: @Sendable (FakeConnection, Frame) -> Void
     let onConnect: @Sendable (FakeServer, FakeConnection) -> Void
-    private let channel = Locked<(any Channel)?>(nil)
+    private let channel = NIOLockedValueBox<(any Channel)?>(nil)
 
     init(
         session: String = "S1",
@@ -98,7 +91,7 @@ final class FakeServer: Sendable {
                         return channel.eventLoop.makeSucceededFuture(server.refuseStatus.current == nil ? HTTPHeaders() : nil)
                     },
                     upgradePipelineHandler: { channel, head in
-                        let connection = server.connections.withLock { list in
+                        let connection = server.connections.withLockedValue { list in
                             let c = FakeConnection(index: list.count, uri: head.uri, headers: head.headers, channel: channel)
                             list.append(c)
                             return c
@@ -117,7 +110,7 @@ final class FakeServer: Sendable {
                 }
             }
         let channel = try await bootstrap.bind(host: "127.0.0.1", port: 0).get()
-        self.channel.withLock { $0 = channel }
+        self.channel.withLockedValue { $0 = channel }
     }
 
     func stop() async {
@@ -146,12 +139,12 @@ final class FakeServer: Sendable {
             switch frame.opcode {
             case .text:
                 guard let parsed = try? Frame(parsing: frame.unmaskedData) else { return }
-                self.server.received.withLock { $0.append(Received(connection: self.connection.index, frame: parsed)) }
+                self.server.received.withLockedValue { $0.append(Received(connection: self.connection.index, frame: parsed)) }
                 self.server.onFrame(self.connection, parsed)
             case .connectionClose:
                 var data = frame.unmaskedData
                 let code = data.readInteger(as: UInt16.self) ?? 0
-                self.server.closeCodes.withLock { $0.append(code) }
+                self.server.closeCodes.withLockedValue { $0.append(code) }
                 var reply = ByteBuffer()
                 reply.writeInteger(code)
                 let channel = context.channel

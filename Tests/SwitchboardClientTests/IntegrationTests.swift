@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import Foundation
 import Logging
 import SwitchboardWire
@@ -58,13 +59,13 @@ func testConfiguration() -> SwitchboardClientConfiguration {
 
 /// Collects client events in the background.
 final class EventLog: Sendable {
-    let events = Locked<[ClientEvent]>([])
+    let events = NIOLockedValueBox<[ClientEvent]>([])
     let task: Task<Void, Never>
 
     init(_ client: SwitchboardClient) {
         let events = self.events
         self.task = Task {
-            for await event in client.events { events.withLock { $0.append(event) } }
+            for await event in client.events { events.withLockedValue { $0.append(event) } }
         }
     }
 
@@ -177,10 +178,10 @@ func subReply(_ connection: FakeConnection, _ frame: Frame, top: Int64 = 0, epoc
     }
 
     @Test func concurrentRequestsArePairedByRequestID() async throws {
-        let pending = Locked<[(FakeConnection, Frame)]>([])
+        let pending = NIOLockedValueBox<[(FakeConnection, Frame)]>([])
         let server = FakeServer { connection, frame in
             guard frame.method == .post else { return }
-            let all: [(FakeConnection, Frame)]? = pending.withLock { list in
+            let all: [(FakeConnection, Frame)]? = pending.withLockedValue { list in
                 list.append((connection, frame))
                 return list.count == 20 ? list : nil
             }
@@ -248,7 +249,7 @@ func subReply(_ connection: FakeConnection, _ frame: Frame, top: Int64 = 0, epoc
 
     @Test func refusedFirstConnectThrows() async throws {
         let server = FakeServer { _, _ in }
-        server.refuseStatus.withLock { $0 = .unauthorized }
+        server.refuseStatus.withLockedValue { $0 = .unauthorized }
         try await server.start()
         let client = SwitchboardClient(url: server.url, token: { "bad" }, configuration: testConfiguration())
         await #expect {

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import Foundation
 import SwitchboardClient
 import SwitchboardWire
@@ -7,7 +8,7 @@ import Testing
 /// what it names when it resumes (§4.1).
 @Suite(.timeLimit(.minutes(1))) struct RecoveryTests {
     @Test func anAckAnsweredWith503IsSentAgain() async throws {
-        let acks = Locked(0)
+        let acks = NIOLockedValueBox(0)
         let server = FakeServer { connection, frame in
             switch frame.method {
             case .sub:
@@ -15,7 +16,7 @@ import Testing
                 connection.send("PUSH200|\(frame.target)|id=1;e=E1;t=aaaaaa|one")
             case .ack:
                 // The first ack is lost (the node's engine was away).
-                if acks.withLock({ $0 += 1; return $0 }) == 1 {
+                if acks.withLockedValue({ $0 += 1; return $0 }) == 1 {
                     connection.send("ACK503|\(frame.target)||{\"error\":\"ack_failed\"}")
                 }
             default: break
@@ -115,10 +116,10 @@ import Testing
     /// A resubscription the server cannot do for now (SUB503: its engine's shard is failing over)
     /// is sent again, not given up: the stream must not silently stop.
     @Test func aResubscriptionAnswered503IsSentAgain() async throws {
-        let subs = Locked(0)
+        let subs = NIOLockedValueBox(0)
         let server = FakeServer { connection, frame in
             guard frame.method == .sub, frame.target == "/rooms/r" else { return }
-            let n = subs.withLock { $0 += 1; return $0 }
+            let n = subs.withLockedValue { $0 += 1; return $0 }
             if connection.index == 1 && n == 2 {
                 connection.send("SUB503|/rooms/r|r=\(frame.meta["r"]!)|{\"error\":\"subscribe_failed\"}")
             } else {
@@ -133,7 +134,7 @@ import Testing
         await client.simulateNetworkLoss()
         let after = try await take(1, from: subscription)
         #expect(after.map(\.body) == ["after"])
-        #expect(subs.withLock { $0 } == 3)
+        #expect(subs.withLockedValue { $0 } == 3)
         await client.close()
         await server.stop()
     }
