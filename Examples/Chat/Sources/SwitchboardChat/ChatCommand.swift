@@ -9,7 +9,7 @@ import SwitchboardRedis
 /// `switchboard-chat`: the chat example on the Switchboard library. One node with the
 /// in-memory engine by default; several nodes share rooms, history and presence with
 /// `--redis-url`. Serves the page (`Examples/Chat/Public`) and the browser client
-/// (`Clients/js/switchboard.js`) from disk.
+/// (`Clients/js/switchboard.js` and its sibling modules) from disk.
 @main
 struct ChatCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -32,7 +32,7 @@ struct ChatCommand: AsyncParsableCommand {
     @Option(name: .customLong("message-burst"), help: "Chat messages a user may send at once before the rate applies.") var messageBurst: Double = 5
     @Option(name: .customLong("public-dir"), help: "Directory with index.html, app.js, style.css (default: Examples/Chat/Public, found from the working directory or the source tree).")
     var publicDir: String?
-    @Option(name: .customLong("client-js"), help: "Path of the browser client served as /js/switchboard.js (default: Clients/js/switchboard.js, found likewise).")
+    @Option(name: .customLong("client-js"), help: "Path of the browser client served as /js/switchboard.js, with the other .js modules of its directory under /js/ (default: Clients/js/switchboard.js, found likewise).")
     var clientJS: String?
     @Option(name: .customLong("drain-window"), help: "Seconds over which a stopping node closes its clients.") var drainWindow: Double = 1
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.") var logLevel = "info"

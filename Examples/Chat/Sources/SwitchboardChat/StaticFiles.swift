@@ -7,7 +7,8 @@ import Switchboard
 
 /// The page and the browser client, read from disk on every request (they are small, and an
 /// edit shows on the next reload). Only the paths listed in `addRoutes` are served: nothing
-/// else on disk is reachable.
+/// else on disk is reachable. The client's modules are the `.js` files next to `--client-js`,
+/// listed at startup.
 struct StaticFiles: Sendable {
     let publicDir: URL
     let clientJS: URL
@@ -41,8 +42,18 @@ struct StaticFiles: Sendable {
         return files
     }
 
+    /// A client module name: `[a-z0-9-]+\.js`, a plain file name (no path, no dot file).
+    static func isClientModule(_ name: String) -> Bool {
+        guard name.hasSuffix(".js") else { return false }
+        let stem = name.utf8.dropLast(3)
+        return !stem.isEmpty && stem.allSatisfy { byte in
+            (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
+                || byte == UInt8(ascii: "-")
+        }
+    }
+
     func addRoutes(to router: Router<SwitchboardRequestContext>) {
-        let pages: [(String, URL, String)] = [
+        var pages: [(String, URL, String)] = [
             ("/", self.publicDir.appendingPathComponent("index.html"), "text/html; charset=utf-8"),
             ("/index.html", self.publicDir.appendingPathComponent("index.html"), "text/html; charset=utf-8"),
             ("/app.js", self.publicDir.appendingPathComponent("app.js"), "text/javascript; charset=utf-8"),
@@ -52,6 +63,13 @@ struct StaticFiles: Sendable {
             ("/favicon.svg", self.publicDir.appendingPathComponent("favicon.svg"), "image/svg+xml"),
             ("/favicon.ico", self.publicDir.appendingPathComponent("favicon.svg"), "image/svg+xml"),
         ]
+        // switchboard.js imports its sibling modules (`./frame.js`…), which the browser asks for
+        // as /js/frame.js…: serve every client module directly in its directory.
+        let clientDir = self.clientJS.deletingLastPathComponent()
+        let modules = (try? FileManager.default.contentsOfDirectory(atPath: clientDir.path)) ?? []
+        for name in modules.sorted() where name != "switchboard.js" && Self.isClientModule(name) {
+            pages.append(("/js/" + name, clientDir.appendingPathComponent(name), "text/javascript; charset=utf-8"))
+        }
         for (path, file, type) in pages {
             router.get(RouterPath(path)) { _, _ -> Response in
                 guard let data = FileManager.default.contents(atPath: file.path) else { throw HTTPError(.notFound) }
