@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import SwitchboardWire
 import Testing
@@ -248,10 +249,10 @@ func isInvalidArgument(_ error: (any Error)?) -> Bool {
     /// ERR429 (rate limited) answering the resubscription sent after a reconnect: sent again,
     /// not left waiting until the next disconnect.
     @Test func aResubscriptionAfterAReconnectAnsweredERR429IsSentAgain() async throws {
-        let subs = Locked(0)
+        let subs = NIOLockedValueBox(0)
         let server = FakeServer { connection, frame in
             guard frame.method == .sub, frame.target == "/rooms/r" else { return }
-            let n = subs.withLock { $0 += 1; return $0 }
+            let n = subs.withLockedValue { $0 += 1; return $0 }
             if connection.index == 1 && n == 2 {
                 connection.send(#"ERR429|/|r=\#(frame.meta["r"]!)|{"error":"rate_limited"}"#)
             } else {
@@ -266,7 +267,7 @@ func isInvalidArgument(_ error: (any Error)?) -> Bool {
         await client.simulateNetworkLoss()
         let after = try await take(1, from: subscription)
         #expect(after.map(\.body) == ["after"])
-        #expect(subs.withLock { $0 } == 3)
+        #expect(subs.withLockedValue { $0 } == 3)
         await client.close()
         await server.stop()
     }
@@ -274,10 +275,10 @@ func isInvalidArgument(_ error: (any Error)?) -> Bool {
     /// ERR429 answering the resubscription after a gap: retried after a backoff, and the gap is
     /// then filled.
     @Test func aGapResubscriptionAnsweredERR429IsSentAgainAfterABackoff() async throws {
-        let subTimes = Locked<[ContinuousClock.Instant]>([])
+        let subTimes = NIOLockedValueBox<[ContinuousClock.Instant]>([])
         let server = FakeServer { connection, frame in
             guard frame.method == .sub, frame.target == "/rooms/g" else { return }
-            let n = subTimes.withLock { times -> Int in
+            let n = subTimes.withLockedValue { times -> Int in
                 times.append(ContinuousClock.now)
                 return times.count
             }

@@ -310,7 +310,7 @@ struct RedisEngineTests {
 
     @Test(.timeLimit(.minutes(1)))
     func presenceJoinLeaveListAndNodeDeath() async throws {
-        try await withEngines(count: 2, { $0.presenceTTL = 0.6 }) { _, engines, _ in
+        try await withEngines(count: 2, { $0.presenceTTL = 1.5 }) { _, engines, _ in
             let (a, b) = (engines[0], engines[1])
             let ann = PresenceMember(user: "ann", session: "s1", connection: "node0/1")
             let anon = PresenceMember(user: nil, session: "s2", connection: "node0/2")
@@ -324,12 +324,13 @@ struct RedisEngineTests {
             #expect(try await !a.presenceLeave("/p", member: anon))
             #expect(Set(try await a.presence(of: "/p")) == [ann, bob])
             #expect(try await a.presence(of: "/empty").isEmpty)
-            // Heartbeats keep members alive past the TTL.
-            try await Task.sleep(for: .milliseconds(1200))
+            // Heartbeats keep members alive past the TTL. (A TTL long enough that a busy machine
+            // refreshes in time: a refresh runs every TTL/3.)
+            try await Task.sleep(for: .milliseconds(3000))
             #expect(Set(try await a.presence(of: "/p")) == [ann, bob])
             // Node B dies without leaving: its member disappears after the TTL.
             await b.shutdown()
-            try await Task.sleep(for: .milliseconds(1000))
+            try await Task.sleep(for: .milliseconds(2500))
             #expect(Set(try await a.presence(of: "/p")) == [ann])
         }
     }
@@ -416,6 +417,8 @@ struct RedisEngineTests {
             #expect(try await a.nodes().map(\.id) == ["node0", "node1"])
             #expect(try await b.nodes().first?.address == "127.0.0.1:1111")
 
+            // Listening before the crash is staged: a survivor may clean up at its next heartbeat.
+            try await b.subscribe("/presence/room")
             // A node that crashed: its heartbeat is old, it held session "gone" and a member of /room.
             let redis = try await RESPConnection.connect(configuration: server.configuration)
             defer { Task { await redis.close() } }
@@ -426,7 +429,6 @@ struct RedisEngineTests {
             let encoded = try RedisEngine.encode(member)
             _ = try await redis.send("HSET", "sb:{/room}:presence", .string(encoded), 99_999_999_999_999)
             _ = try await redis.send("SADD", "sb:node:{crashed}:presence", .string("/room\t" + encoded))
-            try await b.subscribe("/presence/room")
 
             // A survivor releases the session (it now expires), removes the member with a leave event.
             #expect(try await eventually { (try? await redis.send("EXISTS", "sb:node:{crashed}:sessions").int) == 0 })
@@ -435,7 +437,8 @@ struct RedisEngineTests {
             #expect(try await a.loadSession("gone")?.node == nil)
             #expect(try await a.presence(of: "/room").isEmpty)
             #expect(try await eventually { collectors[1].messages.contains { $0.stream == "/presence/room" } })
-            let event = try JSONDecoder().decode(PresenceEvents.Event.self, from: Data(collectors[1].messages.last!.body.readableBytesView))
+            let last = try #require(collectors[1].messages.last)
+            let event = try JSONDecoder().decode(PresenceEvents.Event.self, from: Data(last.body.readableBytesView))
             #expect(event == PresenceEvents.Event(event: .leave, user: "zed", session: "gone", connection: "crashed/1"))
             #expect(try await a.nodes().map(\.id) == ["node0", "node1"])
         }

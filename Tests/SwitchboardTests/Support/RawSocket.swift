@@ -89,7 +89,7 @@ final class RawSocket: @unchecked Sendable {
 
     /// Stop or restart reading from the socket (to play a slow consumer).
     func setReading(_ on: Bool) async throws {
-        try await self.channel.setOption(ChannelOptions.autoRead, value: on)
+        try await self.channel.setOption(ChannelOptions.autoRead, value: on).get()
         if on { self.channel.read() }
     }
 
