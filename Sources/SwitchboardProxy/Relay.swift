@@ -33,6 +33,16 @@ actor Relay {
     /// Whether a keepalive found the attached peer alive.
     enum Liveness { case alive, dead, notAttached }
 
+    /// Where the conversation in this direction is.
+    private enum Conversation {
+        case open
+        /// `close` goes out after the queue; `written` once it went to the attached peer (a
+        /// peer that detaches before answering gets it again from the next one).
+        case closing(CloseFrame, written: Bool)
+        /// Over: nothing more is accepted or written.
+        case finished
+    }
+
     private enum Work {
         case messages([ProxyMessage], ping: ByteBuffer?)
         case ping(ByteBuffer)
@@ -59,12 +69,10 @@ actor Relay {
     private var pingDue = false
     /// Messages written since the last ping.
     private var sincePing = 0
-    /// The close frame to send after the queue, once the conversation is over.
-    private var closing: CloseFrame?
-    private var closeWritten = false
-    private var finished = false
+    private var conversation = Conversation.open
     /// A peer is connecting (handshake done, not attached yet): producers wait rather than
-    /// being refused, as they would for an attached peer.
+    /// being refused, as they would for an attached peer. (Independent of `sink`: the next
+    /// peer can be on its way while the previous one is still attached.)
     private var expecting = false
     private var pumpWaiter: CheckedContinuation<Void, Never>?
     private var spaceWaiters: [CheckedContinuation<Void, Never>] = []
@@ -80,7 +88,18 @@ actor Relay {
 
     /// Messages not yet confirmed by the peer (queued or written).
     var pending: Int { self.queue.count + self.unconfirmed.count }
-    var isFinished: Bool { self.finished }
+    var isFinished: Bool {
+        if case .finished = self.conversation { true } else { false }
+    }
+
+    private var isOpen: Bool {
+        if case .open = self.conversation { true } else { false }
+    }
+
+    /// The close went out to the attached peer.
+    private var closeWritten: Bool {
+        if case .closing(_, written: true) = self.conversation { true } else { false }
+    }
 
     // MARK: - Producer side
 
@@ -88,7 +107,7 @@ actor Relay {
     func push(_ message: ProxyMessage) async throws(PushError) {
         let size = message.data.readableBytes
         while true {
-            guard !self.finished, self.closing == nil else { throw .finished }
+            guard self.isOpen else { throw .finished }
             if self.sink != nil || self.expecting {
                 if self.queue.count < self.limits.messages, self.queuedBytes + size <= self.limits.bytes { break }
             } else {
@@ -107,16 +126,16 @@ actor Relay {
 
     /// Ends the conversation in this direction: `close` is written after every queued message.
     func close(after close: CloseFrame) {
-        guard !self.finished, self.closing == nil else { return }
-        self.closing = close
+        guard self.isOpen else { return }
+        self.conversation = .closing(close, written: false)
         self.wakePump()
     }
 
     /// Ends the relay now; what is still pending is not delivered. Returns how many messages.
     @discardableResult
     func finish() -> Int {
-        guard !self.finished else { return 0 }
-        self.finished = true
+        guard !self.isFinished else { return 0 }
+        self.conversation = .finished
         let lost = self.pending
         self.metrics.queued.decrement(by: Double(lost))
         if lost > 0 { self.metrics.undelivered.increment(by: lost) }
@@ -140,7 +159,7 @@ actor Relay {
 
     /// `link` now receives this relay's messages (and a repeat of any unconfirmed ones).
     func attach(_ link: PeerLink) {
-        guard !self.finished else { return }
+        guard !self.isFinished else { return }
         if let previous = self.sink, previous.id != link.id { self.detach(previous) }
         self.sink = link
         self.expecting = false
@@ -152,7 +171,7 @@ actor Relay {
     func detach(_ link: PeerLink) {
         guard self.sink?.id == link.id else { return }
         self.sink = nil
-        self.closeWritten = false
+        if case .closing(let close, written: true) = self.conversation { self.conversation = .closing(close, written: false) }
         self.unansweredSince = nil
         self.writeStartedAt = nil
         self.pingDue = false
@@ -256,7 +275,7 @@ actor Relay {
     }
 
     private func nextWork() async -> (PeerLink, Work)? {
-        while !self.finished {
+        while !self.isFinished {
             if let sink = self.sink {
                 if !self.queue.isEmpty {
                     // Written messages wait for the next ping: tag them with its number.
@@ -280,9 +299,9 @@ actor Relay {
                     self.pingDue = false
                     return (sink, .ping(self.nextPing()))
                 }
-                if let closing = self.closing, !self.closeWritten {
-                    self.closeWritten = true
-                    return (sink, .close(closing))
+                if case .closing(let close, written: false) = self.conversation {
+                    self.conversation = .closing(close, written: true)
+                    return (sink, .close(close))
                 }
             }
             await withCheckedContinuation { self.pumpWaiter = $0 }

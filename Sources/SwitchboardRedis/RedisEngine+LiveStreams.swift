@@ -21,7 +21,7 @@ extension RedisEngine {
             guard self.isAvailable else { throw EngineError.unavailable("Redis not connected") }
         }
         let (generation, pending, fresh) = try self.state.withLockedValue { s -> (UInt64, Task<RESPSubscription, any Error>?, Bool) in
-            if s.shutdown { throw EngineError.unavailable("engine shut down") }
+            if s.lifecycle == .shutDown { throw EngineError.unavailable("engine shut down") }
             if var l = s.live[stream] {
                 l.refs += 1
                 s.live[stream] = l
@@ -107,7 +107,11 @@ extension RedisEngine {
             self.logger.warning("undecodable live message on \(stream)")
             return
         }
-        enum Outcome { case deliver(any EngineDelivery, verify: (Int64, String)?), rolledBack(seen: Int64), drop }
+        enum Outcome {
+            case deliver(any EngineDelivery, verify: (Int64, String)?)
+            case rolledBack(seen: Int64)
+            case drop
+        }
         let outcome = self.state.withLockedValue { s -> Outcome in
             // A stale subscription (unsubscribed, being replaced) must not deliver twice.
             guard var l = s.live[stream], l.generation == generation, let delivery = s.delivery, !l.rollingBack else { return .drop }
@@ -178,8 +182,9 @@ extension RedisEngine {
         }
         guard offset <= StreamOffset.maximum else { return nil }
         guard let c2 = view[(c1 + 1)...].firstIndex(of: comma), let c3 = view[(c2 + 1)...].firstIndex(of: comma),
-              let c4 = view[(c3 + 1)...].firstIndex(of: comma),
-              let body = payload.getSlice(at: c4 + 1, length: view.endIndex - (c4 + 1)) else { return nil }
+            let c4 = view[(c3 + 1)...].firstIndex(of: comma),
+            let body = payload.getSlice(at: c4 + 1, length: view.endIndex - (c4 + 1))
+        else { return nil }
         let epoch = String(decoding: view[(c1 + 1)..<c2], as: UTF8.self)
         let tag = String(decoding: view[(c2 + 1)..<c3], as: UTF8.self)
         let previous = String(decoding: view[(c3 + 1)..<c4], as: UTF8.self)
@@ -223,7 +228,10 @@ extension RedisEngine {
                 }
             }
         }
-        if !unread.isEmpty { self.logger.warning("could not read the position of \(unread.count) live streams after an outage; the live check reads them when they carry traffic") }
+        if !unread.isEmpty {
+            self.logger.warning(
+                "could not read the position of \(unread.count) live streams after an outage; the live check reads them when they carry traffic")
+        }
         // A stream that moved on may have moved on from another history: the message this node
         // received last must still be the one kept there.
         for (stream, position) in lagging {
@@ -360,8 +368,9 @@ extension RedisEngine {
             let generation = s.nextGeneration
             s.nextGeneration += 1
             let task = self.channelTask(stream, generation: generation, replacing: l.channel)
-            l = LiveStream(refs: l.refs, generation: generation, channel: .subscribing(task), lastOffset: l.lastOffset, lastEpoch: l.lastEpoch,
-                           received: l.received, receivedTag: l.receivedTag, activeUntil: l.activeUntil)
+            l = LiveStream(
+                refs: l.refs, generation: generation, channel: .subscribing(task), lastOffset: l.lastOffset, lastEpoch: l.lastEpoch,
+                received: l.received, receivedTag: l.receivedTag, activeUntil: l.activeUntil)
             s.live[stream] = l
             return (task, generation)
         }

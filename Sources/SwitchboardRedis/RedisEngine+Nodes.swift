@@ -71,7 +71,7 @@ extension RedisEngine {
 
     private func beatOnce() async {
         let pulse = self.state.withLockedValue { s -> (node: String, address: String?, started: Double, connections: Int)? in
-            guard !s.node.isEmpty, !s.shutdown else { return nil }
+            guard !s.node.isEmpty, s.lifecycle != .shutDown else { return nil }
             return (s.node, s.address, s.startedAt, s.sessions.count)
         }
         guard let pulse else { return }
@@ -85,12 +85,16 @@ extension RedisEngine {
         self.subscribeSessionStreams()
         let start = ContinuousClock.now
         do {
-            async let beat = self.run(RedisScripts.nodeHeartbeat, keys: [self.nodesKey], args: [
-                .string(node), .int(self.deadAfterMs),
-            ])
-            async let info = self.run(RedisScripts.nodeInfo, keys: [self.nodeKey(node)], args: [
-                .string(address ?? ""), .int(Int(started * 1000)), .int(connections), .int(self.deadAfterMs),
-            ])
+            async let beat = self.run(
+                RedisScripts.nodeHeartbeat, keys: [self.nodesKey],
+                args: [
+                    .string(node), .int(self.deadAfterMs),
+                ])
+            async let info = self.run(
+                RedisScripts.nodeInfo, keys: [self.nodeKey(node)],
+                args: [
+                    .string(address ?? ""), .int(Int(started * 1000)), .int(connections), .int(self.deadAfterMs),
+                ])
             let (beatReply, infoReply) = try await (beat, info)
             let roundTrip = ContinuousClock.now - start
             let interval = Duration.milliseconds(self.heartbeatMs)
@@ -135,16 +139,20 @@ extension RedisEngine {
     /// Releases the sessions of a dead node, unless another survivor is already doing it.
     private func cleanUp(deadNode id: String) async {
         do {
-            let lock = try await self.send(RESPCommand("SET", .string(self.nodeKey(id) + ":cleanup"), .string(self.nodeID),
-                                                       "NX", "PX", .int(30_000)))
+            let lock = try await self.send(
+                RESPCommand(
+                    "SET", .string(self.nodeKey(id) + ":cleanup"), .string(self.nodeID),
+                    "NX", "PX", .int(30_000)))
             guard lock.string == "OK" else { return }
             let sessions = (try await self.send(RESPCommand("SMEMBERS", .string(self.nodeSessionsKey(id)))).array ?? []).compactMap(\.string)
             await withTaskGroup(of: Void.self) { group in
                 for session in sessions {
                     group.addTask {
-                        let count = try? await self.run(RedisScripts.touchSession, keys: [self.sessionKey(session)], args: [
-                            .int(-1), .int(max(1, Int((self.configuration.sessionTTL * 1000).rounded()))), .string(id),
-                        ])
+                        let count = try? await self.run(
+                            RedisScripts.touchSession, keys: [self.sessionKey(session)],
+                            args: [
+                                .int(-1), .int(max(1, Int((self.configuration.sessionTTL * 1000).rounded()))), .string(id),
+                            ])
                         if count?.int == 0 { await self.endHolds(ofSession: session) }
                     }
                 }
@@ -163,7 +171,8 @@ extension RedisEngine {
         let node = self.nodeID
         guard !node.isEmpty, self.backend.isConnected else { return }
         _ = try? await self.send(RESPCommand("ZREM", .string(self.nodesKey), .string(node)))
-        _ = try? await self.send(RESPCommand("DEL", .string(self.nodeKey(node)), .string(self.nodeSessionsKey(node)), .string(self.nodePresenceKey(node))))
+        _ = try? await self.send(
+            RESPCommand("DEL", .string(self.nodeKey(node)), .string(self.nodeSessionsKey(node)), .string(self.nodePresenceKey(node))))
     }
 
     public func nodes() async throws -> [NodeInfo] {
@@ -228,7 +237,7 @@ extension RedisEngine {
     /// Subscribes to this node's control channel (once; the backend restores it after outages).
     private func subscribeControl() {
         let (node, start) = self.state.withLockedValue { s -> (String, Bool) in
-            guard s.control == nil, !s.node.isEmpty, !s.shutdown else { return (s.node, false) }
+            guard s.control == nil, !s.node.isEmpty, s.lifecycle != .shutDown else { return (s.node, false) }
             return (s.node, true)
         }
         guard start else { return }

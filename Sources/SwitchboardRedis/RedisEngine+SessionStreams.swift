@@ -42,7 +42,7 @@ extension RedisEngine {
     func subscribeSessionStreams() {
         guard self.sharesSessionChannels else { return }
         let start = self.state.withLockedValue { s -> Bool in
-            guard s.sessionChannel == nil, !s.node.isEmpty, !s.shutdown else { return false }
+            guard s.sessionChannel == nil, !s.node.isEmpty, s.lifecycle != .shutDown else { return false }
             return true
         }
         guard start else { return }

@@ -120,8 +120,12 @@ public final class RedisEngine: SwitchboardEngine {
         /// Heartbeats never overlap (a restore must finish before a refresh).
         var heartbeat = HeartbeatState.idle
         var lastPresenceRefresh: ContinuousClock.Instant?
-        var started = false
-        var shutdown = false
+        var lifecycle = Lifecycle.created
+    }
+
+    /// Started once; after `shutdown()` nothing (re)subscribes and nothing starts again.
+    enum Lifecycle: Equatable {
+        case created, running, shutDown
     }
 
     public init(configuration: RedisEngineConfiguration, logger: Logger = Logger(label: "switchboard.redis")) {
@@ -162,10 +166,11 @@ public final class RedisEngine: SwitchboardEngine {
 
     public func start(node: String, delivery: any EngineDelivery) async throws {
         let first = self.state.withLockedValue { s -> Bool in
+            guard s.lifecycle == .created else { return false }
             s.node = node
             s.delivery = delivery
-            defer { s.started = true }
-            return !s.started
+            s.lifecycle = .running
+            return true
         }
         guard first else { return }
         self.backend.start()
@@ -213,8 +218,9 @@ public final class RedisEngine: SwitchboardEngine {
         await self.deregister()
         let (tasks, live, control, sessions) = self.state.withLockedValue {
             s -> ([Task<Void, Never>], [LiveStream], Task<RESPSubscription, any Error>?, Task<RESPSubscription, any Error>?) in
-            s.shutdown = true
-            let t = s.tasks, l = Array(s.live.values)
+            s.lifecycle = .shutDown
+            let t = s.tasks
+            let l = Array(s.live.values)
             s.tasks = []
             s.live = [:]
             return (t, l, s.control, s.sessionChannel)
@@ -230,7 +236,8 @@ public final class RedisEngine: SwitchboardEngine {
 
     public func health() async -> EngineHealth {
         let (availability, lastRoundTrip, degraded) = self.state.withLockedValue { ($0.availability, $0.lastRoundTrip, $0.degraded) }
-        let target = self.configuration.clusterSeeds == nil
+        let target =
+            self.configuration.clusterSeeds == nil
             ? "Redis \(self.configuration.redis.host):\(self.configuration.redis.port)"
             : "Redis Cluster (\(self.configuration.clusterSeeds!.count) seeds)"
         if degraded, availability == .available {
@@ -239,7 +246,8 @@ public final class RedisEngine: SwitchboardEngine {
             guard await self.backend.anyNodeAnswers(within: .seconds(1)) else {
                 return EngineHealth(available: false, detail: "\(target): no node answers")
             }
-            return EngineHealth(available: true, detail: "\(target): a shard is failing over; its streams answer 503 until it is back", roundTrip: lastRoundTrip)
+            return EngineHealth(
+                available: true, detail: "\(target): a shard is failing over; its streams answer 503 until it is back", roundTrip: lastRoundTrip)
         }
         switch availability {
         case .unavailable:

@@ -7,9 +7,21 @@ public final class ConnectionHandle: Sendable, Hashable, CustomStringConvertible
     public let user: String?
     public let node: String
     let loop: any EventLoop
-    // Only touched on `loop`. A strong reference the connection clears when it closes
-    // (a weak one would give every connection a side table and slow its retains).
-    nonisolated(unsafe) var handler: ConnectionHandler?
+    // A strong reference the connection clears when it closes (a weak one would give every
+    // connection a side table and slow its retains). Only touched on `loop`, which debug builds
+    // check on every access; an `NIOLoopBoundBox` would check it too, at one more allocation
+    // per connection.
+    nonisolated(unsafe) private var loopBoundHandler: ConnectionHandler?
+    var handler: ConnectionHandler? {
+        get {
+            self.loop.assertInEventLoop()
+            return self.loopBoundHandler
+        }
+        set {
+            self.loop.assertInEventLoop()
+            self.loopBoundHandler = newValue
+        }
+    }
 
     init(id: UInt64, session: String, user: String?, node: String, loop: any EventLoop) {
         self.id = id
