@@ -1,91 +1,10 @@
+// Over 400 lines on purpose: one value whose transitions (frames in, resubscription, the
+// connection's life cycle) read best side by side; its parts are in ClientStateParts.swift.
 import Foundation
 import HummingbirdWSClient
 import Logging
 import NIOCore
 import SwitchboardWire
-
-/// What the connection's writer task sends.
-enum OutboundItem: Sendable {
-    case text(String)
-    /// Close handshake with 1000.
-    case close
-    /// Drop the TCP connection without a close handshake (test hook).
-    case drop
-}
-
-/// The connection state machine.
-///
-///     idle ──connect()──▶ connecting(id) ──HELLO──▶ connected(id)
-///                           ▲      │                    │
-///                           │      └────── socket ends ─┤
-///                           └── waitingToReconnect ◀────┘  (backoff, unless 4403/4409)
-///     any ──close()/4403/4409/first attempt refused──▶ closed
-enum ConnectionPhase: Equatable {
-    case idle
-    /// Opening the socket, upgrading, or waiting for HELLO.
-    case connecting(id: UInt64)
-    case connected(id: UInt64, since: ContinuousClock.Instant)
-    case waitingToReconnect
-    case closed
-
-    var connectionID: UInt64? {
-        switch self {
-        case .connecting(let id), .connected(let id, _): id
-        default: nil
-        }
-    }
-
-    var isConnected: Bool {
-        if case .connected = self { return true }
-        return false
-    }
-}
-
-struct PendingRequest {
-    let text: String
-    let continuation: CheckedContinuation<ClientResponse, any Error>
-    var timer: Task<Void, Never>?
-}
-
-struct SubscribeWaiter {
-    let stream: String
-    let continuation: CheckedContinuation<Void, any Error>
-    var timer: Task<Void, Never>?
-    /// The stream's subscription slot before this call: put back if the call fails.
-    let slotBefore: SlotBefore
-    /// The stream had a book entry before this call (if not, it is forgotten again on failure).
-    let hadEntry: Bool
-    /// The position seeded by `subscribe(_:after:)`, undone if the call fails.
-    let seed: SeedUndo?
-}
-
-/// What a stream's subscription slot was before a `subscribe()` call.
-enum SlotBefore: Equatable {
-    /// No slot: the call made it (removed again if it fails).
-    case absent
-    /// A slot made by `messages(_:)`: the call made it explicit (made implicit again if it fails).
-    case implicit
-    /// Already subscribed: the slot stays whatever the call's outcome.
-    case explicit
-}
-
-/// The book entry before a seeded `subscribe(_:after:)`, and the offset it seeded.
-struct SeedUndo {
-    let before: StreamBook.Entry?
-    let last: Int64
-}
-
-struct SubscriptionSlot {
-    let messages: AsyncStream<ClientMessage>
-    let continuation: AsyncStream<ClientMessage>.Continuation
-    /// Subscribed with `subscribe()` (resubscribed on every reconnect).
-    var explicit: Bool
-
-    init(explicit: Bool) {
-        (self.messages, self.continuation) = AsyncStream.makeStream(of: ClientMessage.self, bufferingPolicy: .bufferingOldest(100_000))
-        self.explicit = explicit
-    }
-}
 
 /// Everything mutable in a client, guarded by one lock. Methods perform their effects
 /// (yielding to streams, resuming continuations, queueing outbound frames) directly:
@@ -499,21 +418,4 @@ struct ClientState {
 /// Encodes a frame known to be valid (targets and META values checked by the caller or from the server).
 func encodeFrame(method: Method, target: String, meta: Meta, body: String = "") -> String {
     String(buffer: Frame(method: method, target: target, meta: meta, body: ByteBuffer(string: body)).encoded())
-}
-
-enum FrameValidation {
-    static func checkTarget(_ target: String) throws(SwitchboardClientError) {
-        guard target.first == "/" else { throw .invalidArgument("target must start with '/': \(target)") }
-        guard target.utf8.count <= 4096 else { throw .invalidArgument("target longer than 4096 bytes") }
-        for b in target.utf8 where b <= 0x20 || b >= 0x7F || b == UInt8(ascii: "|") {
-            throw .invalidArgument("target must be printable ASCII without '|' (percent-encode): \(target)")
-        }
-    }
-
-    static func checkMetaValue(_ value: String, key: String) throws(SwitchboardClientError) {
-        guard !value.isEmpty else { throw .invalidArgument("empty META value for \(key)") }
-        for b in value.utf8 where b <= 0x20 || b >= 0x7F || b == UInt8(ascii: "|") || b == UInt8(ascii: ";") || b == UInt8(ascii: "=") {
-            throw .invalidArgument("META value for \(key) must be printable ASCII without | ; =")
-        }
-    }
 }

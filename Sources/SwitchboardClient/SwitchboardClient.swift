@@ -1,3 +1,5 @@
+// Over 400 lines on purpose: the public API and the one connection loop that serves it
+// (connect, run, reconnect) read best together; the decisions are in ClientState and StreamBook.
 import HummingbirdWSClient
 import Logging
 import NIOConcurrencyHelpers
