@@ -61,6 +61,7 @@ let package = Package(
                 "SwitchboardWire", "SwitchboardAuth",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -74,6 +75,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
@@ -117,7 +119,7 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
@@ -128,6 +130,8 @@ let package = Package(
                 "Switchboard", "SwitchboardClient",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -137,16 +141,16 @@ let package = Package(
                 "Switchboard",
                 "SwitchboardRedis",
                 "RESP",
-                "SwitchboardWire",
                 "SwitchboardProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "JWTKit", package: "jwt-kit"),
             ]
@@ -158,6 +162,7 @@ let package = Package(
                 "Switchboard", "SwitchboardRedis", "SwitchboardWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -165,12 +170,13 @@ let package = Package(
             ],
             path: "Examples/Chat/Sources/SwitchboardChat"
         ),
-        .testTarget(name: "SwitchboardWireTests", dependencies: ["SwitchboardWire"]),
+        .testTarget(name: "SwitchboardWireTests", dependencies: ["SwitchboardWire", .product(name: "NIOCore", package: "swift-nio")]),
         // Real redis-server processes and Redis Clusters on loopback, for the test targets.
         .target(
             name: "RedisTestSupport",
             dependencies: [
                 "RESP",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -179,13 +185,19 @@ let package = Package(
         ),
         .testTarget(
             name: "RESPTests",
-            dependencies: ["RESP", "RedisTestSupport", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+            dependencies: [
+                "RESP", "RedisTestSupport",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
         ),
         // Real `switchboard serve` processes over real Redis (and Redis Cluster).
         .testTarget(
             name: "SwitchboardClusterTests",
             dependencies: [
-                "RedisTestSupport", "SwitchboardClient", "SwitchboardTesting", "Switchboard",
+                "RedisTestSupport", "RESP", "SwitchboardClient", "SwitchboardTesting", "Switchboard",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
@@ -203,12 +215,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "SwitchboardRedisTests", dependencies: ["SwitchboardRedis", "Switchboard", "RESP", "RedisTestSupport"]),
+        .testTarget(
+            name: "SwitchboardRedisTests",
+            dependencies: [
+                "SwitchboardRedis", "Switchboard", "RESP", "RedisTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "SwitchboardClientTests",
             dependencies: [
                 "SwitchboardClient", "SwitchboardWire",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
             ]
@@ -217,10 +239,11 @@ let package = Package(
             name: "SwitchboardTests",
             dependencies: [
                 "Switchboard", "SwitchboardClient", "SwitchboardTesting",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
@@ -235,8 +258,11 @@ let package = Package(
 // scripts/fuzz.sh runs them (a short smoke run in the tests, a long run on demand).
 if Context.environment["SWITCHBOARD_FUZZ"] != nil {
     package.targets += [
-        .executableTarget(name: "FuzzFrameParser", dependencies: ["SwitchboardWire", .product(name: "NIOCore", package: "swift-nio")], path: "Fuzz/Sources/FuzzFrameParser"),
-        .executableTarget(name: "FuzzRESPParser", dependencies: ["RESP", .product(name: "NIOCore", package: "swift-nio")], path: "Fuzz/Sources/FuzzRESPParser"),
+        .executableTarget(
+            name: "FuzzFrameParser", dependencies: ["SwitchboardWire", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Fuzz/Sources/FuzzFrameParser"),
+        .executableTarget(
+            name: "FuzzRESPParser", dependencies: ["RESP", .product(name: "NIOCore", package: "swift-nio")], path: "Fuzz/Sources/FuzzRESPParser"),
         .executableTarget(name: "FuzzClaims", dependencies: ["SwitchboardAuth"], path: "Fuzz/Sources/FuzzClaims"),
     ]
     package.products += [
