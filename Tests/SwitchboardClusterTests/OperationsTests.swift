@@ -37,7 +37,9 @@ struct OperationsTests {
 
         /// The sum of every sample of `name` whose labels include `labels`.
         func value(_ name: String, _ labels: [String: String] = [:]) -> Double {
-            self.samples.filter { sample in sample.name == name && labels.allSatisfy { sample.labels[$0.key] == $0.value } }.reduce(0) { $0 + $1.value }
+            self.samples.filter { sample in sample.name == name && labels.allSatisfy { sample.labels[$0.key] == $0.value } }.reduce(0) {
+                $0 + $1.value
+            }
         }
 
         static func of(_ node: NodeProcess) async throws -> Scrape {
@@ -75,7 +77,9 @@ struct OperationsTests {
             for client in clients { await client.close() }
             #expect(try await eventually { (try? await Scrape.of(node).value("switchboard_connections_open")) == 0 })
             let after = try await Scrape.of(node)
-            #expect(after.value("switchboard_connections_closed_total", ["code": "1000"]) - before.value("switchboard_connections_closed_total", ["code": "1000"]) == 2)
+            #expect(
+                after.value("switchboard_connections_closed_total", ["code": "1000"])
+                    - before.value("switchboard_connections_closed_total", ["code": "1000"]) == 2)
         }
     }
 
@@ -91,9 +95,10 @@ struct OperationsTests {
         // Every connection was accepted: the ones past the maximum (256 less a reserve of 32)
         // were closed at once, long before the 10 s handshake timeout.
         let maximum = 256 - 32
-        #expect(try await eventually(timeout: .seconds(5)) {
-            sockets.filter { Self.closedByPeer($0) }.count >= 300 - maximum
-        })
+        #expect(
+            try await eventually(timeout: .seconds(5)) {
+                sockets.filter { Self.closedByPeer($0) }.count >= 300 - maximum
+            })
         let before = node.cpuSeconds
         try await Task.sleep(for: .seconds(2))
         let spent = node.cpuSeconds - before
@@ -125,7 +130,10 @@ struct OperationsTests {
         let result = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard result == 0 else { close(fd); throw ClusterTestFailure("connect: errno \(errno)") }
+        guard result == 0 else {
+            close(fd)
+            throw ClusterTestFailure("connect: errno \(errno)")
+        }
         return fd
     }
 
@@ -134,6 +142,17 @@ struct OperationsTests {
         var byte: UInt8 = 0
         let n = recv(fd, &byte, 1, Int32(MSG_DONTWAIT) | Int32(MSG_PEEK))
         return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+    }
+
+    /// A body published over HTTP that is not UTF-8 is refused (400): subscribers receive it in
+    /// WebSocket text frames, which must be UTF-8. (A WebSocket frame's body already is.)
+    @Test func aPublishedBodyThatIsNotUTF8IsRefused() async throws {
+        let node = try await NodeProcess(id: "utf8", redis: nil, extra: ["--allow-anonymous"])
+        defer { node.kill() }
+        let bad = try await node.request("POST", "/streams/utf8", body: Data([0x66, 0xFF, 0xFE]))
+        #expect(bad.status == 400, "\(bad.body)")
+        let good = try await node.request("POST", "/streams/utf8", body: Data("fine".utf8))
+        #expect(good.status == 201, "\(good.body)")
     }
 
     @Test func aDrainingNodeIsNotReadyRefusesUpgradesThenExits() async throws {
@@ -146,14 +165,17 @@ struct OperationsTests {
         #expect(await node.isReady())
         await node.signal(SIGTERM)
         // Closes are spread over the window; meanwhile the listener stays up and says so.
-        #expect(try await eventually(timeout: .seconds(3)) {
-            let reply = try? await node.get("/health/ready")
-            return reply?.status == 503 && reply?.body.contains("draining") == true
-        })
+        #expect(
+            try await eventually(timeout: .seconds(3)) {
+                let reply = try? await node.get("/health/ready")
+                return reply?.status == 503 && reply?.body.contains("draining") == true
+            })
         // HTTP clients drop Upgrade headers, so the handshake goes over a plain TCP socket.
-        let handshake = "GET /ws HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+        let handshake =
+            "GET /ws HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
             + "Sec-WebSocket-Version: 13\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n"
-        let upgrade = try Self.run(["-c", "exec 3<>/dev/tcp/127.0.0.1/\(node.port); printf '\(handshake)' >&3; timeout 5 head -1 <&3"], executable: "/bin/bash")
+        let upgrade = try Self.run(
+            ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(node.port); printf '\(handshake)' >&3; timeout 5 head -1 <&3"], executable: "/bin/bash")
         #expect(upgrade.output.hasPrefix("HTTP/1.1 503"), "\(upgrade.output)")
         #expect(try await eventually(timeout: .seconds(20)) { !node.isRunning })
         for client in clients { await client.close() }
@@ -165,7 +187,10 @@ struct OperationsTests {
         let limit = ["--user-request-rate", "0.01", "--user-request-burst", "3"]
         let a = try await NodeProcess(id: "rate-a", redis: redis.url, extra: limit)
         let b = try await NodeProcess(id: "rate-b", redis: redis.url, extra: limit)
-        defer { a.kill(); b.kill() }
+        defer {
+            a.kill()
+            b.kill()
+        }
         let token = try await TestTokens.make(user: "greedy", expiresIn: 3600, secret: NodeProcess.secret)
         let auth = ["Authorization": "Bearer \(token)"]
         let body = Data(#"{"n":1}"#.utf8)
@@ -186,7 +211,9 @@ struct OperationsTests {
 
     // MARK: configuration
 
-    static func run(_ arguments: [String], environment: [String: String] = [:], executable: String = NodeProcess.binary) throws -> (status: Int32, output: String) {
+    static func run(
+        _ arguments: [String], environment: [String: String] = [:], executable: String = NodeProcess.binary
+    ) throws -> (status: Int32, output: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = arguments
@@ -209,7 +236,9 @@ struct OperationsTests {
     }
 
     @Test func configCheckAcceptsAGoodFileAndNamesWhatIsWrongInABadOne() throws {
-        let good = try Self.file(#"{"port": 9123, "jwt-secret": "a-secret-of-at-least-32-bytes-long!!", "api-keys": ["k1"], "max-connections-per-user": 4, "allowed-origins": ["https://chat.example.com"], "history-age": 60}"#)
+        let good = try Self.file(
+            #"{"port": 9123, "jwt-secret": "a-secret-of-at-least-32-bytes-long!!", "api-keys": ["k1"], "max-connections-per-user": 4, "allowed-origins": ["https://chat.example.com"], "history-age": 60}"#
+        )
         let ok = try Self.run(["config", "check", good])
         #expect(ok.status == 0, "\(ok.output)")
         #expect(ok.output.contains("OK"))
@@ -265,7 +294,9 @@ struct OperationsTests {
         let file = try Self.run(["token", "--sub", "cy", "--config", try Self.file(#"{"jwt-secret": "\#(secret)"}"#)])
         #expect(try await TokenVerifier.hs256(secret: secret).verify(file.output.trimmingCharacters(in: .whitespacesAndNewlines)).user == "cy")
         // An oct key of a key set, chosen by kid; the node verifying that set accepts it.
-        let jwks = try Self.file(#"{"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":"\#(Data(secret.utf8).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: ""))"}]}"#)
+        let jwks = try Self.file(
+            #"{"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":"\#(Data(secret.utf8).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: ""))"}]}"#
+        )
         let keyed = try Self.run(["token", "--jwt-jwks", jwks, "--sub", "dee"])
         #expect(keyed.status == 0, "\(keyed.output)")
         let verifier = try await TokenVerifier.jwks(json: try String(contentsOfFile: jwks, encoding: .utf8))
