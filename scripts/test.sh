@@ -128,6 +128,9 @@ if wants swift; then
   # the README must quote the embedding example as it is.
   python3 scripts/openapi-check.py
   python3 scripts/readme-check.py
+  python3 scripts/imports-check.py
+  # One style (.swift-format); the same command with `format -i` instead of `lint --strict` applies it.
+  swift format lint --strict -r Sources Tests Examples/Embed Examples/Chat/Sources Fuzz/Sources Package.swift
   # Every test bounds its own time; these outer bounds make a hang fail the run instead of stalling it.
   # The idle-cost tests hold 10,000 connections: they run alone, after the others.
   timeout --kill-after=30 900 swift test --skip-build --skip IdleCostTests

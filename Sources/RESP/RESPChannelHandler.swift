@@ -121,7 +121,9 @@ final class RESPChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     private let onPush: (@Sendable (RESPValue) -> Void)?
     private let logger: Logger
 
-    init(loop: any EventLoop, parser: RESPParser, onPush: (@Sendable (RESPValue) -> Void)?, closeReason: NIOLockedValueBox<RESPError?>, logger: Logger) {
+    init(
+        loop: any EventLoop, parser: RESPParser, onPush: (@Sendable (RESPValue) -> Void)?, closeReason: NIOLockedValueBox<RESPError?>, logger: Logger
+    ) {
         self.loop = loop
         self.parser = parser
         self.onPush = onPush

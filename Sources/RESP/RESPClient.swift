@@ -28,7 +28,11 @@ public struct RESPReconnectPolicy: Sendable {
         return .nanoseconds(Int64(Double.random(in: 0...max(cap, 0)) * 1e9))
     }
 
-    private func pow2(_ n: Int) -> Double { var r = 1.0; for _ in 0..<n { r *= 2 }; return r }
+    private func pow2(_ n: Int) -> Double {
+        var r = 1.0
+        for _ in 0..<n { r *= 2 }
+        return r
+    }
 }
 
 /// Resilient client: a command connection plus a pub/sub subscriber, reconnected with
@@ -52,16 +56,19 @@ public final class RESPClient: RESPCommandExecutor, Sendable {
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
 
-    public init(configuration: RESPConfiguration,
-                reconnectPolicy: RESPReconnectPolicy = RESPReconnectPolicy(),
-                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                logger: Logger = Logger(label: "resp.client")) {
+    public init(
+        configuration: RESPConfiguration,
+        reconnectPolicy: RESPReconnectPolicy = RESPReconnectPolicy(),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "resp.client")
+    ) {
         self.configuration = configuration
         self.reconnectPolicy = reconnectPolicy
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
-        self.subscriber = RESPSubscriber(configuration: configuration, eventLoopGroup: eventLoopGroup,
-                                         logger: logger, managed: true)
+        self.subscriber = RESPSubscriber(
+            configuration: configuration, eventLoopGroup: eventLoopGroup,
+            logger: logger, managed: true)
         (events, eventsContinuation) = AsyncStream<RESPClientEvent>.makeStream(bufferingPolicy: .bufferingNewest(256))
     }
 
@@ -111,8 +118,10 @@ public final class RESPClient: RESPCommandExecutor, Sendable {
     }
 
     /// Handler-based subscription (see `RESPSubscriber`).
-    public func subscribe(_ channels: [String], kind: RESPSubscriptionKind = .channel,
-                          handler: @escaping @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void) async throws -> RESPSubscription {
+    public func subscribe(
+        _ channels: [String], kind: RESPSubscriptionKind = .channel,
+        handler: @escaping @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void
+    ) async throws -> RESPSubscription {
         try await subscriber.subscribe(channels, kind: kind, handler: handler)
     }
 
@@ -145,7 +154,11 @@ public final class RESPClient: RESPCommandExecutor, Sendable {
                     s.connection = c
                     return true
                 }
-                guard installed else { await c.close(); await sub.close(); return }
+                guard installed else {
+                    await c.close()
+                    await sub.close()
+                    return
+                }
                 attempt = 0
                 eventsContinuation.yield(everConnected ? .reconnected : .connected)
                 everConnected = true

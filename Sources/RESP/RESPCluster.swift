@@ -13,7 +13,8 @@ public enum RESPClusterSlot {
 
     public static func slot<C: Collection>(for key: C) -> Int where C.Element == UInt8, C.Index == Int {
         if let open = key.firstIndex(of: UInt8(ascii: "{")),
-           let close = key[(open + 1)...].firstIndex(of: UInt8(ascii: "}")), close > open + 1 {
+            let close = key[(open + 1)...].firstIndex(of: UInt8(ascii: "}")), close > open + 1
+        {
             return Int(crc16(key[(open + 1)..<close]) & 0x3FFF)
         }
         return Int(crc16(key) & 0x3FFF)
@@ -34,7 +35,7 @@ public enum RESPClusterSlot {
         let args = command.arguments
         switch command.name {
         case "PING", "ECHO", "INFO", "PUBLISH", "SCRIPT", "CLUSTER", "CLIENT", "HELLO", "AUTH", "SELECT", "TIME",
-             "DBSIZE", "FLUSHALL", "FLUSHDB", "COMMAND", "CONFIG", "DEBUG", "PUBSUB", "FUNCTION", "WAIT", "MULTI", "EXEC":
+            "DBSIZE", "FLUSHALL", "FLUSHDB", "COMMAND", "CONFIG", "DEBUG", "PUBSUB", "FUNCTION", "WAIT", "MULTI", "EXEC":
             return nil
         case "EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO":
             guard args.count > 3 else { return nil }
@@ -67,7 +68,10 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     public struct Node: Sendable, Hashable, CustomStringConvertible {
         public var host: String
         public var port: Int
-        public init(host: String, port: Int) { self.host = host; self.port = port }
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
         public var description: String { "\(host):\(port)" }
         static let ports = 1...65535
     }
@@ -93,8 +97,10 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
 
-    init(seeds: [Node], configuration: RESPConfiguration, maxRedirects: Int, retryPolicy: RESPReconnectPolicy,
-         retryBudget: Duration, eventLoopGroup: any EventLoopGroup, logger: Logger) {
+    init(
+        seeds: [Node], configuration: RESPConfiguration, maxRedirects: Int, retryPolicy: RESPReconnectPolicy,
+        retryBudget: Duration, eventLoopGroup: any EventLoopGroup, logger: Logger
+    ) {
         self.retryBudget = retryBudget
         self.state = NIOLockedValueBox(State(seeds: seeds))
         self.configuration = configuration
@@ -107,15 +113,18 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     /// Connects to a seed node and loads the slot map. `configuration.host/port` are ignored.
     /// The map is refreshed every `refreshInterval` (and whenever a redirect or failure says
     /// it is out of date).
-    public static func connect(seeds: [Node], configuration: RESPConfiguration = RESPConfiguration(),
-                               maxRedirects: Int = 8,
-                               retryPolicy: RESPReconnectPolicy = RESPReconnectPolicy(initialDelay: .milliseconds(20), maxDelay: .milliseconds(500)),
-                               retryBudget: Duration = .seconds(5),
-                               refreshInterval: Duration = .seconds(15),
-                               eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                               logger: Logger = Logger(label: "resp.cluster")) async throws -> RESPClusterClient {
-        let client = RESPClusterClient(seeds: seeds, configuration: configuration, maxRedirects: maxRedirects,
-                                       retryPolicy: retryPolicy, retryBudget: retryBudget, eventLoopGroup: eventLoopGroup, logger: logger)
+    public static func connect(
+        seeds: [Node], configuration: RESPConfiguration = RESPConfiguration(),
+        maxRedirects: Int = 8,
+        retryPolicy: RESPReconnectPolicy = RESPReconnectPolicy(initialDelay: .milliseconds(20), maxDelay: .milliseconds(500)),
+        retryBudget: Duration = .seconds(5),
+        refreshInterval: Duration = .seconds(15),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "resp.cluster")
+    ) async throws -> RESPClusterClient {
+        let client = RESPClusterClient(
+            seeds: seeds, configuration: configuration, maxRedirects: maxRedirects,
+            retryPolicy: retryPolicy, retryBudget: retryBudget, eventLoopGroup: eventLoopGroup, logger: logger)
         try await client.refreshSlots()
         let refresher = Task { [weak client] in
             while !Task.isCancelled {
@@ -152,8 +161,8 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
                 for range in try reply.expectArray("CLUSTER SLOTS") {
                     let r = try range.expectArray("CLUSTER SLOTS range")
                     guard r.count >= 3, let start = r[0].int, let end = r[1].int,
-                          let primary = r[2].array, primary.count >= 2, let port = primary[1].int, Node.ports.contains(port),
-                          start >= 0, end < RESPClusterSlot.count, start <= end
+                        let primary = r[2].array, primary.count >= 2, let port = primary[1].int, Node.ports.contains(port),
+                        start >= 0, end < RESPClusterSlot.count, start <= end
                     else { throw RESPError.unexpectedReply("CLUSTER SLOTS: \(range)") }
                     var host = primary[0].string ?? ""
                     if host.isEmpty || host == "?" { host = node.host }
@@ -183,7 +192,8 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
             var cfg = configuration
             cfg.host = node.host
             cfg.port = node.port
-            let group = eventLoopGroup, logger = logger
+            let group = eventLoopGroup
+            let logger = logger
             let t = Task { try await RESPConnection.connect(configuration: cfg, eventLoopGroup: group, logger: logger) }
             s.connections[node] = t
             return t
@@ -217,8 +227,9 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
 
     /// Loads on the node owning `keys.first` (any node when there are no keys).
     public func scriptLoad(_ source: String, keys: [String], timeout: Duration?) async throws -> RESPValue {
-        try await send(RESPCommand("SCRIPT", "LOAD", .string(source)), slot: keys.first.map { RESPClusterSlot.slot(for: $0) },
-                       timeout: timeout)
+        try await send(
+            RESPCommand("SCRIPT", "LOAD", .string(source)), slot: keys.first.map { RESPClusterSlot.slot(for: $0) },
+            timeout: timeout)
     }
 
     /// Replies that mean "not now": the cluster is reconfiguring, or the node is starting.
@@ -227,7 +238,8 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
     private func send(_ command: RESPCommand, slot: Int?, timeout: Duration?) async throws -> RESPValue {
         var target = self.owner(of: slot)
         var asking = false
-        var redirects = 0, retries = 0
+        var redirects = 0
+        var retries = 0
         // "Not now" (a failover in progress, a node unreachable) is retried for a time, not a
         // count: with full coverage required, every shard answers CLUSTERDOWN until the replica
         // is promoted, which takes about the cluster's node timeout.
@@ -306,8 +318,8 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
         let parts = message.split(separator: " ")
         // Out-of-range numbers from a broken or hostile server are a protocol error, not a trap.
         guard parts.count == 2, let slot = Int(parts[0]), (0..<RESPClusterSlot.count).contains(slot),
-              let colon = parts[1].lastIndex(of: ":"),
-              let port = Int(parts[1][parts[1].index(after: colon)...]), Node.ports.contains(port)
+            let colon = parts[1].lastIndex(of: ":"),
+            let port = Int(parts[1][parts[1].index(after: colon)...]), Node.ports.contains(port)
         else { return nil }
         let host = String(parts[1][..<colon])
         return (slot, Node(host: host.isEmpty ? node.host : host, port: port))

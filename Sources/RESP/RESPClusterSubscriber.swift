@@ -56,10 +56,12 @@ public final class RESPClusterSubscriber: Sendable {
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
 
-    public init(cluster: RESPClusterClient,
-                retryPolicy: RESPReconnectPolicy = RESPReconnectPolicy(initialDelay: .milliseconds(50), maxDelay: .seconds(2)),
-                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                logger: Logger = Logger(label: "resp.cluster.subscriber")) {
+    public init(
+        cluster: RESPClusterClient,
+        retryPolicy: RESPReconnectPolicy = RESPReconnectPolicy(initialDelay: .milliseconds(50), maxDelay: .seconds(2)),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "resp.cluster.subscriber")
+    ) {
         self.cluster = cluster
         self.retryPolicy = retryPolicy
         self.eventLoopGroup = eventLoopGroup
@@ -102,8 +104,9 @@ public final class RESPClusterSubscriber: Sendable {
             throw error
         }
         // Handler-based: its `messages` is the shared finished stream (no allocation each).
-        return RESPSubscription(id: id, kind: .shard, channels: unique, messages: RESPSubscriber.noMessages,
-                                unsubscribe: { [weak self] id in try await self?.unsubscribe(id: id) })
+        return RESPSubscription(
+            id: id, kind: .shard, channels: unique, messages: RESPSubscriber.noMessages,
+            unsubscribe: { [weak self] id in try await self?.unsubscribe(id: id) })
     }
 
     func unsubscribe(id: UInt64) async throws {
@@ -209,7 +212,8 @@ public final class RESPClusterSubscriber: Sendable {
             var configuration = cluster.configuration
             configuration.host = node.host
             configuration.port = node.port
-            let group = eventLoopGroup, logger = logger
+            let group = eventLoopGroup
+            let logger = logger
             let task = Task { [weak self] () throws -> RESPSubscriber in
                 let subscriber = try await RESPSubscriber.connect(
                     configuration: configuration, eventLoopGroup: group, logger: logger,

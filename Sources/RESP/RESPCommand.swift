@@ -60,7 +60,8 @@ public struct RESPCommand: Sendable, CustomStringConvertible {
 
     public mutating func append(_ argument: RESPArgument) { arguments.append(argument) }
     public mutating func append(_ name: String, _ argument: RESPArgument) {
-        arguments.append(.string(name)); arguments.append(argument)
+        arguments.append(.string(name))
+        arguments.append(argument)
     }
     public mutating func append<S: Sequence>(contentsOf args: S) where S.Element == RESPArgument {
         arguments.append(contentsOf: args)
@@ -94,15 +95,21 @@ public struct RESPCommand: Sendable, CustomStringConvertible {
     static func decimalLength(_ value: Int) -> Int {
         var n = value < 0 ? 2 : 1
         var v = value.magnitude
-        while v >= 10 { v /= 10; n += 1 }
+        while v >= 10 {
+            v /= 10
+            n += 1
+        }
         return n
     }
 
     @usableFromInline
     static func writeDecimal(_ value: Int, into buffer: inout ByteBuffer) {
-        if value >= 0 && value < 10 { buffer.writeInteger(UInt8(48 + value)); return }
+        if value >= 0 && value < 10 {
+            buffer.writeInteger(UInt8(48 + value))
+            return
+        }
         var v = value.magnitude
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0) // 24 bytes of scratch
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes of scratch
         let count = withUnsafeMutableBytes(of: &digits) { raw -> Int in
             var i = raw.count
             while true {
@@ -111,7 +118,10 @@ public struct RESPCommand: Sendable, CustomStringConvertible {
                 v /= 10
                 if v == 0 { break }
             }
-            if value < 0 { i -= 1; raw[i] = UInt8(ascii: "-") }
+            if value < 0 {
+                i -= 1
+                raw[i] = UInt8(ascii: "-")
+            }
             buffer.writeBytes(UnsafeRawBufferPointer(rebasing: raw[i...]))
             return raw.count - i
         }

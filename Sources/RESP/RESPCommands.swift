@@ -53,8 +53,10 @@ extension RESPCommandExecutor {
 
     /// SET with optional EX/PX and NX/XX. Returns false when the condition prevented the write.
     @discardableResult
-    public func set(_ key: String, _ value: RESPArgument, expiration: RESPExpiration? = nil,
-                    condition: RESPSetCondition = .always, timeout: Duration? = nil) async throws -> Bool {
+    public func set(
+        _ key: String, _ value: RESPArgument, expiration: RESPExpiration? = nil,
+        condition: RESPSetCondition = .always, timeout: Duration? = nil
+    ) async throws -> Bool {
         var c = RESPCommand("SET", .string(key), value)
         switch expiration {
         case .seconds(let s)?: c.append("EX", .int(s))
@@ -93,7 +95,10 @@ extension RESPCommandExecutor {
     @discardableResult
     public func hset(_ key: String, fields: [(String, RESPArgument)], timeout: Duration? = nil) async throws -> Int {
         var c = RESPCommand("HSET", .string(key))
-        for (f, v) in fields { c.append(.string(f)); c.append(v) }
+        for (f, v) in fields {
+            c.append(.string(f))
+            c.append(v)
+        }
         return try await send(c, timeout: timeout).expectInt("HSET")
     }
 
@@ -126,8 +131,10 @@ extension RESPCommandExecutor {
 
     /// XADD key [MAXLEN [~] n] id field value ... Returns the entry id.
     @discardableResult
-    public func xadd(_ key: String, id: String = "*", maxLength: Int? = nil, approximate: Bool = true,
-                     fields: [(String, RESPArgument)], timeout: Duration? = nil) async throws -> String {
+    public func xadd(
+        _ key: String, id: String = "*", maxLength: Int? = nil, approximate: Bool = true,
+        fields: [(String, RESPArgument)], timeout: Duration? = nil
+    ) async throws -> String {
         var c = RESPCommand("XADD", .string(key))
         if let maxLength {
             c.append("MAXLEN")
@@ -135,21 +142,28 @@ extension RESPCommandExecutor {
             c.append(.int(maxLength))
         }
         c.append(.string(id))
-        for (f, v) in fields { c.append(.string(f)); c.append(v) }
+        for (f, v) in fields {
+            c.append(.string(f))
+            c.append(v)
+        }
         let reply = try await send(c, timeout: timeout)
         guard let s = reply.string else { throw RESPError.unexpectedReply("XADD: \(reply)") }
         return s
     }
 
-    public func xrange(_ key: String, start: String = "-", end: String = "+", count: Int? = nil,
-                       timeout: Duration? = nil) async throws -> [RESPStreamEntry] {
+    public func xrange(
+        _ key: String, start: String = "-", end: String = "+", count: Int? = nil,
+        timeout: Duration? = nil
+    ) async throws -> [RESPStreamEntry] {
         var c = RESPCommand("XRANGE", .string(key), .string(start), .string(end))
         if let count { c.append("COUNT", .int(count)) }
         return try Self.streamEntries(try await send(c, timeout: timeout))
     }
 
-    public func xrevrange(_ key: String, end: String = "+", start: String = "-", count: Int? = nil,
-                          timeout: Duration? = nil) async throws -> [RESPStreamEntry] {
+    public func xrevrange(
+        _ key: String, end: String = "+", start: String = "-", count: Int? = nil,
+        timeout: Duration? = nil
+    ) async throws -> [RESPStreamEntry] {
         var c = RESPCommand("XREVRANGE", .string(key), .string(end), .string(start))
         if let count { c.append("COUNT", .int(count)) }
         return try Self.streamEntries(try await send(c, timeout: timeout))
@@ -172,7 +186,8 @@ extension RESPCommandExecutor {
             var i = 0
             while i + 1 < raw.count {
                 guard let n = raw[i].string, let v = raw[i + 1].bytes else { throw RESPError.unexpectedReply("stream field") }
-                fields.append((n, v)); i += 2
+                fields.append((n, v))
+                i += 2
             }
             return RESPStreamEntry(id: id, fields: fields)
         }
@@ -183,20 +198,27 @@ extension RESPCommandExecutor {
     @discardableResult
     public func zadd(_ key: String, members: [(score: Double, member: RESPArgument)], timeout: Duration? = nil) async throws -> Int {
         var c = RESPCommand("ZADD", .string(key))
-        for m in members { c.append(.double(m.score)); c.append(m.member) }
+        for m in members {
+            c.append(.double(m.score))
+            c.append(m.member)
+        }
         return try await send(c, timeout: timeout).expectInt("ZADD")
     }
 
     /// ZRANGEBYSCORE key min max [LIMIT offset count]; min/max accept "-inf", "(1.5", etc.
-    public func zrangebyscore(_ key: String, min: String, max: String, limit: (offset: Int, count: Int)? = nil,
-                              timeout: Duration? = nil) async throws -> [ByteBuffer] {
+    public func zrangebyscore(
+        _ key: String, min: String, max: String, limit: (offset: Int, count: Int)? = nil,
+        timeout: Duration? = nil
+    ) async throws -> [ByteBuffer] {
         var c = RESPCommand("ZRANGEBYSCORE", .string(key), .string(min), .string(max))
         if let limit { c.append(contentsOf: ["LIMIT", .int(limit.offset), .int(limit.count)]) }
         return try await send(c, timeout: timeout).expectBytesArray("ZRANGEBYSCORE")
     }
 
-    public func zrangebyscore(_ key: String, min: Double, max: Double, limit: (offset: Int, count: Int)? = nil,
-                              timeout: Duration? = nil) async throws -> [ByteBuffer] {
+    public func zrangebyscore(
+        _ key: String, min: Double, max: Double, limit: (offset: Int, count: Int)? = nil,
+        timeout: Duration? = nil
+    ) async throws -> [ByteBuffer] {
         func f(_ d: Double) -> String { d.isInfinite ? (d < 0 ? "-inf" : "+inf") : String(d) }
         return try await zrangebyscore(key, min: f(min), max: f(max), limit: limit, timeout: timeout)
     }
@@ -237,8 +259,10 @@ extension RESPCommandExecutor {
 
     // MARK: scripting
 
-    public func evalsha(_ sha1: String, keys: [String] = [], args: [RESPArgument] = [],
-                        timeout: Duration? = nil) async throws -> RESPValue {
+    public func evalsha(
+        _ sha1: String, keys: [String] = [], args: [RESPArgument] = [],
+        timeout: Duration? = nil
+    ) async throws -> RESPValue {
         try await send(.evalsha(sha1, keys: keys, args: args), timeout: timeout)
     }
 }

@@ -24,16 +24,26 @@ public struct RESPConfiguration: Sendable {
     public var maxNestingDepth: Int
     public var maxBlobSize: Int
 
-    public init(host: String = "127.0.0.1", port: Int = 6379, tls: TLSConfiguration? = nil,
-                tlsServerName: String? = nil, username: String? = nil, password: String? = nil,
-                clientName: String? = nil, database: Int = 0, protocolVersion: Int = 3,
-                connectTimeout: Duration = .seconds(5), commandTimeout: Duration? = .seconds(30),
-                maxNestingDepth: Int = 64, maxBlobSize: Int = 512 * 1024 * 1024) {
-        self.host = host; self.port = port; self.tls = tls; self.tlsServerName = tlsServerName
-        self.username = username; self.password = password; self.clientName = clientName
-        self.database = database; self.protocolVersion = protocolVersion
-        self.connectTimeout = connectTimeout; self.commandTimeout = commandTimeout
-        self.maxNestingDepth = maxNestingDepth; self.maxBlobSize = maxBlobSize
+    public init(
+        host: String = "127.0.0.1", port: Int = 6379, tls: TLSConfiguration? = nil,
+        tlsServerName: String? = nil, username: String? = nil, password: String? = nil,
+        clientName: String? = nil, database: Int = 0, protocolVersion: Int = 3,
+        connectTimeout: Duration = .seconds(5), commandTimeout: Duration? = .seconds(30),
+        maxNestingDepth: Int = 64, maxBlobSize: Int = 512 * 1024 * 1024
+    ) {
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.tlsServerName = tlsServerName
+        self.username = username
+        self.password = password
+        self.clientName = clientName
+        self.database = database
+        self.protocolVersion = protocolVersion
+        self.connectTimeout = connectTimeout
+        self.commandTimeout = commandTimeout
+        self.maxNestingDepth = maxNestingDepth
+        self.maxBlobSize = maxBlobSize
     }
 }
 
@@ -72,8 +82,10 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
     private let handler: RESPChannelHandler
     private let closeReason: NIOLockedValueBox<RESPError?>
 
-    private init(channel: any Channel, handler: RESPChannelHandler, protocolVersion: Int, configuration: RESPConfiguration,
-                 logger: Logger, closeReason: NIOLockedValueBox<RESPError?>) {
+    private init(
+        channel: any Channel, handler: RESPChannelHandler, protocolVersion: Int, configuration: RESPConfiguration,
+        logger: Logger, closeReason: NIOLockedValueBox<RESPError?>
+    ) {
         self.channel = channel
         self.handler = handler
         self.closeReason = closeReason
@@ -104,7 +116,8 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
                     if let sslContext {
                         try ops.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: serverName))
                     }
-                    let handler = RESPChannelHandler(loop: channel.eventLoop, parser: parser, onPush: onPush, closeReason: closeReason, logger: logger)
+                    let handler = RESPChannelHandler(
+                        loop: channel.eventLoop, parser: parser, onPush: onPush, closeReason: closeReason, logger: logger)
                     try ops.addHandler(handler)
                     installed.withLockedValue { $0 = handler }
                 }
@@ -114,13 +127,15 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
             try? await channel.close()
             throw RESPError.connectionClosed
         }
-        let connection = RESPConnection(channel: channel, handler: handler, protocolVersion: 2, configuration: configuration,
-                                        logger: logger, closeReason: closeReason)
+        let connection = RESPConnection(
+            channel: channel, handler: handler, protocolVersion: 2, configuration: configuration,
+            logger: logger, closeReason: closeReason)
         do {
             let version = try await connection.handshake()
             logger.debug("RESP connected to \(configuration.host):\(configuration.port) (RESP\(version))")
-            return RESPConnection(channel: channel, handler: handler, protocolVersion: version, configuration: configuration,
-                                  logger: logger, closeReason: closeReason)
+            return RESPConnection(
+                channel: channel, handler: handler, protocolVersion: version, configuration: configuration,
+                logger: logger, closeReason: closeReason)
         } catch {
             try? await channel.close()
             throw error
@@ -142,7 +157,7 @@ public final class RESPConnection: RESPCommandExecutor, Sendable {
                 _ = try await self.send(hello, timeout: t)
                 version = 3
             } catch RESPError.server(let code, let message) where !["WRONGPASS", "NOAUTH", "NOPERM"].contains(code) {
-                _ = message // HELLO unsupported (old server / NOPROTO): fall back to RESP2 below.
+                _ = message  // HELLO unsupported (old server / NOPROTO): fall back to RESP2 below.
             }
         }
         if version == 2 {

@@ -57,8 +57,11 @@ public struct RESPParser: Sendable {
                     } else {
                         guard stack.count < maxDepth else { throw RESPError.protocolError("nesting deeper than \(maxDepth)") }
                         var frame = Frame(type: type, remaining: n)
-                        if type == UInt8(ascii: "%") { frame.pairs.reserveCapacity(Int(min(n / 2, 4096))) }
-                        else if type != UInt8(ascii: "|") { frame.items.reserveCapacity(Int(min(n, 4096))) }
+                        if type == UInt8(ascii: "%") {
+                            frame.pairs.reserveCapacity(Int(min(n / 2, 4096)))
+                        } else if type != UInt8(ascii: "|") {
+                            frame.items.reserveCapacity(Int(min(n, 4096)))
+                        }
                         stack.append(frame)
                         continue
                     }
@@ -71,22 +74,37 @@ public struct RESPParser: Sendable {
                         return value
                     }
                     switch top.type {
-                    case UInt8(ascii: "|"): break // attribute content is skipped
+                    case UInt8(ascii: "|"): break  // attribute content is skipped
                     case UInt8(ascii: "%"):
-                        if let key = top.pendingKey { top.pairs.append((key, value)); top.pendingKey = nil }
-                        else { top.pendingKey = value }
+                        if let key = top.pendingKey {
+                            top.pairs.append((key, value))
+                            top.pendingKey = nil
+                        } else {
+                            top.pendingKey = value
+                        }
                     default: top.items.append(value)
                     }
                     top.remaining -= 1
-                    if top.remaining > 0 { stack.append(top); break }
+                    if top.remaining > 0 {
+                        stack.append(top)
+                        break
+                    }
                     switch top.type {
                     case UInt8(ascii: "|"): break
-                    case UInt8(ascii: "%"): value = .map(top.pairs); continue
-                    case UInt8(ascii: "~"): value = .set(top.items); continue
-                    case UInt8(ascii: ">"): value = .push(top.items); continue
-                    default: value = .array(top.items); continue
+                    case UInt8(ascii: "%"):
+                        value = .map(top.pairs)
+                        continue
+                    case UInt8(ascii: "~"):
+                        value = .set(top.items)
+                        continue
+                    case UInt8(ascii: ">"):
+                        value = .push(top.items)
+                        continue
+                    default:
+                        value = .array(top.items)
+                        continue
                     }
-                    break // completed attribute: parse the value it annotates
+                    break  // completed attribute: parse the value it annotates
                 }
             }
         } catch {
@@ -144,7 +162,12 @@ public struct RESPParser: Sendable {
             var i = start - buffer.readerIndex
             let e = end - buffer.readerIndex
             var negative = false
-            if raw[i] == UInt8(ascii: "-") { negative = true; i += 1 } else if raw[i] == UInt8(ascii: "+") { i += 1 }
+            if raw[i] == UInt8(ascii: "-") {
+                negative = true
+                i += 1
+            } else if raw[i] == UInt8(ascii: "+") {
+                i += 1
+            }
             guard i < e else { throw RESPError.protocolError("invalid \(what): no digits") }
             var value: Int64 = 0
             while i < e {
@@ -167,8 +190,8 @@ public struct RESPParser: Sendable {
         guard index < buffer.writerIndex, let type = buffer.getInteger(at: index, as: UInt8.self) else { return nil }
         switch type {
         case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ":"), UInt8(ascii: "_"), UInt8(ascii: "#"),
-             UInt8(ascii: ","), UInt8(ascii: "("), UInt8(ascii: "$"), UInt8(ascii: "!"), UInt8(ascii: "="),
-             UInt8(ascii: "*"), UInt8(ascii: "~"), UInt8(ascii: ">"), UInt8(ascii: "%"), UInt8(ascii: "|"):
+            UInt8(ascii: ","), UInt8(ascii: "("), UInt8(ascii: "$"), UInt8(ascii: "!"), UInt8(ascii: "="),
+            UInt8(ascii: "*"), UInt8(ascii: "~"), UInt8(ascii: ">"), UInt8(ascii: "%"), UInt8(ascii: "|"):
             break
         default:
             let printable = type >= 32 && type < 127 ? "'\(Character(Unicode.Scalar(type)))'" : "0x\(String(type, radix: 16))"
@@ -196,7 +219,7 @@ public struct RESPParser: Sendable {
             return .value(.null)
         case UInt8(ascii: "#"):
             guard lineLength == 1, let c = buffer.getInteger(at: lineStart, as: UInt8.self),
-                  c == UInt8(ascii: "t") || c == UInt8(ascii: "f")
+                c == UInt8(ascii: "t") || c == UInt8(ascii: "f")
             else { throw RESPError.protocolError("invalid boolean") }
             index = afterLine
             return .value(.boolean(c == UInt8(ascii: "t")))
@@ -210,21 +233,27 @@ public struct RESPParser: Sendable {
             case "-inf": v = -.infinity
             case "nan", "-nan": v = .nan
             default:
-                v = s.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || $0 == 46 || $0 == 45 || $0 == 43 || $0 == 101 || $0 == 69 })
+                v =
+                    s.utf8.allSatisfy({ ($0 >= 48 && $0 <= 57) || $0 == 46 || $0 == 45 || $0 == 43 || $0 == 101 || $0 == 69 })
                     ? Double(s) : nil
             }
             guard let d = v else { throw RESPError.protocolError("invalid double '\(s.prefix(40))'") }
             index = afterLine
             return .value(.double(d))
         case UInt8(ascii: "("):
-            let ok = lineLength > 0 && buffer.withUnsafeReadableBytes { raw -> Bool in
-                var i = lineStart - buffer.readerIndex
-                let e = end - buffer.readerIndex
-                if raw[i] == UInt8(ascii: "-") || raw[i] == UInt8(ascii: "+") { i += 1 }
-                guard i < e else { return false }
-                while i < e { if raw[i] < 48 || raw[i] > 57 { return false }; i += 1 }
-                return true
-            }
+            let ok =
+                lineLength > 0
+                && buffer.withUnsafeReadableBytes { raw -> Bool in
+                    var i = lineStart - buffer.readerIndex
+                    let e = end - buffer.readerIndex
+                    if raw[i] == UInt8(ascii: "-") || raw[i] == UInt8(ascii: "+") { i += 1 }
+                    guard i < e else { return false }
+                    while i < e {
+                        if raw[i] < 48 || raw[i] > 57 { return false }
+                        i += 1
+                    }
+                    return true
+                }
             guard ok else { throw RESPError.protocolError("invalid big number") }
             index = afterLine
             return .value(.bigNumber(buffer.getSlice(at: lineStart, length: lineLength)!))
@@ -234,19 +263,22 @@ public struct RESPParser: Sendable {
                 throw RESPError.protocolError("streamed strings are not supported")
             }
             let n = try parseInt(buffer, from: lineStart, to: end, what: what)
-            if n == -1 && type == UInt8(ascii: "$") { index = afterLine; return .value(.null) }
+            if n == -1 && type == UInt8(ascii: "$") {
+                index = afterLine
+                return .value(.null)
+            }
             guard n >= 0 else { throw RESPError.protocolError("invalid \(what) \(n)") }
             guard n <= maxBlobSize else { throw RESPError.protocolError("\(what) \(n) exceeds limit \(maxBlobSize)") }
             let len = Int(n)
             guard buffer.writerIndex - afterLine >= len + 2 else { return nil }
             guard buffer.getInteger(at: afterLine + len, as: UInt8.self) == Self.cr,
-                  buffer.getInteger(at: afterLine + len + 1, as: UInt8.self) == Self.lf
+                buffer.getInteger(at: afterLine + len + 1, as: UInt8.self) == Self.lf
             else { throw RESPError.protocolError("missing CRLF after \(len)-byte payload") }
             index = afterLine + len + 2
             if type == UInt8(ascii: "$") { return .value(.blobString(buffer.getSlice(at: afterLine, length: len)!)) }
             if type == UInt8(ascii: "!") { return .value(.blobError(buffer.getSlice(at: afterLine, length: len)!)) }
             guard len >= 4, buffer.getInteger(at: afterLine + 3, as: UInt8.self) == UInt8(ascii: ":"),
-                  let fmt = buffer.getString(at: afterLine, length: 3)
+                let fmt = buffer.getString(at: afterLine, length: 3)
             else { throw RESPError.protocolError("invalid verbatim string format") }
             return .value(.verbatimString(format: fmt, buffer.getSlice(at: afterLine + 4, length: len - 4)!))
         case UInt8(ascii: "*"), UInt8(ascii: "~"), UInt8(ascii: ">"), UInt8(ascii: "%"), UInt8(ascii: "|"):
@@ -254,7 +286,10 @@ public struct RESPParser: Sendable {
                 throw RESPError.protocolError("streamed aggregates are not supported")
             }
             let n = try parseInt(buffer, from: lineStart, to: end, what: "aggregate length")
-            if n == -1 && type == UInt8(ascii: "*") { index = afterLine; return .value(.null) }
+            if n == -1 && type == UInt8(ascii: "*") {
+                index = afterLine
+                return .value(.null)
+            }
             guard n >= 0 else { throw RESPError.protocolError("invalid aggregate length \(n)") }
             guard n <= Int64(maxBlobSize) / 3 else {
                 throw RESPError.protocolError("aggregate length \(n) exceeds limit")

@@ -16,8 +16,10 @@ public struct RESPScript: Sendable, Hashable {
 
 extension RESPCommandExecutor {
     /// EVALSHA; on `NOSCRIPT` does `SCRIPT LOAD` and retries once.
-    public func run(_ script: RESPScript, keys: [String] = [], args: [RESPArgument] = [],
-                    timeout: Duration? = nil) async throws -> RESPValue {
+    public func run(
+        _ script: RESPScript, keys: [String] = [], args: [RESPArgument] = [],
+        timeout: Duration? = nil
+    ) async throws -> RESPValue {
         do {
             return try await evalsha(script.sha1, keys: keys, args: args, timeout: timeout)
         } catch RESPError.server(let code, _) where code == "NOSCRIPT" {

@@ -35,9 +35,14 @@ public final class RESPSubscription: Sendable {
     public let messages: AsyncStream<RESPMessage>
     private let unsubscribeAction: @Sendable (UInt64) async throws -> Void
 
-    init(id: UInt64, kind: RESPSubscriptionKind, channels: [String], messages: AsyncStream<RESPMessage>,
-         unsubscribe: @escaping @Sendable (UInt64) async throws -> Void) {
-        self.id = id; self.kind = kind; self.channels = channels; self.messages = messages
+    init(
+        id: UInt64, kind: RESPSubscriptionKind, channels: [String], messages: AsyncStream<RESPMessage>,
+        unsubscribe: @escaping @Sendable (UInt64) async throws -> Void
+    ) {
+        self.id = id
+        self.kind = kind
+        self.channels = channels
+        self.messages = messages
         self.unsubscribeAction = unsubscribe
     }
 
@@ -50,7 +55,10 @@ public final class RESPSubscription: Sendable {
 ///
 /// Handlers run on the connection's event loop: keep them short and non-blocking.
 public final class RESPSubscriber: Sendable {
-    struct Key: Hashable { let kind: RESPSubscriptionKind; let name: String }
+    struct Key: Hashable {
+        let kind: RESPSubscriptionKind
+        let name: String
+    }
     struct Entry {
         let kind: RESPSubscriptionKind
         let channels: [String]
@@ -78,8 +86,10 @@ public final class RESPSubscriber: Sendable {
     /// The server dropped a subscribed shard channel (its slot moved to another node).
     private let onServerUnsubscribe: (@Sendable (String) -> Void)?
 
-    init(configuration: RESPConfiguration, eventLoopGroup: any EventLoopGroup, logger: Logger, managed: Bool,
-         onServerUnsubscribe: (@Sendable (String) -> Void)? = nil) {
+    init(
+        configuration: RESPConfiguration, eventLoopGroup: any EventLoopGroup, logger: Logger, managed: Bool,
+        onServerUnsubscribe: (@Sendable (String) -> Void)? = nil
+    ) {
         var c = configuration
         c.protocolVersion = 3
         self.configuration = c
@@ -92,12 +102,15 @@ public final class RESPSubscriber: Sendable {
     /// Opens a dedicated RESP3 connection for pub/sub. `onServerUnsubscribe` is told when a
     /// Redis Cluster node drops a shard channel because its slot moved (see
     /// `RESPClusterSubscriber`, which then subscribes it where the slot went).
-    public static func connect(configuration: RESPConfiguration,
-                               eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                               logger: Logger = Logger(label: "resp.subscriber"),
-                               onServerUnsubscribe: (@Sendable (String) -> Void)? = nil) async throws -> RESPSubscriber {
-        let s = RESPSubscriber(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger, managed: false,
-                               onServerUnsubscribe: onServerUnsubscribe)
+    public static func connect(
+        configuration: RESPConfiguration,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "resp.subscriber"),
+        onServerUnsubscribe: (@Sendable (String) -> Void)? = nil
+    ) async throws -> RESPSubscriber {
+        let s = RESPSubscriber(
+            configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger, managed: false,
+            onServerUnsubscribe: onServerUnsubscribe)
         _ = try await s.connectAndResubscribe()
         return s
     }
@@ -120,8 +133,9 @@ public final class RESPSubscriber: Sendable {
             var byKind: [RESPSubscriptionKind: [String]] = [:]
             for key in s.refs.keys { byKind[key.kind, default: []].append(key.name) }
             return byKind.map { kind, names in
-                conn.enqueue(RESPCommand(kind.subscribeCommand, arguments: names.map { .string($0) }),
-                             expectedPushes: names.count, pushKind: kind.subscribeCommand.lowercased())
+                conn.enqueue(
+                    RESPCommand(kind.subscribeCommand, arguments: names.map { .string($0) }),
+                    expectedPushes: names.count, pushKind: kind.subscribeCommand.lowercased())
             }
         }
         guard let promises else {
@@ -144,8 +158,10 @@ public final class RESPSubscriber: Sendable {
     }
 
     /// Subscribes with a handler. Only channels without local subscribers are sent to Redis.
-    public func subscribe(_ channels: [String], kind: RESPSubscriptionKind = .channel,
-                          handler: @escaping @Sendable (RESPMessage) -> Void) async throws -> RESPSubscription {
+    public func subscribe(
+        _ channels: [String], kind: RESPSubscriptionKind = .channel,
+        handler: @escaping @Sendable (RESPMessage) -> Void
+    ) async throws -> RESPSubscription {
         try await subscribe(channels, kind: kind, handler: handler, continuation: nil, stream: Self.noMessages)
     }
 
@@ -158,22 +174,28 @@ public final class RESPSubscriber: Sendable {
     }()
 
     /// Convenience: `(channel, payload)` handler.
-    public func subscribe(_ channels: [String], kind: RESPSubscriptionKind = .channel,
-                          handler: @escaping @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void) async throws -> RESPSubscription {
+    public func subscribe(
+        _ channels: [String], kind: RESPSubscriptionKind = .channel,
+        handler: @escaping @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void
+    ) async throws -> RESPSubscription {
         try await subscribe(channels, kind: kind, handler: { (m: RESPMessage) in handler(m.channel, m.payload) })
     }
 
     /// Subscribes and returns a subscription whose `messages` stream yields the messages.
-    public func subscribe(_ channels: [String], kind: RESPSubscriptionKind = .channel,
-                          bufferingPolicy: AsyncStream<RESPMessage>.Continuation.BufferingPolicy = .unbounded) async throws -> RESPSubscription {
+    public func subscribe(
+        _ channels: [String], kind: RESPSubscriptionKind = .channel,
+        bufferingPolicy: AsyncStream<RESPMessage>.Continuation.BufferingPolicy = .unbounded
+    ) async throws -> RESPSubscription {
         let (stream, cont) = AsyncStream<RESPMessage>.makeStream(bufferingPolicy: bufferingPolicy)
         return try await subscribe(channels, kind: kind, handler: { m in cont.yield(m) }, continuation: cont, stream: stream)
     }
 
-    private func subscribe(_ channels: [String], kind: RESPSubscriptionKind,
-                           handler: @escaping @Sendable (RESPMessage) -> Void,
-                           continuation: AsyncStream<RESPMessage>.Continuation?,
-                           stream: AsyncStream<RESPMessage>) async throws -> RESPSubscription {
+    private func subscribe(
+        _ channels: [String], kind: RESPSubscriptionKind,
+        handler: @escaping @Sendable (RESPMessage) -> Void,
+        continuation: AsyncStream<RESPMessage>.Continuation?,
+        stream: AsyncStream<RESPMessage>
+    ) async throws -> RESPSubscription {
         var unique: [String] = []
         var seen = Set<String>()
         for c in channels where seen.insert(c).inserted { unique.append(c) }
@@ -188,22 +210,23 @@ public final class RESPSubscriber: Sendable {
             var others: [EventLoopFuture<RESPValue>] = []
             for name in unique {
                 let key = Key(kind: kind, name: name)
-                if s.refs[key, default: []].isEmpty { fresh.append(name) }
-                else if let f = s.inflight[key] { others.append(f) }
+                if s.refs[key, default: []].isEmpty { fresh.append(name) } else if let f = s.inflight[key] { others.append(f) }
                 s.refs[key, default: []].insert(id)
             }
             var promise: EventLoopPromise<RESPValue>?
             if !fresh.isEmpty, let conn = s.connection {
-                let p = conn.enqueue(RESPCommand(kind.subscribeCommand, arguments: fresh.map { .string($0) }),
-                                     expectedPushes: fresh.count, pushKind: kind.subscribeCommand.lowercased())
+                let p = conn.enqueue(
+                    RESPCommand(kind.subscribeCommand, arguments: fresh.map { .string($0) }),
+                    expectedPushes: fresh.count, pushKind: kind.subscribeCommand.lowercased())
                 for name in fresh { s.inflight[Key(kind: kind, name: name)] = p.futureResult }
                 promise = p
             }
             return .success((id, promise, others))
         }
         let (id, promise, others) = try result.get()
-        let subscription = RESPSubscription(id: id, kind: kind, channels: unique, messages: stream,
-                                            unsubscribe: { [weak self] id in try await self?.unsubscribe(id: id) })
+        let subscription = RESPSubscription(
+            id: id, kind: kind, channels: unique, messages: stream,
+            unsubscribe: { [weak self] id in try await self?.unsubscribe(id: id) })
         if let promise {
             defer {
                 state.withLockedValue { s in
@@ -234,12 +257,16 @@ public final class RESPSubscriber: Sendable {
             for name in entry.channels {
                 let key = Key(kind: entry.kind, name: name)
                 s.refs[key]?.remove(id)
-                if s.refs[key]?.isEmpty ?? false { s.refs[key] = nil; gone.append(name) }
+                if s.refs[key]?.isEmpty ?? false {
+                    s.refs[key] = nil
+                    gone.append(name)
+                }
             }
             var promise: EventLoopPromise<RESPValue>?
             if !gone.isEmpty, let conn = s.connection, !s.shutdown {
-                promise = conn.enqueue(RESPCommand(entry.kind.unsubscribeCommand, arguments: gone.map { .string($0) }),
-                                       expectedPushes: gone.count, pushKind: entry.kind.unsubscribeCommand.lowercased())
+                promise = conn.enqueue(
+                    RESPCommand(entry.kind.unsubscribeCommand, arguments: gone.map { .string($0) }),
+                    expectedPushes: gone.count, pushKind: entry.kind.unsubscribeCommand.lowercased())
             }
             return (entry, promise)
         }

@@ -51,7 +51,7 @@ extension RESPValue {
     public var string: String? {
         switch self {
         case .simpleString(let b), .blobString(let b), .verbatimString(_, let b), .bigNumber(let b),
-             .simpleError(let b), .blobError(let b):
+            .simpleError(let b), .blobError(let b):
             return String(buffer: b)
         case .integer(let i): return String(i)
         case .double(let d): return String(d)
@@ -112,7 +112,10 @@ extension RESPValue {
             var out: [(key: RESPValue, value: RESPValue)] = []
             out.reserveCapacity(a.count / 2)
             var i = 0
-            while i < a.count { out.append((a[i], a[i + 1])); i += 2 }
+            while i < a.count {
+                out.append((a[i], a[i + 1]))
+                i += 2
+            }
             return out
         case .null: return []
         default: return nil

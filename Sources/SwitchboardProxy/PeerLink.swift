@@ -56,7 +56,12 @@ final class PeerLink: Sendable {
     /// Sends a close frame (once) and closes the TCP connection if the peer does not answer
     /// within the close timeout. `code` nil sends a close frame without a status (1005).
     func close(code: UInt16?, reason: String) async {
-        guard self.closeSent.withLockedValue({ sent in defer { sent = true }; return !sent }) else { return }
+        guard
+            self.closeSent.withLockedValue({ sent in
+                defer { sent = true }
+                return !sent
+            })
+        else { return }
         var payload = self.channel.allocator.buffer(capacity: 125)
         if let code {
             payload.writeInteger(code)

@@ -103,7 +103,8 @@ public final class ProxyServer: Service, Sendable {
                 bytes.reserveCapacity(8 * 1024)
                 registry.emit(into: &bytes)
                 return Response(
-                    status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(bytes: bytes))
+                    status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(bytes: bytes))
                 )
             }
         }

@@ -77,7 +77,8 @@ final class StandaloneBackend: RedisBackend {
         }
     }
 
-    func subscribe(pattern: String, handler: @escaping @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void) async throws -> RESPSubscription {
+    func subscribe(pattern: String, handler: @escaping @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void) async throws -> RESPSubscription
+    {
         try await self.client.subscriber.subscribe([pattern], kind: .pattern) { message in
             handler(message.channel, message.payload)
         }
@@ -214,7 +215,8 @@ final class ClusterBackend: RedisBackend {
     }
 
     /// Sharded pub/sub has no patterns: a cluster engine subscribes channel by channel.
-    func subscribe(pattern: String, handler: @escaping @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void) async throws -> RESPSubscription {
+    func subscribe(pattern: String, handler: @escaping @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void) async throws -> RESPSubscription
+    {
         throw RESPError.unexpectedReply("pattern subscriptions are not used on a Redis Cluster")
     }
 

@@ -14,9 +14,11 @@ extension RedisEngine {
     @discardableResult
     public func presenceJoin(_ stream: String, member: PresenceMember) async throws -> Bool {
         let encoded = try Self.encode(member)
-        async let added = self.run(RedisScripts.presenceJoin, keys: [self.keys(stream).presence], args: [
-            .int(self.presenceTTLms), .string(encoded),
-        ])
+        async let added = self.run(
+            RedisScripts.presenceJoin, keys: [self.keys(stream).presence],
+            args: [
+                .int(self.presenceTTLms), .string(encoded),
+            ])
         async let indexed = self.send(RESPCommand("SADD", .string(self.nodePresenceKey(self.nodeID)), .string(stream + "\t" + encoded)))
         let (reply, _) = try await (added, indexed)
         // Refreshed by the heartbeat from now on (not before: a refresh adding it first would
@@ -45,7 +47,8 @@ extension RedisEngine {
         await withTaskGroup(of: Void.self) { group in
             for entry in entries.compactMap(\.string) {
                 guard let tab = entry.firstIndex(of: "\t") else { continue }
-                let stream = String(entry[..<tab]), encoded = String(entry[entry.index(after: tab)...])
+                let stream = String(entry[..<tab])
+                let encoded = String(entry[entry.index(after: tab)...])
                 group.addTask {
                     guard let removed = try? await self.send(RESPCommand("HDEL", .string(self.keys(stream).presence), .string(encoded))),
                         removed.int == 1, let member = try? decoder.decode(PresenceMember.self, from: Data(encoded.utf8))
@@ -80,7 +83,9 @@ extension RedisEngine {
                 for encoded in members {
                     group.addTask {
                         _ = try? await self.send(RESPCommand("SADD", .string(index), .string(stream + "\t" + encoded)))
-                        guard let added = try? await self.run(RedisScripts.presenceJoin, keys: [self.keys(stream).presence], args: [.int(ttl), .string(encoded)]),
+                        guard
+                            let added = try? await self.run(
+                                RedisScripts.presenceJoin, keys: [self.keys(stream).presence], args: [.int(ttl), .string(encoded)]),
                             added.int == 1, let member = try? decoder.decode(PresenceMember.self, from: Data(encoded.utf8))
                         else { return false }
                         _ = try? await self.publish(PresenceEvents.stream(for: stream), body: PresenceEvents.body(.join, member), idempotencyKey: nil)

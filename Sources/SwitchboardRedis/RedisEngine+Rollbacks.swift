@@ -25,7 +25,8 @@ extension RedisEngine {
     /// stream is now at `now` in the same epoch. A new epoch starts (unless another node started
     /// one already), and local subscribers catch up to it: they get SUB410.
     func rolledBack(_ stream: String, epoch: String, seen: Int64, now: Int64) async {
-        self.logger.error("stream \(stream) was rolled back in epoch \(epoch): offset \(seen) was handed out, the stream is at \(now); starting a new epoch")
+        self.logger.error(
+            "stream \(stream) was rolled back in epoch \(epoch): offset \(seen) was handed out, the stream is at \(now); starting a new epoch")
         var reply: RESPValue?
         for attempt in 0..<20 where reply == nil {
             // Redis may be failing over right now: keep trying (live messages wait meanwhile).

@@ -45,13 +45,16 @@ extension RedisEngine {
             s.sessions[id] = local.connections > 0 ? local : nil
             return connected ? local.connections == 1 : local.connections <= 0
         }
-        let touch = ScriptCall(script: RedisScripts.touchSession, keys: [self.sessionKey(id)], args: [
-            .int(connected ? 1 : -1), .int(self.sessionTTLms), .string(node),
-        ])
+        let touch = ScriptCall(
+            script: RedisScripts.touchSession, keys: [self.sessionKey(id)],
+            args: [
+                .int(connected ? 1 : -1), .int(self.sessionTTLms), .string(node),
+            ])
         let count: RESPValue
         if edge {
             (count, _) = try await self.runBoth(
-                touch, ScriptCall(script: RedisScripts.nodeSessionIndex, keys: [self.nodeSessionsKey(node)], args: [.int(connected ? 1 : 0), .string(id)])
+                touch,
+                ScriptCall(script: RedisScripts.nodeSessionIndex, keys: [self.nodeSessionsKey(node)], args: [.int(connected ? 1 : 0), .string(id)])
             )
         } else {
             count = try await self.run(touch.script, keys: touch.keys, args: touch.args)
@@ -83,9 +86,11 @@ extension RedisEngine {
             for (id, local) in sessions {
                 let user = local.user
                 group.addTask {
-                    _ = try? await self.run(RedisScripts.restoreSession, keys: [self.sessionKey(id)], args: [
-                        .string(node), .int(user == nil ? 0 : 1), .string(user ?? ""),
-                    ])
+                    _ = try? await self.run(
+                        RedisScripts.restoreSession, keys: [self.sessionKey(id)],
+                        args: [
+                            .string(node), .int(user == nil ? 0 : 1), .string(user ?? ""),
+                        ])
                 }
             }
             group.addTask {

@@ -20,8 +20,9 @@ extension RedisEngine {
     /// `sb:{P}:…`: the hash tag keeps a stream's keys (and its sharded channel) in one slot.
     func keys(_ stream: String) -> StreamKeys {
         let base = "\(self.configuration.keyPrefix):{\(stream)}"
-        return StreamKeys(meta: base + ":meta", log: base + ":log", acks: base + ":acks", holds: base + ":holds",
-                          presence: base + ":presence", channel: base, base: base)
+        return StreamKeys(
+            meta: base + ":meta", log: base + ":log", acks: base + ":acks", holds: base + ":holds",
+            presence: base + ":presence", channel: base, base: base)
     }
 
     var ms: (Double) -> Int { { Int(($0 * 1000).rounded()) } }
@@ -34,12 +35,15 @@ extension RedisEngine {
         var keys = k.scriptKeys
         if let idempotencyKey { keys.append(k.idempotency(idempotencyKey)) }
         let c = self.configuration
-        let reply = try await self.run(RedisScripts.publish, keys: keys, args: [
-            .bytes(body), .string(Self.newEpoch()), .int(max(0, c.historySize)), .int(self.ms(c.historyAge)),
-            // Session streams share a pattern subscription on a single Redis: classic PUBLISH.
-            .int(max(1, self.ms(c.idempotencyTTL))), .string(k.channel), .int(self.backend.sharded && !self.isSharedSessionStream(stream) ? 1 : 0),
-            .int(c.approximateTrimming ? 1 : 0), .int(self.streamTTLms), .string(StreamMessage.newTag()),
-        ])
+        let reply = try await self.run(
+            RedisScripts.publish, keys: keys,
+            args: [
+                .bytes(body), .string(Self.newEpoch()), .int(max(0, c.historySize)), .int(self.ms(c.historyAge)),
+                // Session streams share a pattern subscription on a single Redis: classic PUBLISH.
+                .int(max(1, self.ms(c.idempotencyTTL))), .string(k.channel),
+                .int(self.backend.sharded && !self.isSharedSessionStream(stream) ? 1 : 0),
+                .int(c.approximateTrimming ? 1 : 0), .int(self.streamTTLms), .string(StreamMessage.newTag()),
+            ])
         guard let a = reply.array, a.count == 4, let offset = Self.offset(a[0]), let epoch = a[1].string, let dup = a[2].int else {
             throw EngineError.unavailable("unexpected publish reply: \(reply)")
         }
@@ -50,10 +54,12 @@ extension RedisEngine {
     public func read(_ stream: String, after offset: Int64, epoch: String?, tag: String?, limit: Int) async throws -> HistoryRead {
         let k = self.keys(stream)
         let after = max(0, offset)
-        let reply = try await self.run(RedisScripts.read, keys: k.scriptKeys, args: [
-            .int(Int(after)), .string(Self.newEpoch()), .int(max(0, limit)), .int(self.ms(self.configuration.historyAge)),
-            .string(epoch ?? ""), .int(self.streamTTLms), .int(max(0, self.configuration.historySize)), .string(tag ?? ""),
-        ])
+        let reply = try await self.run(
+            RedisScripts.read, keys: k.scriptKeys,
+            args: [
+                .int(Int(after)), .string(Self.newEpoch()), .int(max(0, limit)), .int(self.ms(self.configuration.historyAge)),
+                .string(epoch ?? ""), .int(self.streamTTLms), .int(max(0, self.configuration.historySize)), .string(tag ?? ""),
+            ])
         guard let a = reply.array, a.count >= 3, (a.count - 3) % 4 == 0, let e = a[0].string, let top = Self.offset(a[1]), let gone = a[2].int else {
             throw EngineError.unavailable("unexpected read reply: \(reply)")
         }
@@ -105,9 +111,11 @@ extension RedisEngine {
         // Both sent together: one round trip (two on a cluster, in parallel: the keys live in
         // different slots).
         _ = try await self.runBoth(
-            ScriptCall(script: RedisScripts.ack, keys: k.scriptKeys, args: [
-                .string(session), .int(Int(offset)), .int(self.streamTTLms), .string(Self.newEpoch()),
-            ]),
+            ScriptCall(
+                script: RedisScripts.ack, keys: k.scriptKeys,
+                args: [
+                    .string(session), .int(Int(offset)), .int(self.streamTTLms), .string(Self.newEpoch()),
+                ]),
             ScriptCall(script: RedisScripts.sessionCursor, keys: sessionKey, args: cursorArgs)
         )
     }

@@ -47,11 +47,13 @@ public struct RedisEngineConfiguration: Sendable {
     /// jitter) it reconnects within half a second, then catches its live streams up.
     public var reconnect: RESPReconnectPolicy
 
-    public init(redis: RESPConfiguration = RESPConfiguration(),
-                historySize: Int = 1000, historyAge: Double = 300, sessionTTL: Double = 120,
-                idempotencyTTL: Double = 300, presenceTTL: Double = 30, streamIdleTTL: Double = 86400,
-                useShardedPubSub: Bool = false, approximateTrimming: Bool = true, keyPrefix: String = "sb",
-                connectTimeout: Duration = .seconds(10), requireConnectionAtStart: Bool = true) {
+    public init(
+        redis: RESPConfiguration = RESPConfiguration(),
+        historySize: Int = 1000, historyAge: Double = 300, sessionTTL: Double = 120,
+        idempotencyTTL: Double = 300, presenceTTL: Double = 30, streamIdleTTL: Double = 86400,
+        useShardedPubSub: Bool = false, approximateTrimming: Bool = true, keyPrefix: String = "sb",
+        connectTimeout: Duration = .seconds(10), requireConnectionAtStart: Bool = true
+    ) {
         self.redis = redis
         self.historySize = historySize
         self.historyAge = historyAge
@@ -72,14 +74,17 @@ public struct RedisEngineConfiguration: Sendable {
     }
 
     /// Redis Cluster from `redis://host:port,host:port,…` (any reachable subset of the nodes).
-    public init(clusterURL: String,
-                historySize: Int = 1000, historyAge: Double = 300, sessionTTL: Double = 120,
-                idempotencyTTL: Double = 300, presenceTTL: Double = 30, streamIdleTTL: Double = 86400,
-                approximateTrimming: Bool = true, keyPrefix: String = "sb") throws {
+    public init(
+        clusterURL: String,
+        historySize: Int = 1000, historyAge: Double = 300, sessionTTL: Double = 120,
+        idempotencyTTL: Double = 300, presenceTTL: Double = 30, streamIdleTTL: Double = 86400,
+        approximateTrimming: Bool = true, keyPrefix: String = "sb"
+    ) throws {
         let hosts = try Self.parseSeeds(url: clusterURL)
-        self.init(redis: hosts[0], historySize: historySize, historyAge: historyAge, sessionTTL: sessionTTL,
-                  idempotencyTTL: idempotencyTTL, presenceTTL: presenceTTL, streamIdleTTL: streamIdleTTL,
-                  useShardedPubSub: true, approximateTrimming: approximateTrimming, keyPrefix: keyPrefix)
+        self.init(
+            redis: hosts[0], historySize: historySize, historyAge: historyAge, sessionTTL: sessionTTL,
+            idempotencyTTL: idempotencyTTL, presenceTTL: presenceTTL, streamIdleTTL: streamIdleTTL,
+            useShardedPubSub: true, approximateTrimming: approximateTrimming, keyPrefix: keyPrefix)
         self.clusterSeeds = hosts.map { RESPClusterClient.Node(host: $0.host, port: $0.port) }
     }
 
@@ -99,14 +104,17 @@ public struct RedisEngineConfiguration: Sendable {
     }
 
     /// `redis://[user:pass@]host[:port][/db]` (also `redis://:pass@host`, `[::1]` hosts).
-    public init(url: String,
-                historySize: Int = 1000, historyAge: Double = 300, sessionTTL: Double = 120,
-                idempotencyTTL: Double = 300, presenceTTL: Double = 30, streamIdleTTL: Double = 86400,
-                useShardedPubSub: Bool = false, approximateTrimming: Bool = true, keyPrefix: String = "sb") throws {
-        self.init(redis: try Self.parse(url: url), historySize: historySize, historyAge: historyAge,
-                  sessionTTL: sessionTTL, idempotencyTTL: idempotencyTTL, presenceTTL: presenceTTL,
-                  streamIdleTTL: streamIdleTTL, useShardedPubSub: useShardedPubSub,
-                  approximateTrimming: approximateTrimming, keyPrefix: keyPrefix)
+    public init(
+        url: String,
+        historySize: Int = 1000, historyAge: Double = 300, sessionTTL: Double = 120,
+        idempotencyTTL: Double = 300, presenceTTL: Double = 30, streamIdleTTL: Double = 86400,
+        useShardedPubSub: Bool = false, approximateTrimming: Bool = true, keyPrefix: String = "sb"
+    ) throws {
+        self.init(
+            redis: try Self.parse(url: url), historySize: historySize, historyAge: historyAge,
+            sessionTTL: sessionTTL, idempotencyTTL: idempotencyTTL, presenceTTL: presenceTTL,
+            streamIdleTTL: streamIdleTTL, useShardedPubSub: useShardedPubSub,
+            approximateTrimming: approximateTrimming, keyPrefix: keyPrefix)
     }
 
     public struct URLError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -172,7 +180,8 @@ public struct RedisEngineConfiguration: Sendable {
         var bytes = Array(s.utf8)[...]
         while let b = bytes.popFirst() {
             if b == UInt8(ascii: "%"), bytes.count >= 2,
-               let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) {
+                let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16)
+            {
                 out.append(v)
                 bytes = bytes.dropFirst(2)
             } else {

@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import Hummingbird
 import JWTKit
 import Logging
@@ -9,6 +6,10 @@ import NIOCore
 import ServiceLifecycle
 import Switchboard
 import SwitchboardClient
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 
 /// An in-process Switchboard node on a free loopback port, for testing an
 /// application's routes over real sockets:
@@ -82,7 +83,8 @@ public struct TestNode: Sendable {
     }
 
     /// A connected client for `user`.
-    public func connect(user: String, roles: [String] = [], configuration: SwitchboardClientConfiguration = .init()) async throws -> SwitchboardClient {
+    public func connect(user: String, roles: [String] = [], configuration: SwitchboardClientConfiguration = .init()) async throws -> SwitchboardClient
+    {
         let token = try await self.token(user: user, roles: roles)
         let client = SwitchboardClient(url: self.webSocketURL, token: { token }, configuration: configuration)
         try await client.connect()
@@ -92,7 +94,9 @@ public struct TestNode: Sendable {
 
 /// Signed tokens for tests.
 public enum TestTokens {
-    public static func make(user: String, roles: [String] = [], expiresIn: TimeInterval = 3600, secret: String, kid: String? = nil) async throws -> String {
+    public static func make(
+        user: String, roles: [String] = [], expiresIn: TimeInterval = 3600, secret: String, kid: String? = nil
+    ) async throws -> String {
         let keys = JWTKeyCollection()
         await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256, kid: kid.map { JWKIdentifier(string: $0) })
         return try await keys.sign(SwitchboardClaims(sub: user, exp: Date(timeIntervalSinceNow: expiresIn), roles: roles.isEmpty ? nil : roles))

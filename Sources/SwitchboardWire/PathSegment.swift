@@ -4,7 +4,8 @@ public enum PathSegment {
         var out = ""
         out.reserveCapacity(segment.utf8.count)
         for b in segment.utf8 {
-            let unreserved = (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z")) || (b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z"))
+            let unreserved =
+                (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z")) || (b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z"))
                 || (b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9")) || b == UInt8(ascii: "-") || b == UInt8(ascii: "_")
                 || b == UInt8(ascii: ".") || b == UInt8(ascii: "~")
             if unreserved {

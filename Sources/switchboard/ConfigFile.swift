@@ -7,22 +7,41 @@ import Foundation
 /// silently falls back to a default.
 struct ConfigFile {
     enum Kind: String {
-        case string = "a string", integer = "an integer", number = "a number", boolean = "true or false", strings = "an array of strings"
+        case string = "a string"
+        case integer = "an integer"
+        case number = "a number"
+        case boolean = "true or false"
+        case strings = "an array of strings"
     }
 
     /// A value as the file holds it (JSONDecoder tells booleans, integers and numbers apart).
     enum Value: Decodable {
-        case null, bool(Bool), integer(Int), number(Double), string(String), array([Value]), object
+        case null
+        case bool(Bool)
+        case integer(Int)
+        case number(Double)
+        case string(String)
+        case array([Value])
+        case object
 
         init(from decoder: any Decoder) throws {
             let c = try decoder.singleValueContainer()
-            if c.decodeNil() { self = .null }
-            else if let b = try? c.decode(Bool.self) { self = .bool(b) }
-            else if let i = try? c.decode(Int.self) { self = .integer(i) }
-            else if let d = try? c.decode(Double.self) { self = .number(d) }
-            else if let s = try? c.decode(String.self) { self = .string(s) }
-            else if let a = try? c.decode([Value].self) { self = .array(a) }
-            else { _ = try c.decode([String: Value].self); self = .object }
+            if c.decodeNil() {
+                self = .null
+            } else if let b = try? c.decode(Bool.self) {
+                self = .bool(b)
+            } else if let i = try? c.decode(Int.self) {
+                self = .integer(i)
+            } else if let d = try? c.decode(Double.self) {
+                self = .number(d)
+            } else if let s = try? c.decode(String.self) {
+                self = .string(s)
+            } else if let a = try? c.decode([Value].self) {
+                self = .array(a)
+            } else {
+                _ = try c.decode([String: Value].self)
+                self = .object
+            }
         }
     }
 
@@ -122,7 +141,8 @@ struct ConfigFile {
 
     /// Edit distance, for "did you mean".
     private static func distance(_ a: String, _ b: String) -> Int {
-        let a = Array(a), b = Array(b)
+        let a = Array(a)
+        let b = Array(b)
         var row = Array(0...b.count)
         for i in 1...max(1, a.count) where !a.isEmpty {
             var previous = row[0]

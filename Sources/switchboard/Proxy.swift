@@ -13,26 +13,64 @@ struct Proxy: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run the reconnecting proxy in front of an existing WebSocket backend.")
 
     @Option(help: "Upstream WebSocket URL, ws://host:port/path or wss://… (env SWITCHBOARD_PROXY_UPSTREAM).") var upstream: String?
-    @Option(help: "sender (one upstream per client session, default) or receiver (one upstream for the proxy) (env SWITCHBOARD_PROXY_MODE).") var mode: String?
+    @Option(help: "sender (one upstream per client session, default) or receiver (one upstream for the proxy) (env SWITCHBOARD_PROXY_MODE).")
+    var mode: String?
     @Option(help: "Address to listen on (env SWITCHBOARD_PROXY_HOST; default 127.0.0.1).") var host: String?
     @Option(help: "Port (env SWITCHBOARD_PROXY_PORT; default 8090; 0 picks a free one).") var port: Int?
-    @Option(name: .customLong("forward-header"), help: "Client request header copied to the upstream handshake; repeatable (env SWITCHBOARD_PROXY_FORWARD_HEADERS, comma-separated; default Authorization, Cookie, Sec-WebSocket-Protocol, User-Agent).") var forwardHeaders: [String] = []
-    @Option(name: .customLong("upstream-header"), help: "'Name: value' added to every upstream handshake; repeatable (env SWITCHBOARD_PROXY_UPSTREAM_HEADERS, comma-separated: a value with a comma needs the flag).") var upstreamHeaders: [String] = []
-    @Option(name: .customLong("resume-from"), help: "none, first-message or response-header: where the upstream's resume id comes from (env SWITCHBOARD_PROXY_RESUME_FROM).") var resumeFrom: String?
-    @Option(name: .customLong("resume-header"), help: "Header that carries the resume id on reconnects (env SWITCHBOARD_PROXY_RESUME_HEADER; default X-Resume-Id).") var resumeHeader: String?
-    @Option(name: .customLong("upstream-timeout"), help: "Seconds an upstream may stay away before its client is closed with 4502 (env SWITCHBOARD_PROXY_UPSTREAM_TIMEOUT; default 30).") var upstreamTimeout: Double?
-    @Option(name: .customLong("connect-timeout"), help: "Seconds one upstream connection attempt may take (env SWITCHBOARD_PROXY_CONNECT_TIMEOUT; default 5).") var connectTimeout: Double?
-    @Option(name: .customLong("backoff-initial"), help: "First reconnect delay ceiling in seconds (env SWITCHBOARD_PROXY_BACKOFF_INITIAL; default 0.1).") var backoffInitial: Double?
-    @Option(name: .customLong("backoff-max"), help: "Largest reconnect delay in seconds (env SWITCHBOARD_PROXY_BACKOFF_MAX; default 5).") var backoffMax: Double?
+    @Option(
+        name: .customLong("forward-header"),
+        help:
+            "Client request header copied to the upstream handshake; repeatable (env SWITCHBOARD_PROXY_FORWARD_HEADERS, comma-separated; default Authorization, Cookie, Sec-WebSocket-Protocol, User-Agent)."
+    ) var forwardHeaders: [String] = []
+    @Option(
+        name: .customLong("upstream-header"),
+        help:
+            "'Name: value' added to every upstream handshake; repeatable (env SWITCHBOARD_PROXY_UPSTREAM_HEADERS, comma-separated: a value with a comma needs the flag)."
+    ) var upstreamHeaders: [String] = []
+    @Option(
+        name: .customLong("resume-from"),
+        help: "none, first-message or response-header: where the upstream's resume id comes from (env SWITCHBOARD_PROXY_RESUME_FROM).")
+    var resumeFrom: String?
+    @Option(
+        name: .customLong("resume-header"),
+        help: "Header that carries the resume id on reconnects (env SWITCHBOARD_PROXY_RESUME_HEADER; default X-Resume-Id).") var resumeHeader: String?
+    @Option(
+        name: .customLong("upstream-timeout"),
+        help: "Seconds an upstream may stay away before its client is closed with 4502 (env SWITCHBOARD_PROXY_UPSTREAM_TIMEOUT; default 30).")
+    var upstreamTimeout: Double?
+    @Option(
+        name: .customLong("connect-timeout"),
+        help: "Seconds one upstream connection attempt may take (env SWITCHBOARD_PROXY_CONNECT_TIMEOUT; default 5).") var connectTimeout: Double?
+    @Option(
+        name: .customLong("backoff-initial"), help: "First reconnect delay ceiling in seconds (env SWITCHBOARD_PROXY_BACKOFF_INITIAL; default 0.1).")
+    var backoffInitial: Double?
+    @Option(name: .customLong("backoff-max"), help: "Largest reconnect delay in seconds (env SWITCHBOARD_PROXY_BACKOFF_MAX; default 5).")
+    var backoffMax: Double?
     @Option(help: "Seconds a session keeps its upstream after its client dropped (env SWITCHBOARD_PROXY_GRACE; default 30).") var grace: Double?
-    @Option(name: .customLong("max-queue-messages"), help: "Messages per queue (each direction of each session) (env SWITCHBOARD_PROXY_MAX_QUEUE_MESSAGES; default 1000).") var maxQueueMessages: Int?
-    @Option(name: .customLong("max-queue-bytes"), help: "Bytes per queue (env SWITCHBOARD_PROXY_MAX_QUEUE_BYTES; default 1048576).") var maxQueueBytes: Int?
-    @Option(name: .customLong("max-message-size"), help: "Largest message from either side (env SWITCHBOARD_PROXY_MAX_MESSAGE_SIZE; default 1048576).") var maxMessageSize: Int?
-    @Option(name: .customLong("max-sessions"), help: "Sessions held at once in sender mode (env SWITCHBOARD_PROXY_MAX_SESSIONS; default 10000).") var maxSessions: Int?
-    @Option(name: .customLong("ping-interval"), help: "Seconds between keepalive pings (env SWITCHBOARD_PROXY_PING_INTERVAL; default 15).") var pingInterval: Double?
-    @Option(name: .customLong("transient-close-codes"), help: "Comma-separated close codes that mean 'reconnect' rather than 'done' (env SWITCHBOARD_PROXY_TRANSIENT_CLOSE_CODES; default 1001,1011,1012,1013,1014).") var transientCloseCodes: String?
-    @Flag(name: .customLong("announce-session"), help: "Send the session id as a first text message {\"proxySession\":\"…\"} (env SWITCHBOARD_PROXY_ANNOUNCE_SESSION=1).") var announceSession = false
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (env SWITCHBOARD_PROXY_LOG_LEVEL).") var logLevel: String?
+    @Option(
+        name: .customLong("max-queue-messages"),
+        help: "Messages per queue (each direction of each session) (env SWITCHBOARD_PROXY_MAX_QUEUE_MESSAGES; default 1000).") var maxQueueMessages:
+        Int?
+    @Option(name: .customLong("max-queue-bytes"), help: "Bytes per queue (env SWITCHBOARD_PROXY_MAX_QUEUE_BYTES; default 1048576).")
+    var maxQueueBytes: Int?
+    @Option(
+        name: .customLong("max-message-size"), help: "Largest message from either side (env SWITCHBOARD_PROXY_MAX_MESSAGE_SIZE; default 1048576).")
+    var maxMessageSize: Int?
+    @Option(name: .customLong("max-sessions"), help: "Sessions held at once in sender mode (env SWITCHBOARD_PROXY_MAX_SESSIONS; default 10000).")
+    var maxSessions: Int?
+    @Option(name: .customLong("ping-interval"), help: "Seconds between keepalive pings (env SWITCHBOARD_PROXY_PING_INTERVAL; default 15).")
+    var pingInterval: Double?
+    @Option(
+        name: .customLong("transient-close-codes"),
+        help:
+            "Comma-separated close codes that mean 'reconnect' rather than 'done' (env SWITCHBOARD_PROXY_TRANSIENT_CLOSE_CODES; default 1001,1011,1012,1013,1014)."
+    ) var transientCloseCodes: String?
+    @Flag(
+        name: .customLong("announce-session"),
+        help: "Send the session id as a first text message {\"proxySession\":\"…\"} (env SWITCHBOARD_PROXY_ANNOUNCE_SESSION=1).")
+    var announceSession = false
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (env SWITCHBOARD_PROXY_LOG_LEVEL).")
+    var logLevel: String?
 
     /// Resolves flags and environment into a validated configuration.
     func settings(environment: Environment = Environment()) throws -> (ProxyConfiguration, Logger.Level) {
@@ -74,12 +112,13 @@ struct Proxy: AsyncParsableCommand {
         c.maxSessions = try self.maxSessions ?? env.int("PROXY_MAX_SESSIONS") ?? c.maxSessions
         c.pingInterval = try self.pingInterval ?? env.double("PROXY_PING_INTERVAL") ?? c.pingInterval
         if let codes = self.transientCloseCodes ?? env["PROXY_TRANSIENT_CLOSE_CODES"] {
-            c.transientCloseCodes = Set(try codes.split(separator: ",").map { code in
-                guard let value = UInt16(code.trimmingCharacters(in: .whitespaces)) else {
-                    throw ConfigError("--transient-close-codes must be comma-separated numbers, got '\(codes)'")
-                }
-                return value
-            })
+            c.transientCloseCodes = Set(
+                try codes.split(separator: ",").map { code in
+                    guard let value = UInt16(code.trimmingCharacters(in: .whitespaces)) else {
+                        throw ConfigError("--transient-close-codes must be comma-separated numbers, got '\(codes)'")
+                    }
+                    return value
+                })
         }
         let announce = try env.bool("PROXY_ANNOUNCE_SESSION") ?? false
         c.announceSession = self.announceSession || announce

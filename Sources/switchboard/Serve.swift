@@ -20,36 +20,85 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Port (env SWITCHBOARD_PORT; 0 picks a free one).") var port: Int?
     @Option(name: .customLong("ws-path"), help: "WebSocket path (env SWITCHBOARD_WS_PATH).") var wsPath: String?
     @Option(name: .customLong("jwt-secret"), help: "HS256 secret for tokens (env SWITCHBOARD_JWT_SECRET).") var jwtSecret: String?
-    @Option(name: .customLong("jwt-jwks"), help: "JSON Web Key Set file: RS256/ES256/EdDSA/HS256 keys with kid (env SWITCHBOARD_JWT_JWKS).") var jwtJWKS: String?
-    @Flag(name: .customLong("allow-anonymous"), help: "Accept connections without a token (env SWITCHBOARD_ALLOW_ANONYMOUS=1).") var allowAnonymous = false
-    @Option(name: .customLong("api-key"), help: "Key for the server API (X-API-Key); repeatable (env SWITCHBOARD_API_KEYS, comma-separated; file \"api-keys\").") var apiKeys: [String] = []
-    @Option(name: .customLong("allowed-origin"), help: "Origin browsers may connect from, e.g. https://app.example.com; repeatable; none allows any (env SWITCHBOARD_ALLOWED_ORIGINS, comma-separated; file \"allowed-origins\").") var allowedOrigins: [String] = []
-    @Option(name: .customLong("redis"), help: "Redis URL for the cluster engine, e.g. redis://127.0.0.1:6379; with --redis-cluster, redis://host:port,host:port,… (env SWITCHBOARD_REDIS).") var redis: String?
-    @Flag(name: .customLong("redis-cluster"), help: "The --redis URL names Redis Cluster nodes: hash-tagged keys, sharded pub/sub (env SWITCHBOARD_REDIS_CLUSTER=1).") var redisCluster = false
+    @Option(name: .customLong("jwt-jwks"), help: "JSON Web Key Set file: RS256/ES256/EdDSA/HS256 keys with kid (env SWITCHBOARD_JWT_JWKS).")
+    var jwtJWKS: String?
+    @Flag(name: .customLong("allow-anonymous"), help: "Accept connections without a token (env SWITCHBOARD_ALLOW_ANONYMOUS=1).") var allowAnonymous =
+        false
+    @Option(
+        name: .customLong("api-key"),
+        help: "Key for the server API (X-API-Key); repeatable (env SWITCHBOARD_API_KEYS, comma-separated; file \"api-keys\").") var apiKeys:
+        [String] = []
+    @Option(
+        name: .customLong("allowed-origin"),
+        help:
+            "Origin browsers may connect from, e.g. https://app.example.com; repeatable; none allows any (env SWITCHBOARD_ALLOWED_ORIGINS, comma-separated; file \"allowed-origins\")."
+    ) var allowedOrigins: [String] = []
+    @Option(
+        name: .customLong("redis"),
+        help:
+            "Redis URL for the cluster engine, e.g. redis://127.0.0.1:6379; with --redis-cluster, redis://host:port,host:port,… (env SWITCHBOARD_REDIS)."
+    ) var redis: String?
+    @Flag(
+        name: .customLong("redis-cluster"),
+        help: "The --redis URL names Redis Cluster nodes: hash-tagged keys, sharded pub/sub (env SWITCHBOARD_REDIS_CLUSTER=1).") var redisCluster =
+        false
     @Option(name: .customLong("node-id"), help: "Node id (env SWITCHBOARD_NODE_ID; random by default).") var nodeID: String?
     @Option(name: .customLong("history-size"), help: "Messages kept per stream (env SWITCHBOARD_HISTORY_SIZE).") var historySize: Int?
     @Option(name: .customLong("history-age"), help: "Seconds a message is kept (env SWITCHBOARD_HISTORY_AGE).") var historyAge: Double?
-    @Option(name: .customLong("session-ttl"), help: "Seconds a session survives its last connection (env SWITCHBOARD_SESSION_TTL).") var sessionTTL: Double?
-    @Option(name: .customLong("max-queue-bytes"), help: "Outbound bytes per connection before a slow-consumer close (env SWITCHBOARD_MAX_QUEUE_BYTES).") var maxQueueBytes: Int?
-    @Option(name: .customLong("max-message-size"), help: "Largest inbound frame and message in bytes (env SWITCHBOARD_MAX_MESSAGE_SIZE).") var maxMessageSize: Int?
+    @Option(name: .customLong("session-ttl"), help: "Seconds a session survives its last connection (env SWITCHBOARD_SESSION_TTL).") var sessionTTL:
+        Double?
+    @Option(
+        name: .customLong("max-queue-bytes"), help: "Outbound bytes per connection before a slow-consumer close (env SWITCHBOARD_MAX_QUEUE_BYTES).")
+    var maxQueueBytes: Int?
+    @Option(name: .customLong("max-message-size"), help: "Largest inbound frame and message in bytes (env SWITCHBOARD_MAX_MESSAGE_SIZE).")
+    var maxMessageSize: Int?
     @Option(name: .customLong("ping-interval"), help: "Seconds between pings (env SWITCHBOARD_PING_INTERVAL).") var pingInterval: Double?
-    @Option(name: .customLong("request-rate"), help: "Messages per second per connection, token-bucket rate (env SWITCHBOARD_REQUEST_RATE).") var requestRate: Double?
+    @Option(name: .customLong("request-rate"), help: "Messages per second per connection, token-bucket rate (env SWITCHBOARD_REQUEST_RATE).")
+    var requestRate: Double?
     @Option(name: .customLong("request-burst"), help: "Token-bucket burst per connection (env SWITCHBOARD_REQUEST_BURST).") var requestBurst: Double?
-    @Option(name: .customLong("user-request-rate"), help: "Routed requests per second per user, over all their connections and nodes (env SWITCHBOARD_USER_REQUEST_RATE; off by default).") var userRequestRate: Double?
-    @Option(name: .customLong("user-request-burst"), help: "Burst of the per-user limit (env SWITCHBOARD_USER_REQUEST_BURST; default 2 × rate).") var userRequestBurst: Double?
-    @Option(name: .customLong("connection-rate"), help: "New WebSocket connections per second on this node (env SWITCHBOARD_CONNECTION_RATE; off by default).") var connectionRate: Double?
-    @Option(name: .customLong("connection-burst"), help: "Burst of the connection-rate limit (env SWITCHBOARD_CONNECTION_BURST; default = rate).") var connectionBurst: Double?
-    @Option(name: .customLong("max-connections-per-user"), help: "WebSocket connections one user may hold on this node (env SWITCHBOARD_MAX_CONNECTIONS_PER_USER; off by default).") var maxConnectionsPerUser: Int?
-    @Option(name: .customLong("max-subscriptions"), help: "Subscriptions per connection (env SWITCHBOARD_MAX_SUBSCRIPTIONS).") var maxSubscriptions: Int?
+    @Option(
+        name: .customLong("user-request-rate"),
+        help: "Routed requests per second per user, over all their connections and nodes (env SWITCHBOARD_USER_REQUEST_RATE; off by default).")
+    var userRequestRate: Double?
+    @Option(name: .customLong("user-request-burst"), help: "Burst of the per-user limit (env SWITCHBOARD_USER_REQUEST_BURST; default 2 × rate).")
+    var userRequestBurst: Double?
+    @Option(
+        name: .customLong("connection-rate"),
+        help: "New WebSocket connections per second on this node (env SWITCHBOARD_CONNECTION_RATE; off by default).") var connectionRate: Double?
+    @Option(name: .customLong("connection-burst"), help: "Burst of the connection-rate limit (env SWITCHBOARD_CONNECTION_BURST; default = rate).")
+    var connectionBurst: Double?
+    @Option(
+        name: .customLong("max-connections-per-user"),
+        help: "WebSocket connections one user may hold on this node (env SWITCHBOARD_MAX_CONNECTIONS_PER_USER; off by default).")
+    var maxConnectionsPerUser: Int?
+    @Option(name: .customLong("max-subscriptions"), help: "Subscriptions per connection (env SWITCHBOARD_MAX_SUBSCRIPTIONS).") var maxSubscriptions:
+        Int?
     @Option(name: .customLong("max-in-flight"), help: "Requests in flight per connection (env SWITCHBOARD_MAX_IN_FLIGHT).") var maxInFlight: Int?
-    @Option(name: .customLong("drain-window"), help: "Seconds over which a draining node closes its clients (env SWITCHBOARD_DRAIN_WINDOW).") var drainWindow: Double?
-    @Option(name: .customLong("handshake-timeout"), help: "Seconds a new connection has to send its first request and finish a WebSocket upgrade (env SWITCHBOARD_HANDSHAKE_TIMEOUT).") var handshakeTimeout: Double?
-    @Option(name: .customLong("request-timeout"), help: "Seconds an HTTP request's body has to arrive (env SWITCHBOARD_REQUEST_TIMEOUT).") var requestTimeout: Double?
-    @Option(name: .customLong("idle-timeout"), help: "Seconds a kept-alive HTTP connection may wait for its next request (env SWITCHBOARD_IDLE_TIMEOUT).") var idleTimeout: Double?
-    @Option(name: .customLong("max-handshakes"), help: "Connections in their handshake at once; more are closed at accept (env SWITCHBOARD_MAX_HANDSHAKES).") var maxHandshakes: Int?
-    @Option(name: .customLong("max-connections"), help: "Connections the node holds at most; past it new ones are closed as they arrive (env SWITCHBOARD_MAX_CONNECTIONS; default: the open-file limit less a reserve).") var maxConnections: Int?
-    @Option(name: .customLong("echo-path"), help: "Serve a WebSocket echo endpoint here, for conformance tests (env SWITCHBOARD_ECHO_PATH; off by default; never in production).") var echoPath: String?
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (env SWITCHBOARD_LOG_LEVEL).") var logLevel: String?
+    @Option(name: .customLong("drain-window"), help: "Seconds over which a draining node closes its clients (env SWITCHBOARD_DRAIN_WINDOW).")
+    var drainWindow: Double?
+    @Option(
+        name: .customLong("handshake-timeout"),
+        help: "Seconds a new connection has to send its first request and finish a WebSocket upgrade (env SWITCHBOARD_HANDSHAKE_TIMEOUT).")
+    var handshakeTimeout: Double?
+    @Option(name: .customLong("request-timeout"), help: "Seconds an HTTP request's body has to arrive (env SWITCHBOARD_REQUEST_TIMEOUT).")
+    var requestTimeout: Double?
+    @Option(
+        name: .customLong("idle-timeout"), help: "Seconds a kept-alive HTTP connection may wait for its next request (env SWITCHBOARD_IDLE_TIMEOUT).")
+    var idleTimeout: Double?
+    @Option(
+        name: .customLong("max-handshakes"),
+        help: "Connections in their handshake at once; more are closed at accept (env SWITCHBOARD_MAX_HANDSHAKES).") var maxHandshakes: Int?
+    @Option(
+        name: .customLong("max-connections"),
+        help:
+            "Connections the node holds at most; past it new ones are closed as they arrive (env SWITCHBOARD_MAX_CONNECTIONS; default: the open-file limit less a reserve)."
+    ) var maxConnections: Int?
+    @Option(
+        name: .customLong("echo-path"),
+        help: "Serve a WebSocket echo endpoint here, for conformance tests (env SWITCHBOARD_ECHO_PATH; off by default; never in production).")
+    var echoPath: String?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (env SWITCHBOARD_LOG_LEVEL).") var logLevel:
+        String?
 
     /// Keys a configuration file may hold, with their types.
     static let fileKeys: [String: ConfigFile.Kind] = [
@@ -179,7 +228,9 @@ struct Serve: AsyncParsableCommand {
         let verifier: TokenVerifier?
         if let path = settings.jwtJWKS {
             let json: String
-            do { json = try String(contentsOfFile: path, encoding: .utf8) } catch { throw ConfigError("--jwt-jwks \(path): \(error.localizedDescription)") }
+            do { json = try String(contentsOfFile: path, encoding: .utf8) } catch {
+                throw ConfigError("--jwt-jwks \(path): \(error.localizedDescription)")
+            }
             do {
                 verifier = try await TokenVerifier.jwks(json: json)
             } catch {

@@ -12,9 +12,9 @@ struct Token: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print a signed token (HS256) for a node started with the same --jwt-secret or --jwt-jwks.",
         discussion: """
-        The secret is used as given: its UTF-8 bytes are the HMAC key (it is not base64-decoded), \
-        and it must be at least 32 bytes long. Example: switchboard token --jwt-secret "$SECRET" --sub ann --roles admin --ttl 1h
-        """
+            The secret is used as given: its UTF-8 bytes are the HMAC key (it is not base64-decoded), \
+            and it must be at least 32 bytes long. Example: switchboard token --jwt-secret "$SECRET" --sub ann --roles admin --ttl 1h
+            """
     )
 
     @Option(help: "The user id (the token's `sub`).") var sub: String
@@ -22,7 +22,9 @@ struct Token: AsyncParsableCommand {
     @Option(help: "How long the token is valid: seconds, or a number with s, m, h or d (e.g. 90, 15m, 1h, 7d).") var ttl = "1h"
     @Option(help: "JSON configuration file, as for serve (env SWITCHBOARD_CONFIG).") var config: String?
     @Option(name: .customLong("jwt-secret"), help: "HS256 secret, as for serve (env SWITCHBOARD_JWT_SECRET).") var jwtSecret: String?
-    @Option(name: .customLong("jwt-jwks"), help: "JSON Web Key Set file, as for serve (env SWITCHBOARD_JWT_JWKS); signs with its oct (HS256/384/512) key.") var jwtJWKS: String?
+    @Option(
+        name: .customLong("jwt-jwks"), help: "JSON Web Key Set file, as for serve (env SWITCHBOARD_JWT_JWKS); signs with its oct (HS256/384/512) key."
+    ) var jwtJWKS: String?
     @Option(help: "With --jwt-jwks: the kid of the key to sign with (when the set has several oct keys).") var kid: String?
 
     func run() async throws {
@@ -35,15 +37,17 @@ struct Token: AsyncParsableCommand {
         // Exactly serve's validation (secret length, key set), then its keys sign.
         let resolved = try await Serve.parse(serveArguments).resolve()
         guard let verifier = resolved.verifier else {
-            throw ConfigError("no secret: give --jwt-secret (or SWITCHBOARD_JWT_SECRET, or \"jwt-secret\" in --config), or --jwt-jwks with an oct key")
+            throw ConfigError(
+                "no secret: give --jwt-secret (or SWITCHBOARD_JWT_SECRET, or \"jwt-secret\" in --config), or --jwt-jwks with an oct key")
         }
         var signingKid: JWKIdentifier?
         if let path = resolved.settings.jwtJWKS {
             let candidates = verifier.secretKids.filter { self.kid == nil || $0 == self.kid }
             guard candidates.count == 1, let kid = candidates.first else {
-                throw ConfigError(candidates.isEmpty
-                    ? "--jwt-jwks \(path): no oct (HS256) key\(self.kid.map { " with kid \($0)" } ?? ""); other keys are public: tokens for them are signed by whoever holds the private key"
-                    : "--jwt-jwks \(path): several oct keys; choose one with --kid")
+                throw ConfigError(
+                    candidates.isEmpty
+                        ? "--jwt-jwks \(path): no oct (HS256) key\(self.kid.map { " with kid \($0)" } ?? ""); other keys are public: tokens for them are signed by whoever holds the private key"
+                        : "--jwt-jwks \(path): several oct keys; choose one with --kid")
             }
             signingKid = JWKIdentifier(string: kid)
         }

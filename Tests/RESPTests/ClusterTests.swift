@@ -64,7 +64,12 @@ struct ClusterTests {
             let migSlot = RESPClusterSlot.slot(for: "{mig}x")
             let migration = try await cluster.beginMigration(slot: migSlot)
             let (src, srcConn, dstConn) = (migration.source, migration.sourceConnection, migration.targetConnection)
-            defer { Task { await srcConn.close(); await dstConn.close() } }
+            defer {
+                Task {
+                    await srcConn.close()
+                    await dstConn.close()
+                }
+            }
             try await client.set("{mig}x", "moved-by-ask")
             #expect(try await dstConn.send("CLUSTER", "COUNTKEYSINSLOT", .int(migSlot)) == .integer(1))
             #expect(try await srcConn.send("CLUSTER", "COUNTKEYSINSLOT", .int(migSlot)) == .integer(0))
@@ -98,7 +103,12 @@ struct ClusterTests {
             let slot = RESPClusterSlot.slot(for: "{t}a")
             let migration = try await cluster.beginMigration(slot: slot)
             let (dst, srcConn, dstConn) = (migration.target, migration.sourceConnection, migration.targetConnection)
-            defer { Task { await srcConn.close(); await dstConn.close() } }
+            defer {
+                Task {
+                    await srcConn.close()
+                    await dstConn.close()
+                }
+            }
             _ = try await srcConn.send("MIGRATE", "127.0.0.1", .int(dst.port), "{t}a", 0, 5000)
             await #expect(throws: RESPError.self) { _ = try await srcConn.send("MGET", "{t}a", "{t}b") }
 
@@ -116,7 +126,12 @@ struct ClusterTests {
         try await withRedisCluster { cluster in
             let client = try await RESPClusterClient.connect(seeds: cluster.seeds, configuration: cluster.configuration)
             let subscriber = RESPClusterSubscriber(cluster: client)
-            defer { Task { await subscriber.close(); await client.close() } }
+            defer {
+                Task {
+                    await subscriber.close()
+                    await client.close()
+                }
+            }
             let received = NIOLockedValueBox([String: [String]]())
             // Channels spread over every node.
             let channels = (0..<12).map { "ch:{\($0)}" }
@@ -160,7 +175,12 @@ struct ClusterTests {
         try await withRedisCluster { cluster in
             let client = try await RESPClusterClient.connect(seeds: cluster.seeds, configuration: cluster.configuration)
             let subscriber = RESPClusterSubscriber(cluster: client)
-            defer { Task { await subscriber.close(); await client.close() } }
+            defer {
+                Task {
+                    await subscriber.close()
+                    await client.close()
+                }
+            }
             let received = NIOLockedValueBox([String]())
             let channel = "restart:{x}"
             let slot = RESPClusterSlot.slot(for: channel)
@@ -181,9 +201,10 @@ struct ClusterTests {
             try await owner.start()
             #expect(try await cluster.waitUntilOK())
             #expect(try await events.value == [.disconnected, .reconnected])
-            #expect(try await eventually(timeout: .seconds(20)) {
-                (try? await client.spublish(channel, "back")) != nil && received.withLockedValue { $0.contains("back") }
-            })
+            #expect(
+                try await eventually(timeout: .seconds(20)) {
+                    (try? await client.spublish(channel, "back")) != nil && received.withLockedValue { $0.contains("back") }
+                })
         }
     }
 }

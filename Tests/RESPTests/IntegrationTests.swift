@@ -1,10 +1,11 @@
-import RedisTestSupport
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
+import RedisTestSupport
 import Testing
+
 @testable import RESP
 
 @Suite(.timeLimit(.minutes(1)))
@@ -20,12 +21,18 @@ struct IntegrationTests {
             #expect(try await c.send("GET", "missing") == .null)
             _ = try await c.hset("h", fields: [("a", "1"), ("b", .bytes(ByteBuffer(string: "2")))])
             let h = try await c.send("HGETALL", "h")
-            guard case .map(let entries) = h else { Issue.record("HGETALL not map: \(h)"); return }
+            guard case .map(let entries) = h else {
+                Issue.record("HGETALL not map: \(h)")
+                return
+            }
             #expect(entries.count == 2)
             #expect(try await c.hgetall("h").mapValues(\.text) == ["a": "1", "b": "2"])
             _ = try await c.sadd("s", members: ["x", "y"])
             let s = try await c.send("SMEMBERS", "s")
-            guard case .set(let members) = s else { Issue.record("SMEMBERS not set: \(s)"); return }
+            guard case .set(let members) = s else {
+                Issue.record("SMEMBERS not set: \(s)")
+                return
+            }
             #expect(Set(members.compactMap(\.string)) == ["x", "y"])
             let hello = try await c.send("HELLO", "3")
             #expect(hello.stringMap?["proto"] == .integer(3))
@@ -37,7 +44,10 @@ struct IntegrationTests {
             let big = try await c.send("EVAL", "redis.setresp(3); return {big_number='123456789012345678901234567890'}", 0)
             #expect(big == .bigNumber(ByteBuffer(string: "123456789012345678901234567890")))
             let info = try await c.send("CLIENT", "INFO")
-            guard case .verbatimString(let fmt, let body) = info else { Issue.record("CLIENT INFO not verbatim: \(info)"); return }
+            guard case .verbatimString(let fmt, let body) = info else {
+                Issue.record("CLIENT INFO not verbatim: \(info)")
+                return
+            }
             #expect(fmt == "txt" && body.text.contains("id="))
             // The server's own samples of each RESP3 type.
             #expect(try await c.send("DEBUG", "PROTOCOL", "attrib").string == "Some real reply following the attribute")
@@ -45,8 +55,11 @@ struct IntegrationTests {
             #expect(try await c.send("DEBUG", "PROTOCOL", "double") == .double(3.141))
             #expect(try await c.send("DEBUG", "PROTOCOL", "null") == .null)
             #expect(try await c.send("DEBUG", "PROTOCOL", "false") == .boolean(false))
-            #expect(try await c.send("DEBUG", "PROTOCOL", "verbatim") == .verbatimString(format: "txt", ByteBuffer(string: "This is a verbatim\nstring")))
-            #expect(try await c.send("DEBUG", "PROTOCOL", "map") == .map([(.integer(0), .boolean(false)), (.integer(1), .boolean(true)), (.integer(2), .boolean(false))]))
+            #expect(
+                try await c.send("DEBUG", "PROTOCOL", "verbatim") == .verbatimString(format: "txt", ByteBuffer(string: "This is a verbatim\nstring")))
+            #expect(
+                try await c.send("DEBUG", "PROTOCOL", "map")
+                    == .map([(.integer(0), .boolean(false)), (.integer(1), .boolean(true)), (.integer(2), .boolean(false))]))
             #expect(try await c.send("DEBUG", "PROTOCOL", "set") == .set([.integer(0), .integer(1), .integer(2)]))
             let arr = try await c.send("EVAL", "return {1, 'two', {3}}", 0)
             #expect(arr == .array([.integer(1), .blobString(ByteBuffer(string: "two")), .array([.integer(3)])]))
@@ -86,8 +99,10 @@ struct IntegrationTests {
         defer { try? FileManager.default.removeItem(atPath: cert.dir) }
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(cert.cert))
-        let args = ["--tls-cert-file", cert.cert, "--tls-key-file", cert.key, "--tls-ca-cert-file", cert.cert,
-                    "--tls-auth-clients", "no", "--requirepass", "pw"]
+        let args = [
+            "--tls-cert-file", cert.cert, "--tls-key-file", cert.key, "--tls-ca-cert-file", cert.cert,
+            "--tls-auth-clients", "no", "--requirepass", "pw",
+        ]
         try await withRedis(args, tls: tls) { server in
             var cfg = server.configuration
             cfg.password = "pw"
@@ -172,7 +187,12 @@ struct IntegrationTests {
         try await withRedis { server in
             let pub = try await RESPConnection.connect(configuration: server.configuration)
             let sub = try await RESPSubscriber.connect(configuration: server.configuration)
-            defer { Task { await pub.close(); await sub.close() } }
+            defer {
+                Task {
+                    await pub.close()
+                    await sub.close()
+                }
+            }
             let s1 = try await sub.subscribe(["a", "b", "a"])
             #expect(s1.channels == ["a", "b"])
             let s2 = try await sub.subscribe(["a"])
@@ -180,7 +200,7 @@ struct IntegrationTests {
             let h = try await sub.subscribe(["news.*"], kind: .pattern) { (m: RESPMessage) in
                 received.withLockedValue { $0.append("\(m.pattern ?? ""):\(m.channel):\(m.payload.text)") }
             }
-            #expect(try await pub.publish("a", "hello") == 1) // one server-side subscriber connection
+            #expect(try await pub.publish("a", "hello") == 1)  // one server-side subscriber connection
             #expect(try await pub.publish("b", .bytes(ByteBuffer(string: "world"))) == 1)
             #expect(try await pub.publish("news.x", "n1") == 1)
             var it = s1.messages.makeAsyncIterator()
@@ -217,7 +237,12 @@ struct IntegrationTests {
         try await withRedis { server in
             let pub = try await RESPConnection.connect(configuration: server.configuration)
             let sub = try await RESPSubscriber.connect(configuration: server.configuration)
-            defer { Task { await pub.close(); await sub.close() } }
+            defer {
+                Task {
+                    await pub.close()
+                    await sub.close()
+                }
+            }
             let count = NIOLockedValueBox(0)
             try await withThrowingTaskGroup(of: RESPSubscription.self) { group in
                 for _ in 0..<50 {
@@ -303,7 +328,10 @@ struct IntegrationTests {
                 _ = try await c.send("PING")
                 Issue.record("expected protocol error")
             } catch let e as RESPError {
-                guard case .protocolError(let msg) = e else { Issue.record("wrong error \(e)"); continue }
+                guard case .protocolError(let msg) = e else {
+                    Issue.record("wrong error \(e)")
+                    continue
+                }
                 #expect(!msg.isEmpty)
             }
         }
@@ -348,8 +376,9 @@ struct IntegrationTests {
 
     @Test func clientReconnectsAndResubscribes() async throws {
         try await withRedis { server in
-            let client = RESPClient(configuration: server.configuration,
-                                    reconnectPolicy: .init(initialDelay: .milliseconds(20), maxDelay: .milliseconds(200)))
+            let client = RESPClient(
+                configuration: server.configuration,
+                reconnectPolicy: .init(initialDelay: .milliseconds(20), maxDelay: .milliseconds(200)))
             var events = client.events.makeAsyncIterator()
             await #expect(throws: RESPError.notConnected) { _ = try await client.send("PING") }
             client.start()

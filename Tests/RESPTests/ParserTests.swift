@@ -1,5 +1,6 @@
 import NIOCore
 import Testing
+
 @testable import RESP
 
 @Suite(.timeLimit(.minutes(1)))
@@ -33,9 +34,12 @@ struct ParserTests {
         #expect(try parse("(-3492890328409238509324850943850943825024385\r\n") == .bigNumber(bb("-3492890328409238509324850943850943825024385")))
         #expect(try parse("=15\r\ntxt:Some string\r\n") == .verbatimString(format: "txt", bb("Some string")))
         #expect(try parse("*3\r\n:1\r\n$1\r\na\r\n*0\r\n") == .array([.integer(1), .blobString(bb("a")), .array([])]))
-        #expect(try parse("%2\r\n+a\r\n:1\r\n+b\r\n#t\r\n") == .map([(.simpleString(bb("a")), .integer(1)), (.simpleString(bb("b")), .boolean(true))]))
+        #expect(
+            try parse("%2\r\n+a\r\n:1\r\n+b\r\n#t\r\n") == .map([(.simpleString(bb("a")), .integer(1)), (.simpleString(bb("b")), .boolean(true))]))
         #expect(try parse("~2\r\n+a\r\n+b\r\n") == .set([.simpleString(bb("a")), .simpleString(bb("b"))]))
-        #expect(try parse(">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n") == .push([.blobString(bb("message")), .blobString(bb("ch")), .blobString(bb("hi"))]))
+        #expect(
+            try parse(">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n")
+                == .push([.blobString(bb("message")), .blobString(bb("ch")), .blobString(bb("hi"))]))
         // Attribute is skipped; the following value is returned.
         #expect(try parse("|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*2\r\n:2\r\n:9\r\n") == .array([.integer(2), .integer(9)]))
         // Attribute inside an aggregate.
@@ -55,15 +59,19 @@ struct ParserTests {
     @Test func blobIsSliceOfInput() throws {
         var b = ByteBuffer(string: "$5\r\nhello\r\n")
         var p = RESPParser()
-        guard case .blobString(let s)? = try p.parse(&b) else { Issue.record("not blob"); return }
+        guard case .blobString(let s)? = try p.parse(&b) else {
+            Issue.record("not blob")
+            return
+        }
         #expect(s.readableBytes == 5)
         // A slice shares storage: its base address is inside the original buffer.
         let orig = b.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }
         let slice = s.withUnsafeReadableBytes { UInt(bitPattern: $0.baseAddress) }
-        #expect(slice == orig - 7) // reader index moved to the end (offset 11); payload starts at 4
+        #expect(slice == orig - 7)  // reader index moved to the end (offset 11); payload starts at 4
     }
 
-    static let allTypes = "*16\r\n+OK\r\n-ERR x\r\n:123\r\n$5\r\nhe\r\no\r\n!3\r\nERR\r\n$-1\r\n_\r\n,1.5\r\n#t\r\n(123456789012345678901234567890\r\n=7\r\ntxt:abc\r\n%1\r\n+k\r\n*1\r\n:1\r\n~1\r\n+s\r\n>2\r\n+p\r\n:2\r\n|1\r\n+a\r\n+b\r\n:7\r\n*-1\r\n"
+    static let allTypes =
+        "*16\r\n+OK\r\n-ERR x\r\n:123\r\n$5\r\nhe\r\no\r\n!3\r\nERR\r\n$-1\r\n_\r\n,1.5\r\n#t\r\n(123456789012345678901234567890\r\n=7\r\ntxt:abc\r\n%1\r\n+k\r\n*1\r\n:1\r\n~1\r\n+s\r\n>2\r\n+p\r\n:2\r\n|1\r\n+a\r\n+b\r\n:7\r\n*-1\r\n"
 
     @Test func incompleteAtEveryByteSplit() throws {
         let bytes = Array(Self.allTypes.utf8)
@@ -71,7 +79,10 @@ struct ParserTests {
         var full = ByteBuffer(bytes: bytes)
         let expected = try #require(try fullParser.parse(&full))
         #expect(full.readableBytes == 0)
-        guard case .array(let items) = expected else { Issue.record("not array"); return }
+        guard case .array(let items) = expected else {
+            Issue.record("not array")
+            return
+        }
         #expect(items.count == 16)
         for split in 0..<bytes.count {
             var parser = RESPParser()
@@ -95,7 +106,10 @@ struct ParserTests {
         #expect(throws: RESPError.self) { _ = try p.parse(&b) }
         var p2 = RESPParser()
         do { _ = try p2.parse(&b) } catch let e as RESPError {
-            guard case .protocolError(let msg) = e else { Issue.record("wrong error \(e)"); return }
+            guard case .protocolError(let msg) = e else {
+                Issue.record("wrong error \(e)")
+                return
+            }
             #expect(!msg.isEmpty)
         }
     }

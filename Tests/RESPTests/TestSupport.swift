@@ -2,8 +2,9 @@ import Foundation
 import NIOCore
 import NIOPosix
 import NIOSSL
-@testable import RESP
 import RedisTestSupport
+
+@testable import RESP
 
 extension ByteBuffer {
     var text: String { String(buffer: self) }
@@ -15,8 +16,10 @@ func makeTestCertificate() throws -> (dir: String, cert: String, key: String) {
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-    p.arguments = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", dir + "/key.pem", "-out", dir + "/cert.pem",
-                   "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    p.arguments = [
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", dir + "/key.pem", "-out", dir + "/cert.pem",
+        "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    ]
     p.standardOutput = FileHandle.nullDevice
     p.standardError = FileHandle.nullDevice
     try p.run()

@@ -24,10 +24,13 @@ public final class RedisCluster: @unchecked Sendable {
             for i in 0..<(masters * (1 + replicas)) {
                 let port = try await freePort()
                 let busPort = try await freePort()
-                servers.append(try await RedisServer(port: port, extraArgs: [
-                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes-\(i)-\(port).conf", "--cluster-port", String(busPort),
-                    "--dir", self.directory, "--cluster-node-timeout", "3000", "--cluster-require-full-coverage", "yes",
-                ] + extraArgs))
+                servers.append(
+                    try await RedisServer(
+                        port: port,
+                        extraArgs: [
+                            "--cluster-enabled", "yes", "--cluster-config-file", "nodes-\(i)-\(port).conf", "--cluster-port", String(busPort),
+                            "--dir", self.directory, "--cluster-node-timeout", "3000", "--cluster-require-full-coverage", "yes",
+                        ] + extraArgs))
             }
             self.servers = servers
             try await self.form(replicas: replicas)
@@ -47,8 +50,9 @@ public final class RedisCluster: @unchecked Sendable {
         for (i, server) in self.servers.enumerated() {
             if i < count {
                 let c = try await self.connect(server)
-                _ = try await c.send("CLUSTER", "ADDSLOTSRANGE", .int(i * RESPClusterSlot.count / count),
-                                     .int((i + 1) * RESPClusterSlot.count / count - 1))
+                _ = try await c.send(
+                    "CLUSTER", "ADDSLOTSRANGE", .int(i * RESPClusterSlot.count / count),
+                    .int((i + 1) * RESPClusterSlot.count / count - 1))
                 await c.close()
             }
             if i > 0 {
@@ -70,14 +74,18 @@ public final class RedisCluster: @unchecked Sendable {
             }
         }
         // Every replica in sync with its master.
-        guard try await eventually(timeout: .seconds(30), {
-            for server in self.servers[count...] {
-                guard let c = try? await self.connect(server) else { return false }
-                defer { Task { await c.close() } }
-                guard let info = try? await c.send("INFO", "replication").string, info.contains("master_link_status:up") else { return false }
-            }
-            return true
-        }) else { throw RESPError.unexpectedReply("replicas did not sync") }
+        guard
+            try await eventually(
+                timeout: .seconds(30),
+                {
+                    for server in self.servers[count...] {
+                        guard let c = try? await self.connect(server) else { return false }
+                        defer { Task { await c.close() } }
+                        guard let info = try? await c.send("INFO", "replication").string, info.contains("master_link_status:up") else { return false }
+                    }
+                    return true
+                })
+        else { throw RESPError.unexpectedReply("replicas did not sync") }
     }
 
     /// The replicas of the master `server` (by its place in `servers`).
@@ -95,7 +103,7 @@ public final class RedisCluster: @unchecked Sendable {
                 guard let c = try? await self.connect(server) else { return false }
                 defer { Task { await c.close() } }
                 guard let info = try? await c.send("CLUSTER", "INFO").string, info.contains("cluster_state:ok"),
-                      info.contains("cluster_known_nodes:\(self.servers.count)"), info.contains("cluster_slots_assigned:16384")
+                    info.contains("cluster_known_nodes:\(self.servers.count)"), info.contains("cluster_slots_assigned:16384")
                 else { return false }
             }
             return true
@@ -112,7 +120,7 @@ public final class RedisCluster: @unchecked Sendable {
             defer { Task { await c.close() } }
             for range in try await c.send("CLUSTER", "SLOTS").array ?? [] {
                 guard let r = range.array, let start = r[0].int, let end = r[1].int, (start...end).contains(slot),
-                      let port = r[2].array?[1].int
+                    let port = r[2].array?[1].int
                 else { continue }
                 return self.servers.first { $0.port == port }!
             }
@@ -145,7 +153,12 @@ public final class RedisCluster: @unchecked Sendable {
         guard try await self.server(owning: slot) !== target else { return }
         let migration = try await self.beginMigration(slot: slot, to: target)
         let (source, src, dst, dstID) = (migration.source, migration.sourceConnection, migration.targetConnection, migration.targetID)
-        defer { Task { await src.close(); await dst.close() } }
+        defer {
+            Task {
+                await src.close()
+                await dst.close()
+            }
+        }
         while true {
             let keys = try await src.send("CLUSTER", "GETKEYSINSLOT", .int(slot), 100).array ?? []
             if keys.isEmpty { break }

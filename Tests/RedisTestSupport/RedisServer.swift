@@ -26,8 +26,11 @@ public final class RedisServer: @unchecked Sendable {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.executable)
         let portArgs = self.tls == nil ? ["--port", String(self.port)] : ["--port", "0", "--tls-port", String(self.port)]
-        p.arguments = portArgs + ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                  "--daemonize", "no", "--enable-debug-command", "yes", "--loglevel", "warning"] + self.extraArgs
+        p.arguments =
+            portArgs + [
+                "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--enable-debug-command", "yes", "--loglevel", "warning",
+            ] + self.extraArgs
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
@@ -35,8 +38,9 @@ public final class RedisServer: @unchecked Sendable {
         // Up when it answers PING (any reply, NOAUTH included).
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
-            let probe = RESPConfiguration(port: self.port, tls: self.tls, tlsServerName: "localhost", protocolVersion: 2,
-                                          connectTimeout: .milliseconds(200))
+            let probe = RESPConfiguration(
+                port: self.port, tls: self.tls, tlsServerName: "localhost", protocolVersion: 2,
+                connectTimeout: .milliseconds(200))
             guard p.isRunning else { break }
             if let c = try? await RESPConnection.connect(configuration: probe) {
                 // Any reply (NOAUTH included) means it is up.
@@ -101,14 +105,16 @@ private let usedPorts = NIOLockedValueBox(Set<Int>())
 /// outgoing connections, and one could take the port between this check and the server's
 /// bind. No two callers get the same port.
 public func freePort() async throws -> Int {
-    let lowestEphemeral = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
+    let lowestEphemeral =
+        (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
         .flatMap { $0.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } } ?? 32768
     let range = 10000..<max(10001, min(lowestEphemeral, 32768))
     for _ in 0..<200 {
         let port = Int.random(in: range)
         guard usedPorts.withLockedValue({ !$0.contains(port) }) else { continue }
-        guard let channel = try? await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(host: "127.0.0.1", port: port).get()
+        guard
+            let channel = try? await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .bind(host: "127.0.0.1", port: port).get()
         else { continue }
         try await channel.close()
         if usedPorts.withLockedValue({ $0.insert(port).inserted }) { return port }

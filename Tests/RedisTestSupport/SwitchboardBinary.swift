@@ -5,7 +5,9 @@ import Foundation
 public let switchboardBinary: String = {
     if let path = ProcessInfo.processInfo.environment["SWITCHBOARD_BINARY"] { return path }
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    for candidate in [".build/debug/switchboard", ".build/x86_64-unknown-linux-gnu/debug/switchboard", ".build/aarch64-unknown-linux-gnu/debug/switchboard"] {
+    for candidate in [
+        ".build/debug/switchboard", ".build/x86_64-unknown-linux-gnu/debug/switchboard", ".build/aarch64-unknown-linux-gnu/debug/switchboard",
+    ] {
         let path = root.appendingPathComponent(candidate).path
         if FileManager.default.isExecutableFile(atPath: path) { return path }
     }

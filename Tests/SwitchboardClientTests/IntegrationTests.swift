@@ -1,6 +1,6 @@
-import NIOConcurrencyHelpers
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import SwitchboardWire
 import Testing
 

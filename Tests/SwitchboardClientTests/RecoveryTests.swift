@@ -1,5 +1,5 @@
-import NIOConcurrencyHelpers
 import Foundation
+import NIOConcurrencyHelpers
 import SwitchboardClient
 import SwitchboardWire
 import Testing
@@ -16,7 +16,10 @@ import Testing
                 connection.send("PUSH200|\(frame.target)|id=1;e=E1;t=aaaaaa|one")
             case .ack:
                 // The first ack is lost (the node's engine was away).
-                if acks.withLockedValue({ $0 += 1; return $0 }) == 1 {
+                if acks.withLockedValue({
+                    $0 += 1
+                    return $0
+                }) == 1 {
                     connection.send("ACK503|\(frame.target)||{\"error\":\"ack_failed\"}")
                 }
             default: break
@@ -26,7 +29,9 @@ import Testing
         let client = SwitchboardClient(url: server.url, token: { "tok" }, configuration: testConfiguration())
         try await client.connect()
         _ = try await take(1, from: try await client.subscribe("/rooms/a"))
-        try await eventually("the ack again") { server.frames(.ack).filter { $0.frame.target == "/rooms/a" && $0.frame.meta["id"] == "1" }.count >= 2 }
+        try await eventually("the ack again") {
+            server.frames(.ack).filter { $0.frame.target == "/rooms/a" && $0.frame.meta["id"] == "1" }.count >= 2
+        }
         await client.close()
         await server.stop()
     }
@@ -119,7 +124,10 @@ import Testing
         let subs = NIOLockedValueBox(0)
         let server = FakeServer { connection, frame in
             guard frame.method == .sub, frame.target == "/rooms/r" else { return }
-            let n = subs.withLockedValue { $0 += 1; return $0 }
+            let n = subs.withLockedValue {
+                $0 += 1
+                return $0
+            }
             if connection.index == 1 && n == 2 {
                 connection.send("SUB503|/rooms/r|r=\(frame.meta["r"]!)|{\"error\":\"subscribe_failed\"}")
             } else {

@@ -252,7 +252,10 @@ func isInvalidArgument(_ error: (any Error)?) -> Bool {
         let subs = NIOLockedValueBox(0)
         let server = FakeServer { connection, frame in
             guard frame.method == .sub, frame.target == "/rooms/r" else { return }
-            let n = subs.withLockedValue { $0 += 1; return $0 }
+            let n = subs.withLockedValue {
+                $0 += 1
+                return $0
+            }
             if connection.index == 1 && n == 2 {
                 connection.send(#"ERR429|/|r=\#(frame.meta["r"]!)|{"error":"rate_limited"}"#)
             } else {

@@ -32,7 +32,8 @@ struct ClusterTests {
                 while true {
                     let node = nodes[attempt % nodes.count]
                     attempt += 1
-                    if node.isRunning, let reply = try? await node.api("POST", "/publish", ["stream": stream, "data": "\(i)", "idempotencyKey": "m\(i)"]),
+                    if node.isRunning,
+                        let reply = try? await node.api("POST", "/publish", ["stream": stream, "data": "\(i)", "idempotencyKey": "m\(i)"]),
                         reply.status == 201
                     {
                         accepted.withLockedValue { $0 = i }
@@ -94,7 +95,8 @@ struct ClusterTests {
             let annA = try await Self.client("ann", [nodes[0]])
             let annB = try await Self.client("ann", [nodes[1]])
             let bob = try await Self.client("bob", [nodes[2]])
-            let annAInbox = Inbox(annA.messages("/users/ann")), annBInbox = Inbox(annB.messages("/users/ann"))
+            let annAInbox = Inbox(annA.messages("/users/ann"))
+            let annBInbox = Inbox(annB.messages("/users/ann"))
             let bobInbox = Inbox(bob.messages("/users/bob"))
             let broadcasts = [annA, annB, bob].map { Inbox($0.messages("/broadcast")) }
             let room = [Inbox(try await annA.subscribe("/streams/room")), Inbox(try await bob.subscribe("/streams/room"))]
@@ -222,10 +224,15 @@ struct ClusterTests {
             let expected = (1...total).map(String.init)
             for (i, (_, inbox)) in subscribers.enumerated() {
                 let received = try await inbox.waitFor(total, timeout: .seconds(60))
-                #expect(received == expected, "subscriber \(i): \(received.count) messages, first difference at \(Array(zip(received, expected)).firstIndex { $0 != $1 } ?? received.count)")
+                #expect(
+                    received == expected,
+                    "subscriber \(i): \(received.count) messages, first difference at \(Array(zip(received, expected)).firstIndex { $0 != $1 } ?? received.count)"
+                )
             }
             #expect(notRecovered.withLockedValue { $0 } == 0)
-            print("chaos: \(total) messages to \(subscribers.count) subscribers on 3 nodes; \(kills) node kills, 1 Redis restart, \(reconnects.withLockedValue { $0 }) resumed reconnects")
+            print(
+                "chaos: \(total) messages to \(subscribers.count) subscribers on 3 nodes; \(kills) node kills, 1 Redis restart, \(reconnects.withLockedValue { $0 }) resumed reconnects"
+            )
             for watcher in watchers { watcher.cancel() }
             for (client, _) in subscribers { await client.close() }
         }
@@ -253,7 +260,10 @@ struct ClusterTests {
             for i in 6...10 { _ = try await nodes[1].api("POST", "/publish", ["stream": stream, "data": "\(i)"]) }
             var code: UInt16?
             while let event = await events.next() {
-                if case .disconnected(let c, _) = event { code = c; break }
+                if case .disconnected(let c, _) = event {
+                    code = c
+                    break
+                }
             }
             #expect(code == 4503)
             await drained.value
@@ -289,7 +299,10 @@ struct ClusterTests {
             var sawNotRecovered = false
             while let event = await events.next() {
                 if case .disconnected = event { Issue.record("the client was disconnected during the outage") }
-                if case .notRecovered(let stream) = event, stream == "/streams/outage" { sawNotRecovered = true; break }
+                if case .notRecovered(let stream) = event, stream == "/streams/outage" {
+                    sawNotRecovered = true
+                    break
+                }
             }
             #expect(sawNotRecovered)
             _ = try await node.api("POST", "/publish", ["stream": "/streams/outage", "data": "after"])

@@ -30,14 +30,16 @@ struct FailoverTests {
         private var tasks: [Task<Void, Never>] = []
 
         init(_ client: SwitchboardClient, _ subscription: ClientSubscription) {
-            self.tasks.append(Task { [box] in
-                for await message in subscription { box.withLockedValue { $0.messages.append(message) } }
-            })
-            self.tasks.append(Task { [box] in
-                for await event in client.events {
-                    if case .notRecovered(let stream) = event { box.withLockedValue { $0.notRecovered.append(stream) } }
-                }
-            })
+            self.tasks.append(
+                Task { [box] in
+                    for await message in subscription { box.withLockedValue { $0.messages.append(message) } }
+                })
+            self.tasks.append(
+                Task { [box] in
+                    for await event in client.events {
+                        if case .notRecovered(let stream) = event { box.withLockedValue { $0.notRecovered.append(stream) } }
+                    }
+                })
         }
 
         var messages: [ClientMessage] { self.box.withLockedValue { $0.messages } }
@@ -96,7 +98,9 @@ struct FailoverTests {
                 let poller = Task {
                     var n = 0
                     while !Task.isCancelled {
-                        for node in polled { if let reply = try? await node.get("/health/ready") { readiness.withLockedValue { $0.append(reply.status) } } }
+                        for node in polled {
+                            if let reply = try? await node.get("/health/ready") { readiness.withLockedValue { $0.append(reply.status) } }
+                        }
                         n += 1
                         if let reply = try? await polled[n % 2].api("POST", "/publish", ["stream": healthy, "data": "h\(n)"]) {
                             healthyStatuses.withLockedValue { $0.append(reply.status) }
@@ -107,9 +111,10 @@ struct FailoverTests {
                 }
                 await m.close()
                 master.stop()
-                #expect(try await eventually(timeout: .seconds(60)) {
-                    (try? await r.send("INFO", "replication").string)?.contains("role:master") == true
-                })
+                #expect(
+                    try await eventually(timeout: .seconds(60)) {
+                        (try? await r.send("INFO", "replication").string)?.contains("role:master") == true
+                    })
                 await r.close()
                 // A subscription to a healthy shard is served during and after the failover.
                 let otherWatch = Watch(other, try await other.subscribe(healthy))
@@ -207,15 +212,18 @@ struct FailoverTests {
                 for (i, (_, watch)) in subscribers.enumerated() {
                     _ = try await eventually(timeout: .seconds(20)) { watch.messages.last?.body == "\(total)" }
                     let received = watch.messages.map(\.body)
-                    print("subscriber \(i): \(received.count) messages, last \(received.last ?? "-"), first gap after \(Array(zip(received, expected)).firstIndex { $0 != $1 }.map { received[max(0, $0 - 1)] } ?? "none"), notRecovered \(watch.notRecovered)")
+                    print(
+                        "subscriber \(i): \(received.count) messages, last \(received.last ?? "-"), first gap after \(Array(zip(received, expected)).firstIndex { $0 != $1 }.map { received[max(0, $0 - 1)] } ?? "none"), notRecovered \(watch.notRecovered)"
+                    )
                     let numbers = received.compactMap(Int.init)
                     #expect(numbers == numbers.sorted() && Set(numbers).count == numbers.count, "subscriber \(i): out of order or twice")
                     if received != expected {
                         #expect(watch.notRecovered.contains(stream), "subscriber \(i) missed \(total - received.count) messages without being told")
                     }
                 }
-                print("cluster chaos: \(total) messages, 6 subscribers on 3 nodes, 4 node kills, 1 master failover; " +
-                      "\(subscribers.filter { $0.1.messages.count == total }.count) subscribers got every message")
+                print(
+                    "cluster chaos: \(total) messages, 6 subscribers on 3 nodes, 4 node kills, 1 master failover; "
+                        + "\(subscribers.filter { $0.1.messages.count == total }.count) subscribers got every message")
                 for (client, _) in subscribers { await client.close() }
             } catch {
                 for node in nodes { print("---- \(node.id) log ----\n\(node.output.suffix(6000))") }

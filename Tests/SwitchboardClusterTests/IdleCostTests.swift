@@ -16,8 +16,10 @@ struct IdleCostTests {
         let bench = Process()
         bench.executableURL = URL(fileURLWithPath: NodeProcess.binary)
         // Three rounds of the live check (15 s) watch new subscriptions; then they idle.
-        bench.arguments = ["bench", "idle", "--url", nodes.map(\.url).joined(separator: ","), "--connections", String(Self.connections),
-                           "--processes", "4", "--settle", "17", "--measure", "10", "--redis-stats", redis.joined(separator: ",")]
+        bench.arguments = [
+            "bench", "idle", "--url", nodes.map(\.url).joined(separator: ","), "--connections", String(Self.connections),
+            "--processes", "4", "--settle", "17", "--measure", "10", "--redis-stats", redis.joined(separator: ","),
+        ]
         let pipe = Pipe()
         bench.standardOutput = pipe
         bench.standardError = FileHandle.nullDevice

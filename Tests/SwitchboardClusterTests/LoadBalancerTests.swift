@@ -3,10 +3,11 @@ import NIOConcurrencyHelpers
 import RedisTestSupport
 import SwitchboardClient
 import SwitchboardTesting
+import Testing
+
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
-import Testing
 
 /// The nginx and HAProxy configurations of `docs/deploy/`, as `docs/operations.md` shows them,
 /// in front of three nodes: clients connect through the balancer only, one node is killed, its
@@ -35,20 +36,24 @@ struct LoadBalancerTests {
                 .replacingOccurrences(of: "bind :8080", with: "bind 127.0.0.1:\(self.port)")
             if kind == "nginx" {
                 // Run unprivileged-friendly: everything nginx writes goes to the test's directory.
-                config = config.replacingOccurrences(of: "http {", with: """
-                    http {
-                        access_log off;
-                        client_body_temp_path \(self.directory)/body;
-                        proxy_temp_path \(self.directory)/proxy;
-                        fastcgi_temp_path \(self.directory)/fastcgi;
-                        uwsgi_temp_path \(self.directory)/uwsgi;
-                        scgi_temp_path \(self.directory)/scgi;
-                    """)
+                config = config.replacingOccurrences(
+                    of: "http {",
+                    with: """
+                        http {
+                            access_log off;
+                            client_body_temp_path \(self.directory)/body;
+                            proxy_temp_path \(self.directory)/proxy;
+                            fastcgi_temp_path \(self.directory)/fastcgi;
+                            uwsgi_temp_path \(self.directory)/uwsgi;
+                            scgi_temp_path \(self.directory)/scgi;
+                        """)
                 config = "pid \(self.directory)/nginx.pid;\nerror_log \(self.directory)/error.log warn;\n" + config
                 try config.write(toFile: self.directory + "/nginx.conf", atomically: true, encoding: .utf8)
                 self.process.executableURL = URL(fileURLWithPath: "/usr/sbin/nginx")
-                self.process.arguments = ["-p", self.directory, "-c", self.directory + "/nginx.conf", "-e", self.directory + "/error.log",
-                                          "-g", "daemon off;"]
+                self.process.arguments = [
+                    "-p", self.directory, "-c", self.directory + "/nginx.conf", "-e", self.directory + "/error.log",
+                    "-g", "daemon off;",
+                ]
             } else {
                 try config.write(toFile: self.directory + "/haproxy.cfg", atomically: true, encoding: .utf8)
                 self.process.executableURL = URL(fileURLWithPath: "/usr/sbin/haproxy")
@@ -58,7 +63,8 @@ struct LoadBalancerTests {
             self.process.standardError = FileHandle.nullDevice
             try self.process.run()
             let up = try await eventually(timeout: .seconds(15)) {
-                (try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(self.port)/health/ready")!).1 as? HTTPURLResponse)?.statusCode == 200
+                (try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(self.port)/health/ready")!).1 as? HTTPURLResponse)?
+                    .statusCode == 200
             }
             guard up else { throw ClusterTestFailure("\(kind) did not start") }
         }

@@ -27,8 +27,11 @@ final class NodeProcess: @unchecked Sendable {
         self.port = try await freePort()
         self.openFiles = openFiles
         self.log = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("switchboard-\(id)-\(UUID().uuidString).log")
-        self.arguments = ["serve", "--port", String(self.port), "--node-id", id, "--jwt-secret", Self.secret,
-                          "--api-key", Self.apiKey, "--log-level", "info", "--drain-window", "1", "--ping-interval", "5"]
+        self.arguments =
+            [
+                "serve", "--port", String(self.port), "--node-id", id, "--jwt-secret", Self.secret,
+                "--api-key", Self.apiKey, "--log-level", "info", "--drain-window", "1", "--ping-interval", "5",
+            ]
             + (redis.map { ["--redis", $0] } ?? []) + (cluster ? ["--redis-cluster"] : []) + extra
         try await self.start()
     }
@@ -39,7 +42,7 @@ final class NodeProcess: @unchecked Sendable {
 
     /// Starts (or restarts, on the same port) and waits until the node reports ready.
     func start() async throws {
-        if !FileManager.default.fileExists(atPath: self.log.path) { FileManager.default.createFile(atPath: self.log.path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: self.log.path) { _ = FileManager.default.createFile(atPath: self.log.path, contents: nil) }
         let output = try FileHandle(forWritingTo: self.log)
         output.seekToEndOfFile()
         let p = Process()
@@ -70,8 +73,9 @@ final class NodeProcess: @unchecked Sendable {
     /// CPU time (user + system) the node has used so far, from /proc.
     var cpuSeconds: Double {
         guard let pid = self.process.withLockedValue({ $0?.processIdentifier }),
-              let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let end = stat.lastIndex(of: ")") else { return 0 }
+            let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let end = stat.lastIndex(of: ")")
+        else { return 0 }
         // Fields after "(comm)": state is field 3; utime and stime are fields 14 and 15.
         let fields = stat[stat.index(after: end)...].split(separator: " ")
         guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import Testing
+
 @testable import SwitchboardProxy
 
 @Suite("Limits, close codes and bad input", .timeLimit(.minutes(1)))
@@ -170,7 +171,10 @@ struct FailureTests {
         let upstream = try await TestUpstream { peer in
             while let message = try await peer.next() {
                 if message == "restart" {
-                    if restarted.update({ done in defer { done = true }; return !done }) {
+                    if restarted.update({ done in
+                        defer { done = true }
+                        return !done
+                    }) {
                         try await peer.close(code: 1012, reason: "service restart")
                         return
                     }

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import RedisTestSupport
 import Testing
+
 @testable import SwitchboardProxy
 
 #if canImport(FoundationNetworking)

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import Testing
+
 @testable import SwitchboardProxy
 
 @Suite("Receiver mode: one upstream for the proxy", .timeLimit(.minutes(1)))
@@ -44,7 +45,10 @@ struct ReceiverTests {
     @Test func aFullQueueWithNoClientClosesTheUpstreamWith4508UntilAClientDrainsIt() async throws {
         let connections = Shared(0)
         let upstream = try await TestUpstream { peer in
-            if connections.update({ $0 += 1; return $0 }) == 1 {
+            if connections.update({
+                $0 += 1
+                return $0
+            }) == 1 {
                 for n in 1...20 { try await peer.send("u\(n)") }
             } else {
                 try await peer.send("again")
@@ -52,7 +56,13 @@ struct ReceiverTests {
             while try await peer.next() != nil {}
         }
         defer { Task { await upstream.kill() } }
-        try await withProxy(upstream: upstream, { $0.mode = .receiver; $0.maxQueueMessages = 5 }) { _, port in
+        try await withProxy(
+            upstream: upstream,
+            {
+                $0.mode = .receiver
+                $0.maxQueueMessages = 5
+            }
+        ) { _, port in
             // Five fit; the sixth is refused and the upstream is told.
             try await waitFor("the 4508 upstream") { upstream.closes.value == [ProxyCloseCode.queueFull] }
             try await waitFor("the upstream connection closed") { upstream.openConnections == 0 }

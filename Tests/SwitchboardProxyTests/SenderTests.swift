@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import Testing
+
 @testable import SwitchboardProxy
 
 /// An upstream that echoes every text message.
@@ -39,7 +40,8 @@ struct SenderTests {
         // message, characters of a text one).
         let upstream = try await TestUpstream { peer in
             while let message = try await peer.nextMessage() {
-                let reversed = message.opcode == .text
+                let reversed =
+                    message.opcode == .text
                     ? ByteBuffer(string: String(String(buffer: message.data).reversed()))
                     : ByteBuffer(bytes: message.data.readableBytesView.reversed())
                 try await peer.send(ProxyMessage(opcode: message.opcode, data: reversed))

@@ -1,9 +1,10 @@
-import RedisTestSupport
 import Foundation
 import NIOCore
-@testable import RESP
+import RedisTestSupport
 import Switchboard
 import Testing
+
+@testable import RESP
 @testable import SwitchboardRedis
 
 @Suite("RedisEngine", .timeLimit(.minutes(1)))
@@ -92,11 +93,15 @@ struct RedisEngineTests {
 
     @Test(.timeLimit(.minutes(1)))
     func readAfterOffsetAndGone() async throws {
-        try await withEngines({ $0.historySize = 5; $0.approximateTrimming = false }) { _, engines, _ in
+        try await withEngines({
+            $0.historySize = 5
+            $0.approximateTrimming = false
+        }) { _, engines, _ in
             let e = engines[0]
             // Unknown stream: empty, with an epoch that stays.
             guard case .messages(let none, let p0) = try await e.read("/h", after: 0, epoch: nil, limit: 10) else {
-                Issue.record("fresh stream should read empty"); return
+                Issue.record("fresh stream should read empty")
+                return
             }
             #expect(none.isEmpty && p0.top == 0)
             #expect(try await e.position(of: "/h") == p0)
@@ -104,7 +109,8 @@ struct RedisEngineTests {
             for i in 1...3 { epoch = try await e.publish("/h", body: ByteBuffer(text: "m\(i)"), idempotencyKey: nil).epoch }
             #expect(epoch == p0.epoch, "publish keeps the epoch created by read")
             guard case .messages(let msgs, let p) = try await e.read("/h", after: 1, epoch: epoch, limit: 10) else {
-                Issue.record("expected messages"); return
+                Issue.record("expected messages")
+                return
             }
             #expect(msgs.map(\.offset) == [2, 3])
             #expect(msgs.map(\.body.text) == ["m2", "m3"])
@@ -112,29 +118,35 @@ struct RedisEngineTests {
             #expect(p == StreamPosition(epoch: epoch, top: 3))
             // limit
             guard case .messages(let one, _) = try await e.read("/h", after: 0, epoch: nil, limit: 1) else {
-                Issue.record("expected messages"); return
+                Issue.record("expected messages")
+                return
             }
             #expect(one.map(\.offset) == [1])
             // at the top: nothing, not gone
             guard case .messages(let empty, _) = try await e.read("/h", after: 3, epoch: epoch, limit: 10) else {
-                Issue.record("expected messages"); return
+                Issue.record("expected messages")
+                return
             }
             #expect(empty.isEmpty)
             // beyond the top / other epoch: gone
             guard case .gone(let g1) = try await e.read("/h", after: 4, epoch: nil, limit: 10) else {
-                Issue.record("after > top must be gone"); return
+                Issue.record("after > top must be gone")
+                return
             }
             #expect(g1.top == 3)
             guard case .gone = try await e.read("/h", after: 1, epoch: "other", limit: 10) else {
-                Issue.record("epoch mismatch must be gone"); return
+                Issue.record("epoch mismatch must be gone")
+                return
             }
             // trimmed by count: 10 published, 5 kept (6…10)
             for i in 4...10 { _ = try await e.publish("/h", body: ByteBuffer(text: "m\(i)"), idempotencyKey: nil) }
             guard case .gone = try await e.read("/h", after: 4, epoch: epoch, limit: 10) else {
-                Issue.record("trimmed history must be gone"); return
+                Issue.record("trimmed history must be gone")
+                return
             }
             guard case .messages(let kept, _) = try await e.read("/h", after: 5, epoch: epoch, limit: 10) else {
-                Issue.record("after 5 is still covered"); return
+                Issue.record("after 5 is still covered")
+                return
             }
             #expect(kept.map(\.offset) == [6, 7, 8, 9, 10])
         }
@@ -148,16 +160,19 @@ struct RedisEngineTests {
             try await Task.sleep(for: .milliseconds(2500))
             _ = try await e.publish("/age", body: ByteBuffer(text: "new"), idempotencyKey: nil)
             guard case .gone = try await e.read("/age", after: 0, epoch: nil, limit: 10) else {
-                Issue.record("aged-out history must be gone"); return
+                Issue.record("aged-out history must be gone")
+                return
             }
             guard case .messages(let m, _) = try await e.read("/age", after: 1, epoch: nil, limit: 10) else {
-                Issue.record("expected the young message"); return
+                Issue.record("expected the young message")
+                return
             }
             #expect(m.map(\.body.text) == ["new"])
             try await Task.sleep(for: .milliseconds(2500))
             // Nothing published since: the read itself applies the age.
             guard case .gone = try await e.read("/age", after: 1, epoch: nil, limit: 10) else {
-                Issue.record("read must apply age trimming"); return
+                Issue.record("read must apply age trimming")
+                return
             }
         }
     }
@@ -172,28 +187,33 @@ struct RedisEngineTests {
             try await e.ack(session: "s2", stream: "/ack", offset: 0)
             try await e.ack(session: "s1", stream: "/ack", offset: 6)
             guard case .messages(let all, _) = try await e.read("/ack", after: 0, epoch: nil, limit: 100) else {
-                Issue.record("s2 acked nothing: history kept"); return
+                Issue.record("s2 acked nothing: history kept")
+                return
             }
             #expect(all.count == 10)
             try await e.ack(session: "s2", stream: "/ack", offset: 4)
-            try await e.ack(session: "s2", stream: "/ack", offset: 2) // never goes back
+            try await e.ack(session: "s2", stream: "/ack", offset: 2)  // never goes back
             guard case .gone = try await e.read("/ack", after: 3, epoch: nil, limit: 100) else {
-                Issue.record("acked by all must be trimmed"); return
+                Issue.record("acked by all must be trimmed")
+                return
             }
             guard case .messages(let rest, _) = try await e.read("/ack", after: 4, epoch: nil, limit: 100) else {
-                Issue.record("not acked by s2 must stay"); return
+                Issue.record("not acked by s2 must stay")
+                return
             }
             #expect(rest.map(\.offset) == Array(5...10))
             // release s2: s1's ack (6) now rules
             try await e.release(session: "s2", stream: "/ack")
             try await e.ack(session: "s1", stream: "/ack", offset: 6)
             guard case .gone = try await e.read("/ack", after: 5, epoch: nil, limit: 100) else {
-                Issue.record("after release s1's ack trims"); return
+                Issue.record("after release s1's ack trims")
+                return
             }
             // acking beyond the top counts as acking the top
             try await e.ack(session: "s1", stream: "/ack", offset: 1000)
             guard case .messages(let none, let p) = try await e.read("/ack", after: 10, epoch: nil, limit: 100) else {
-                Issue.record("at the top is not gone"); return
+                Issue.record("at the top is not gone")
+                return
             }
             #expect(none.isEmpty && p.top == 10)
             // the session remembers its cursor
@@ -238,7 +258,10 @@ struct RedisEngineTests {
     /// stream stays quiet: its hold does not run out between two messages.
     @Test(.timeLimit(.minutes(1)))
     func aConnectedSubscribersHoldOutlastsAQuietStream() async throws {
-        try await withEngines({ $0.sessionTTL = 0.5; $0.historyAge = 0.5 }) { _, engines, _ in
+        try await withEngines({
+            $0.sessionTTL = 0.5
+            $0.historyAge = 0.5
+        }) { _, engines, _ in
             let e = engines[0]
             for session in ["a", "b"] {
                 try await e.saveSession(SessionRecord(id: session, user: session))
@@ -251,7 +274,8 @@ struct RedisEngineTests {
             // A read them all and acks; B (connected, at 0) still has them to read.
             try await e.ack(session: "a", stream: "/quiet-hold", offset: 3)
             guard case .messages(let left, _) = try await e.read("/quiet-hold", after: 0, epoch: nil, limit: 100) else {
-                Issue.record("B's history was trimmed by A's ack: B's hold ran out while it was connected"); return
+                Issue.record("B's history was trimmed by A's ack: B's hold ran out while it was connected")
+                return
             }
             #expect(left.map(\.offset) == [1, 2, 3])
         }
@@ -264,17 +288,20 @@ struct RedisEngineTests {
             let e = engines[0]
             for i in 1...8 { _ = try await e.publish("/size", body: ByteBuffer(text: "\(i)"), idempotencyKey: nil) }
             guard case .gone = try await e.read("/size", after: 0, epoch: nil, limit: 100) else {
-                Issue.record("offsets 1-3 are beyond the history size"); return
+                Issue.record("offsets 1-3 are beyond the history size")
+                return
             }
             guard case .messages(let kept, _) = try await e.read("/size", after: 3, epoch: nil, limit: 100) else {
-                Issue.record("the last five are kept"); return
+                Issue.record("the last five are kept")
+                return
             }
             #expect(kept.map(\.offset) == [4, 5, 6, 7, 8])
         }
         let memory = MemoryEngine(configuration: .init(historySize: 5))
         for i in 1...8 { _ = try await memory.publish("/size", body: ByteBuffer(text: "\(i)"), idempotencyKey: nil) }
         guard case .gone = try await memory.read("/size", after: 0, epoch: nil, limit: 100) else {
-            Issue.record("the memory engine agrees"); return
+            Issue.record("the memory engine agrees")
+            return
         }
     }
 
@@ -362,7 +389,10 @@ struct RedisEngineTests {
             do {
                 _ = try await a.publish("/live", body: ByteBuffer(text: "lost"), idempotencyKey: nil)
             } catch let e as EngineError {
-                guard case .unavailable = e else { Issue.record("wrong error \(e)"); return }
+                guard case .unavailable = e else {
+                    Issue.record("wrong error \(e)")
+                    return
+                }
             }
             await #expect(throws: EngineError.self) { try await b.subscribe("/other") }
             await #expect(throws: EngineError.self) { _ = try await b.read("/live", after: 0, epoch: nil, limit: 1) }
@@ -411,7 +441,13 @@ struct RedisEngineTests {
 
     @Test(.timeLimit(.minutes(1)))
     func nodesAreListedAndADeadNodesSessionsAndPresenceAreReleased() async throws {
-        try await withEngines(count: 2, { $0.heartbeatInterval = 0.5; $0.sessionTTL = 60 }) { server, engines, collectors in
+        try await withEngines(
+            count: 2,
+            {
+                $0.heartbeatInterval = 0.5
+                $0.sessionTTL = 60
+            }
+        ) { server, engines, collectors in
             let (a, b) = (engines[0], engines[1])
             await a.announce(address: "127.0.0.1:1111")
             #expect(try await a.nodes().map(\.id) == ["node0", "node1"])
@@ -461,10 +497,11 @@ struct RedisEngineTests {
             try await Task.sleep(for: .seconds(2))
             try await server.start()
             let back = ContinuousClock.now
-            #expect(try await eventually(timeout: .seconds(20)) {
-                let (ha, hb) = (await a.health(), await b.health())
-                return ha.isReady && hb.isReady
-            })
+            #expect(
+                try await eventually(timeout: .seconds(20)) {
+                    let (ha, hb) = (await a.health(), await b.health())
+                    return ha.isReady && hb.isReady
+                })
             let ready = ContinuousClock.now - back
             #expect(ready < .seconds(4), "ready \(ready) after Redis came back")
             // Several heartbeats later nobody was declared dead.
@@ -495,9 +532,10 @@ struct RedisEngineTests {
             _ = try await a.publish(PresenceEvents.stream(for: "/p"), body: PresenceEvents.body(.leave, bob), idempotencyKey: nil)
             _ = try await redis.send("DEL", "sb:node:{node1}", "sb:node:{node1}:sessions", "sb:node:{node1}:presence")
             // Node B finds its entry gone at its next heartbeat.
-            #expect(try await eventually {
-                collectors[0].messages.filter { $0.stream == "/presence/p" }.map(\.body.text).last?.contains("join") == true
-            })
+            #expect(
+                try await eventually {
+                    collectors[0].messages.filter { $0.stream == "/presence/p" }.map(\.body.text).last?.contains("join") == true
+                })
             let events = collectors[0].messages.filter { $0.stream == "/presence/p" }
             let last = try JSONDecoder().decode(PresenceEvents.Event.self, from: Data(events.last!.body.readableBytesView))
             #expect(last == PresenceEvents.Event(event: .join, user: "bob", session: "s-bob", connection: "node1/1"))
@@ -542,7 +580,8 @@ struct RedisEngineTests {
             #expect(next.epoch == position.epoch && next.offset == 11)
             // A resume in the old epoch is gone.
             guard case .gone = try await a.read("/rb", after: 20, epoch: epoch, tag: seen.tag, limit: 10) else {
-                Issue.record("a resume in the rolled-back epoch must not be recovered"); return
+                Issue.record("a resume in the rolled-back epoch must not be recovered")
+                return
             }
         }
     }
@@ -559,7 +598,8 @@ struct RedisEngineTests {
             await redis.close()
             for i in 11...20 { _ = try await e.publish("/quiet", body: ByteBuffer(text: "m\(i)"), idempotencyKey: nil) }
             guard case .messages(let before, let position) = try await e.read("/quiet", after: 0, epoch: nil, limit: 100) else {
-                Issue.record("history"); return
+                Issue.record("history")
+                return
             }
             let (m10, m20) = (before[9], before[19])
             server.stop()
@@ -567,18 +607,21 @@ struct RedisEngineTests {
             // Nobody subscribed: the same epoch goes on, and offsets 11-30 are handed out again.
             // (Retried with a key while the engine reconnects: each is appended once.)
             for i in 11...30 {
-                #expect(try await eventually(timeout: .seconds(20)) {
-                    (try? await e.publish("/quiet", body: ByteBuffer(text: "n\(i)"), idempotencyKey: "n\(i)")) != nil
-                })
+                #expect(
+                    try await eventually(timeout: .seconds(20)) {
+                        (try? await e.publish("/quiet", body: ByteBuffer(text: "n\(i)"), idempotencyKey: "n\(i)")) != nil
+                    })
             }
             #expect(try await e.position(of: "/quiet") == StreamPosition(epoch: position.epoch, top: 30))
             // A reader that stopped at the lost 20 names it: not recovered.
             guard case .gone = try await e.read("/quiet", after: 20, epoch: position.epoch, tag: m20.tag, limit: 100) else {
-                Issue.record("the message at 20 is another one: not recovered"); return
+                Issue.record("the message at 20 is another one: not recovered")
+                return
             }
             // One that stopped at 10 (kept as it was) is recovered, with the new 11-30.
             guard case .messages(let after10, _) = try await e.read("/quiet", after: 10, epoch: position.epoch, tag: m10.tag, limit: 100) else {
-                Issue.record("10 survived: recovered"); return
+                Issue.record("10 survived: recovered")
+                return
             }
             #expect(after10.map(\.body.text) == (11...30).map { "n\($0)" })
         }
@@ -607,15 +650,17 @@ struct RedisEngineTests {
             let redis = try await RESPConnection.connect(configuration: server.configuration)
             defer { Task { await redis.close() } }
             let clients = try await redis.send("CLIENT", "LIST", "TYPE", "pubsub").string ?? ""
-            let id = try #require(clients.split(separator: "\n").first { $0.contains("name=node1") }?
-                .split(separator: " ").first { $0.hasPrefix("id=") }?.dropFirst(3))
+            let id = try #require(
+                clients.split(separator: "\n").first { $0.contains("name=node1") }?
+                    .split(separator: " ").first { $0.hasPrefix("id=") }?.dropFirst(3))
             _ = try await redis.send("CLIENT", "KILL", "ID", .string(String(id)))
             let missed = try await a.publish("/cut", body: ByteBuffer(text: "2"), idempotencyKey: nil)
             // B reconnects and resubscribes. Message 2 reaches the gateway either live (B was back
             // in time) or as a catch-up to offset 2 (it was published while B was away).
-            #expect(try await eventually {
-                collectors[1].messages.contains { $0.offset == missed.offset } || (collectors[1].catchUps["/cut"]?.top ?? 0) >= missed.offset
-            })
+            #expect(
+                try await eventually {
+                    collectors[1].messages.contains { $0.offset == missed.offset } || (collectors[1].catchUps["/cut"]?.top ?? 0) >= missed.offset
+                })
             #expect(try await eventually { b.isAvailable })
         }
     }
@@ -628,7 +673,8 @@ struct RedisEngineTests {
             // Unsubscribe behind the engine's back: Redis stops sending, nothing says so.
             let backend = try #require(b.backend as? StandaloneBackend)
             let connection = try #require(backend.client.subscriber.connection)
-            let unsubscribe = connection.enqueue(RESPCommand("UNSUBSCRIBE", .string(b.keys("/silent").channel)), expectedPushes: 1, pushKind: "unsubscribe")
+            let unsubscribe = connection.enqueue(
+                RESPCommand("UNSUBSCRIBE", .string(b.keys("/silent").channel)), expectedPushes: 1, pushKind: "unsubscribe")
             _ = try await RESPConnection.wait(unsubscribe, timeout: .seconds(5))
             let lost = try await a.publish("/silent", body: ByteBuffer(text: "lost"), idempotencyKey: nil)
             // Two checks later the engine knows: the gateway catches up, the subscription is new.

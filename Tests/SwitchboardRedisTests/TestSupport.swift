@@ -2,9 +2,9 @@ import Foundation
 import NIOCore
 import NIOPosix
 import RESP
+import RedisTestSupport
 import Switchboard
 import SwitchboardRedis
-import RedisTestSupport
 
 /// Collects what an engine hands to the gateway.
 final class Collector: EngineDelivery, @unchecked Sendable {
@@ -29,8 +29,10 @@ func engineConfiguration(_ server: RedisServer, _ modify: (inout RedisEngineConf
 }
 
 /// A fresh server plus started engines; everything stopped afterwards, even on failure.
-func withEngines<T>(count: Int = 1, redisArgs: [String] = [], _ modify: (inout RedisEngineConfiguration) -> Void = { _ in },
-                    _ body: (RedisServer, [RedisEngine], [Collector]) async throws -> T) async throws -> T {
+func withEngines<T>(
+    count: Int = 1, redisArgs: [String] = [], _ modify: (inout RedisEngineConfiguration) -> Void = { _ in },
+    _ body: (RedisServer, [RedisEngine], [Collector]) async throws -> T
+) async throws -> T {
     let server = try await RedisServer(extraArgs: redisArgs)
     defer { server.stop() }
     var engines: [RedisEngine] = []
@@ -74,7 +76,7 @@ func retrying<T>(_ body: () async throws -> T) async throws -> T {
     while true {
         do {
             return try await body()
-        } catch where ContinuousClock.now < deadline {
+        } catch  where ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(50))
         }
     }

@@ -99,9 +99,15 @@ struct HardeningTests {
         try await TestApp.withNode { node in
             let cases: [(String, [UInt8], Int)] = [
                 ("garbage", Array("HELLO\r\n\r\n".utf8), 400),
-                ("100 KB header", Array("GET /hello HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(String(repeating: "a", count: 100_000))\r\n\r\n".utf8), 431),
+                (
+                    "100 KB header",
+                    Array("GET /hello HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(String(repeating: "a", count: 100_000))\r\n\r\n".utf8), 431
+                ),
                 ("bad Content-Length", Array("POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".utf8), 400),
-                ("Content-Length and Transfer-Encoding", Array("POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n".utf8), 400),
+                (
+                    "Content-Length and Transfer-Encoding",
+                    Array("POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n".utf8), 400
+                ),
             ]
             for (name, bytes, status) in cases {
                 let socket = try await RawSocket.connect(port: node.port)
@@ -216,8 +222,10 @@ struct HardeningTests {
         try await TestApp.withNode { node in
             let socket = try await RawSocket.connect(port: node.port)
             let token = try await node.token(user: "ann")
-            try await socket.write(Array(("GET /ws HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer \(token)\r\n\r\n").utf8))
+            try await socket.write(
+                Array(
+                    ("GET /ws HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer \(token)\r\n\r\n").utf8))
             let reply = try await socket.readHTTPReply()
             #expect(reply.status == 400)
             #expect(reply.body.contains("HTTP/1.1"))
@@ -272,11 +280,13 @@ struct HardeningTests {
     }
 
     @Test func jsonRepliesDoNotEscapeSlashes() async throws {
-        try await TestNode.with(router: {
-            let router = Router(context: SwitchboardRequestContext.self)
-            StandardRoutes.add(to: router, options: .init(apiKeys: ["k"], openStreams: true))
-            return router
-        }()) { node in
+        try await TestNode.with(
+            router: {
+                let router = Router(context: SwitchboardRequestContext.self)
+                StandardRoutes.add(to: router, options: .init(apiKeys: ["k"], openStreams: true))
+                return router
+            }()
+        ) { node in
             let socket = try await RawSocket.connect(port: node.port)
             let reply = try await socket.http("POST", "/api/publish", headers: ["X-API-Key": "k"], body: #"{"stream":"/streams/lobby","data":"hi"}"#)
             #expect(reply.status == 201)

@@ -25,7 +25,10 @@ struct LimitsTests {
     }
 
     @Test func connectionRateRefusesUpgradesOverTheBurstWith429() async throws {
-        try await TestApp.withNode({ $0.connectionRate = 0.01; $0.connectionBurst = 2 }) { node in
+        try await TestApp.withNode({
+            $0.connectionRate = 0.01
+            $0.connectionBurst = 2
+        }) { node in
             let token = try await node.token(user: "ann")
             var statuses: [Int] = []
             var sockets: [RawSocket] = []

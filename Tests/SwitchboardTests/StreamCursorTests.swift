@@ -180,7 +180,8 @@ struct StreamCursorTests {
     @Test func aReplayOfAReplacedSubscriptionChangesNothing() throws {
         // A re-SUB replaced generation 1 with 2: the old replay's read and top are ignored.
         var cursor = Self.cursor(since: 2, generation: 2)
-        #expect(cursor.historyRead(.messages(Self.messages(3...4), StreamPosition(epoch: "E1", top: 4)), generation: 1, limit: 10, first: true) == nil)
+        #expect(
+            cursor.historyRead(.messages(Self.messages(3...4), StreamPosition(epoch: "E1", top: 4)), generation: 1, limit: 10, first: true) == nil)
         #expect(cursor.startedLive(at: StreamPosition(epoch: "E1", top: 4), generation: 1) == nil)
         #expect(cursor.last == 2 && !cursor.isLive)
         #expect(cursor.historyRead(.messages([], StreamPosition(epoch: "E1", top: 2)), generation: 2, limit: 10, first: true) != nil)

@@ -40,7 +40,8 @@ struct WebSocketFrameReaderTests {
         let text = Array("PUSH|/rooms/lobby||hello".utf8)
         let medium = [UInt8](repeating: 0x61, count: 300)  // 16-bit length
         let large = [UInt8](repeating: 0x62, count: 70_000)  // 64-bit length
-        let wire = Self.frame(opcode: 0x1, payload: text) + Self.frame(opcode: 0x9, payload: [1, 2, 3])
+        let wire =
+            Self.frame(opcode: 0x1, payload: text) + Self.frame(opcode: 0x9, payload: [1, 2, 3])
             + Self.frame(opcode: 0x1, fin: false, payload: medium) + Self.frame(opcode: 0x0, payload: large)
             + Self.frame(opcode: 0x8, payload: [])
         let whole = try Self.read([wire])

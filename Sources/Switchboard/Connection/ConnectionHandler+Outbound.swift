@@ -19,7 +19,8 @@ extension ConnectionHandler {
     func writeFrame(method: SwitchboardWire.Method, status: Int?, target: String, meta: Meta, body: ByteBuffer = ByteBuffer()) {
         guard let context = self.context else { return }
         self.core.metrics.repliesOut.increment()
-        self.writeRaw(WebSocketFraming.text(method: method, status: status, target: target, meta: meta, body: body, allocator: context.channel.allocator))
+        self.writeRaw(
+            WebSocketFraming.text(method: method, status: status, target: target, meta: meta, body: body, allocator: context.channel.allocator))
     }
 
     func replyError(status: Int, method: SwitchboardWire.Method, target: String, requestID: String?, error: String, reason: String) {

@@ -26,11 +26,12 @@ extension ConnectionHandler {
         // first (so a message to it finds this node), then the built-in streams, in turn.
         Task {
             await opened()
-            let closed = (try? await loop.submit { () -> Bool in
-                if case .closed = self.state { return true }
-                self.sessionMark = .set
-                return false
-            }.get()) ?? true
+            let closed =
+                (try? await loop.submit { () -> Bool in
+                    if case .closed = self.state { return true }
+                    self.sessionMark = .set
+                    return false
+                }.get()) ?? true
             if closed {
                 // Closed while the mark was being set: cleared here, after it was set.
                 await self.core.clearSessionMark(self.handle)
@@ -45,7 +46,8 @@ extension ConnectionHandler {
         let requestID = frame.meta[MetaKey.requestID]
         let target = String(frame.path)
         if frame.status != nil {
-            return self.replyError(status: 400, method: frame.method, target: target, requestID: requestID, error: "bad_frame", reason: "requests carry no status")
+            return self.replyError(
+                status: 400, method: frame.method, target: target, requestID: requestID, error: "bad_frame", reason: "requests carry no status")
         }
         let metrics = self.core.metrics
         switch frame.method {
@@ -61,21 +63,27 @@ extension ConnectionHandler {
             self.handleSubscribe(frame, stream: target, requestID: requestID)
         case .unsub:
             guard self.streams[target] != nil else {
-                return self.replyError(status: 404, method: .unsub, target: target, requestID: requestID, error: "not_subscribed", reason: "not subscribed to \(target)")
+                return self.replyError(
+                    status: 404, method: .unsub, target: target, requestID: requestID, error: "not_subscribed", reason: "not subscribed to \(target)")
             }
             self.unsubscribe(target)
             if let requestID { self.writeFrame(method: .unsub, status: 200, target: target, meta: [MetaKey.requestID: requestID]) }
         case .ack:
             guard let offset = frame.meta[MetaKey.offset].flatMap({ StreamOffset.parse($0) }) else {
-                return self.replyError(status: 400, method: .ack, target: target, requestID: requestID, error: "bad_ack", reason: "ACK needs id=<offset> (0…\(StreamOffset.maximum))")
+                return self.replyError(
+                    status: 400, method: .ack, target: target, requestID: requestID, error: "bad_ack",
+                    reason: "ACK needs id=<offset> (0…\(StreamOffset.maximum))")
             }
             guard self.acknowledge(target, offset: offset, requestID: requestID) else {
-                return self.replyError(status: 404, method: .ack, target: target, requestID: requestID, error: "not_subscribed", reason: "not subscribed to \(target)")
+                return self.replyError(
+                    status: 404, method: .ack, target: target, requestID: requestID, error: "not_subscribed", reason: "not subscribed to \(target)")
             }
         case .auth:
             self.handleAuth(token: frame.bodyString.trimmingCharacters(in: .whitespacesAndNewlines), requestID: requestID)
         case .hello, .push, .error:
-            self.replyError(status: 400, method: frame.method, target: target, requestID: requestID, error: "bad_frame", reason: "\(frame.method) is sent by the server only")
+            self.replyError(
+                status: 400, method: frame.method, target: target, requestID: requestID, error: "bad_frame",
+                reason: "\(frame.method) is sent by the server only")
         default:
             self.route(frame, requestID: requestID) { response, body in
                 var meta = Meta()
@@ -91,7 +99,9 @@ extension ConnectionHandler {
         var since: Int64? = nil
         if let value = frame.meta[MetaKey.since] {
             guard let parsed = StreamOffset.parse(value) else {
-                return self.replyError(status: 400, method: .sub, target: stream, requestID: requestID, error: "bad_since", reason: "since must be an offset 0…\(StreamOffset.maximum)")
+                return self.replyError(
+                    status: 400, method: .sub, target: stream, requestID: requestID, error: "bad_since",
+                    reason: "since must be an offset 0…\(StreamOffset.maximum)")
             }
             since = parsed
         }
@@ -99,7 +109,9 @@ extension ConnectionHandler {
         let tag = frame.meta[MetaKey.tag]
         let resumeAfter = since
         if self.streams[stream] == nil, self.applicationStreamCount >= self.configuration.maxSubscriptions {
-            return self.replyError(status: 429, method: .sub, target: stream, requestID: requestID, error: "too_many_subscriptions", reason: "at most \(self.configuration.maxSubscriptions) subscriptions per connection")
+            return self.replyError(
+                status: 429, method: .sub, target: stream, requestID: requestID, error: "too_many_subscriptions",
+                reason: "at most \(self.configuration.maxSubscriptions) subscriptions per connection")
         }
         switch self.core.authorizeBuiltin(stream: stream, session: self.session, user: self.identity?.user) {
         case .allowed:
@@ -118,7 +130,9 @@ extension ConnectionHandler {
                     return self.writeFrame(method: .sub, status: Int(response.status.code), target: stream, meta: meta, body: body)
                 }
                 guard self.streams[stream] != nil || self.applicationStreamCount < self.configuration.maxSubscriptions else {
-                    return self.replyError(status: 429, method: .sub, target: stream, requestID: requestID, error: "too_many_subscriptions", reason: "at most \(self.configuration.maxSubscriptions) subscriptions per connection")
+                    return self.replyError(
+                        status: 429, method: .sub, target: stream, requestID: requestID, error: "too_many_subscriptions",
+                        reason: "at most \(self.configuration.maxSubscriptions) subscriptions per connection")
                 }
                 self.subscribe(stream, since: resumeAfter, epoch: epoch, tag: tag, requestID: requestID)
                 if subject == nil {
@@ -140,10 +154,13 @@ extension ConnectionHandler {
     /// Send a frame through the router in a task; `completion` runs back on the loop.
     private func route(_ frame: Frame, requestID: String?, completion: @escaping @Sendable (Response, ByteBuffer) -> Void) {
         guard self.inFlight < self.configuration.maxInFlightRequests else {
-            return self.replyError(status: 429, method: frame.method, target: frame.target, requestID: requestID, error: "too_many_requests", reason: "at most \(self.configuration.maxInFlightRequests) requests in flight per connection")
+            return self.replyError(
+                status: 429, method: frame.method, target: frame.target, requestID: requestID, error: "too_many_requests",
+                reason: "at most \(self.configuration.maxInFlightRequests) requests in flight per connection")
         }
         guard let method = HTTPRequest.Method(frameMethod: frame.method) else {
-            return self.replyError(status: 400, method: frame.method, target: frame.target, requestID: requestID, error: "bad_frame", reason: "unsupported method")
+            return self.replyError(
+                status: 400, method: frame.method, target: frame.target, requestID: requestID, error: "bad_frame", reason: "unsupported method")
         }
         self.inFlight += 1
         let source = SwitchboardContextSource(
@@ -161,7 +178,8 @@ extension ConnectionHandler {
             var result: (Response, ByteBuffer)
             do {
                 let (body, overflow) = try await BodyCollector.collect(routed.body, limit: limit)
-                result = overflow
+                result =
+                    overflow
                     ? (Response(status: .internalServerError), JSONBody.error("response_too_large", reason: "response body over \(limit) bytes"))
                     : (routed, body)
             } catch {
@@ -179,7 +197,8 @@ extension ConnectionHandler {
     /// valid and name the same user.
     private func handleAuth(token: String, requestID: String?) {
         guard let verifier = self.core.verifier else {
-            return self.replyError(status: 400, method: .auth, target: "/", requestID: requestID, error: "auth_disabled", reason: "this node verifies no tokens")
+            return self.replyError(
+                status: 400, method: .auth, target: "/", requestID: requestID, error: "auth_disabled", reason: "this node verifies no tokens")
         }
         let loop = self.loopHub.loop
         Task {
@@ -192,13 +211,16 @@ extension ConnectionHandler {
                     self.replyError(status: 401, method: .auth, target: "/", requestID: requestID, error: "unauthorized", reason: error.description)
                 case .success(let identity):
                     guard identity.user == self.identity?.user else {
-                        return self.replyError(status: 403, method: .auth, target: "/", requestID: requestID, error: "forbidden", reason: "a refreshed token must name the same user")
+                        return self.replyError(
+                            status: 403, method: .auth, target: "/", requestID: requestID, error: "forbidden",
+                            reason: "a refreshed token must name the same user")
                     }
                     self.identity = identity
                     self.loopHub.watchExpiry(identity.expiresAt)
                     var meta = Meta()
                     if let requestID { meta[MetaKey.requestID] = requestID }
-                    self.writeFrame(method: .auth, status: 200, target: "/", meta: meta, body: JSONBody.object(["expiresAt": Int(identity.expiresAtSeconds)]))
+                    self.writeFrame(
+                        method: .auth, status: 200, target: "/", meta: meta, body: JSONBody.object(["expiresAt": Int(identity.expiresAtSeconds)]))
                 }
             }
         }

@@ -63,7 +63,12 @@ extension ConnectionHandler {
     /// takes it, waits for the one being taken, or finds it held. Whoever takes it gives it back
     /// if the stream was dropped meanwhile, so a share is never leaked nor given back twice.
     private func takeEngineShare(_ stream: String, generation: UInt32) async throws {
-        enum Step { case held, wait(EventLoopFuture<Void>), take(EventLoopPromise<Void>), superseded }
+        enum Step {
+            case held
+            case wait(EventLoopFuture<Void>)
+            case take(EventLoopPromise<Void>)
+            case superseded
+        }
         let loop = self.loopHub.loop
         let step = try await loop.submit { () -> Step in
             guard case .open = self.state, let index = self.streams.index(of: stream), self.streams[at: index].generation == generation else {
@@ -212,7 +217,8 @@ extension ConnectionHandler {
         guard case .open = self.state, let index = self.streams.index(of: stream),
             let actions = self.streams[at: index].startedLive(at: position, generation: generation)
         else { return }
-        self.writeFrame(method: .sub, status: 200, target: stream, meta: Self.subscriptionMeta(requestID: requestID, position: position, recovered: nil))
+        self.writeFrame(
+            method: .sub, status: 200, target: stream, meta: Self.subscriptionMeta(requestID: requestID, position: position, recovered: nil))
         self.perform(actions, on: stream, requestID: requestID)
         if case .read(let point) = actions.next { self.startReplay(stream, from: point) }
     }

@@ -70,8 +70,10 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         case set
     }
 
-    init(core: GatewayCore, loopHub: LoopHub, session: String, identity: Identity?, resumedCursors: [String: Int64]?,
-         previousNode: String? = nil, echo: Bool = false) {
+    init(
+        core: GatewayCore, loopHub: LoopHub, session: String, identity: Identity?, resumedCursors: [String: Int64]?,
+        previousNode: String? = nil, echo: Bool = false
+    ) {
         self.core = core
         self.echo = echo
         self.loopHub = loopHub
@@ -287,7 +289,9 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
                 return self.close(code: .rateLimited, reason: "rate limit exceeded repeatedly")
             }
             let requestID = (try? Frame(parsing: data))?.meta[MetaKey.requestID]
-            return self.replyError(status: 429, method: .error, target: "/", requestID: requestID, error: "rate_limited", reason: "over \(self.configuration.requestRate) requests per second")
+            return self.replyError(
+                status: 429, method: .error, target: "/", requestID: requestID, error: "rate_limited",
+                reason: "over \(self.configuration.requestRate) requests per second")
         }
         self.strikes = 0
         // A token that expired since the last timer pass is enforced before anything it asks.
@@ -299,7 +303,8 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             frame = try Frame(parsing: data)
         } catch {
             self.core.metrics.messageIn(.invalid)
-            return self.replyError(status: 400, method: .error, target: "/", requestID: error.requestID, error: "bad_frame", reason: error.description)
+            return self.replyError(
+                status: 400, method: .error, target: "/", requestID: error.requestID, error: "bad_frame", reason: error.description)
         }
         self.dispatch(frame)
     }

@@ -27,7 +27,9 @@ struct StreamCursors {
         set {
             switch (self.index(of: stream), newValue) {
             case (let i?, let cursor?): self.cursors[i] = cursor
-            case (let i?, nil): self.cursors.swapAt(i, self.cursors.count - 1); self.cursors.removeLast()
+            case (let i?, nil):
+                self.cursors.swapAt(i, self.cursors.count - 1)
+                self.cursors.removeLast()
             case (nil, let cursor?): self.cursors.append(cursor)
             case (nil, nil): break
             }

@@ -48,7 +48,8 @@ public enum PresenceEvents {
     /// event to the stream's presence stream in `streams`.
     static func record(_ kind: Kind, _ member: PresenceMember, on stream: String, presence: any PresenceStore, streams: any StreamStore) async {
         do {
-            let changed = kind == .join
+            let changed =
+                kind == .join
                 ? try await presence.presenceJoin(stream, member: member)
                 : try await presence.presenceLeave(stream, member: member)
             if changed { _ = try await streams.publish(self.stream(for: stream), body: self.body(kind, member), idempotencyKey: nil) }

@@ -41,8 +41,9 @@ public enum HealthRoutes {
             let report = HealthReport(
                 status: core.isDraining ? "draining" : health.isReady ? "ready" : "not_ready", node: core.nodeID,
                 connections: connections.count, users: Set(connections.compactMap(\.user)).count,
-                engine: .init(available: health.available, catchingUp: health.catchingUp, detail: health.detail,
-                              roundTripMillis: health.roundTrip.map { Double($0.components.seconds) * 1000 + Double($0.components.attoseconds) / 1e15 })
+                engine: .init(
+                    available: health.available, catchingUp: health.catchingUp, detail: health.detail,
+                    roundTripMillis: health.roundTrip.map { Double($0.components.seconds) * 1000 + Double($0.components.attoseconds) / 1e15 })
             )
             return Response(
                 status: report.status == "ready" ? .ok : .serviceUnavailable,

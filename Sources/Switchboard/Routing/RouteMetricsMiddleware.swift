@@ -55,7 +55,9 @@ final class RouteMetricsCache: Sendable {
     func metrics(for key: Key) -> (Counter, Metrics.Timer) {
         self.storage.withLockedValue { storage in
             if let made = storage[key] { return made }
-            let dimensions = [("node", key.node), ("route", key.route), ("method", key.method), ("status", String(key.status)), ("transport", key.transport)]
+            let dimensions = [
+                ("node", key.node), ("route", key.route), ("method", key.method), ("status", String(key.status)), ("transport", key.transport),
+            ]
             let made = (
                 Counter(label: "switchboard_requests_total", dimensions: dimensions),
                 Metrics.Timer(label: "switchboard_request_duration_seconds", dimensions: dimensions, preferredDisplayUnit: .seconds)

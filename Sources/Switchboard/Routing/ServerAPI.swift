@@ -1,8 +1,8 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
-import SwitchboardWire
 import NIOCore
+import SwitchboardWire
 
 /// The HTTP API for backends in any language (`/api/…`, API key in `X-API-Key`): publish to
 /// streams, users, sessions and everyone, read history and presence, disconnect, list nodes.
@@ -129,17 +129,20 @@ public enum ServerAPI {
             }
             switch try await context.switchboard.history(of: stream, after: Int64(after), limit: limit) {
             case .gone(let position):
-                throw HTTPError(.gone, message: "history no longer reaches back to offset \(after); the stream is at \(position.top) in epoch \(position.epoch)")
+                throw HTTPError(
+                    .gone, message: "history no longer reaches back to offset \(after); the stream is at \(position.top) in epoch \(position.epoch)")
             case .messages(let messages, let position):
-                return History(stream: stream, epoch: position.epoch, top: position.top,
-                               messages: messages.map { .init(offset: $0.offset, data: String(buffer: $0.body)) })
+                return History(
+                    stream: stream, epoch: position.epoch, top: position.top,
+                    messages: messages.map { .init(offset: $0.offset, data: String(buffer: $0.body)) })
             }
         }
         api.get("/presence") { request, context -> Response in
             let stream = try Self.query(request, "stream")
             let members = try await context.switchboard.presence(of: stream)
-            return Response(status: .ok, headers: [.contentType: "application/json"],
-                            body: .init(byteBuffer: JSONBody.encode(PresenceList(stream: stream, members: members))))
+            return Response(
+                status: .ok, headers: [.contentType: "application/json"],
+                body: .init(byteBuffer: JSONBody.encode(PresenceList(stream: stream, members: members))))
         }
         api.post("/sessions/:session/disconnect") { _, context -> Disconnected in
             let session = try Self.pathParameter(context, "session")

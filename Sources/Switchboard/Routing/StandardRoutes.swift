@@ -49,12 +49,15 @@ public enum StandardRoutes {
                 // Pushed in WebSocket text frames: UTF-8 or refused (a frame's body already is).
                 guard UTF8Validation.isValid(body) else { throw HTTPError(.badRequest, message: "the message body is not UTF-8") }
                 let result = try await Self.publish(context, body, to: stream, key: key)
-                return EditedResponse(status: .created, response: Published(stream: stream, offset: result.offset, epoch: result.epoch, duplicate: result.duplicate))
+                return EditedResponse(
+                    status: .created, response: Published(stream: stream, offset: result.offset, epoch: result.epoch, duplicate: result.duplicate))
             }
         }
     }
 
-    static func publish<Context: SwitchboardRequestContextProtocol>(_ context: Context, _ data: ByteBuffer, to stream: String, key: String?) async throws -> PublishResult {
+    static func publish<Context: SwitchboardRequestContextProtocol>(
+        _ context: Context, _ data: ByteBuffer, to stream: String, key: String?
+    ) async throws -> PublishResult {
         // An EngineError answers for itself (503 + Retry-After while the engine is away).
         try await context.switchboard.publish(data, to: stream, idempotencyKey: key)
     }

@@ -105,7 +105,7 @@ public final class Gateway: Service, Sendable {
             try await withGracefulShutdownHandler {
                 do {
                     try await serving.value
-                } catch where core.isDraining {
+                } catch  where core.isDraining {
                     // Shut down before it was listening: nothing to serve, nothing lost.
                     core.logger.debug("server stopped while draining: \(error)")
                 }

@@ -48,7 +48,9 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
 
     struct Refused: Error {}
 
-    func buildUpgradeResponse(channel: any Channel, upgradeRequest: HTTPRequestHead, initialResponseHeaders: HTTPHeaders) -> EventLoopFuture<HTTPHeaders> {
+    func buildUpgradeResponse(
+        channel: any Channel, upgradeRequest: HTTPRequestHead, initialResponseHeaders: HTTPHeaders
+    ) -> EventLoopFuture<HTTPHeaders> {
         let promise = channel.eventLoop.makePromise(of: HTTPHeaders.self)
         promise.completeWithTask {
             try await self.decide(upgradeRequest, headers: initialResponseHeaders)
@@ -106,7 +108,8 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
                 throw self.refuse(.unauthorized, error.description)
             }
         } else if !self.core.configuration.allowAnonymous {
-            throw self.refuse(.unauthorized, self.core.verifier == nil ? "this node accepts no anonymous connections and verifies no tokens" : "missing token")
+            throw self.refuse(
+                .unauthorized, self.core.verifier == nil ? "this node accepts no anonymous connections and verifies no tokens" : "missing token")
         }
 
         // A fast refusal the client can see; the handler enforces the limit exactly (1008).

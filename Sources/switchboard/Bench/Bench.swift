@@ -15,7 +15,8 @@ struct Bench: AsyncParsableCommand {
     )
 
     struct Common: ParsableArguments {
-        @Option(help: "Gateway WebSocket URL (node started with --allow-anonymous); several, comma-separated, spread the workers over nodes.") var url = "ws://127.0.0.1:8080/ws"
+        @Option(help: "Gateway WebSocket URL (node started with --allow-anonymous); several, comma-separated, spread the workers over nodes.")
+        var url = "ws://127.0.0.1:8080/ws"
         @Option(name: .customLong("server-pid"), help: "Gateway process id, to read its memory and CPU from /proc.") var serverPID: Int32?
         @Option(help: "Worker processes holding the client connections.") var processes = 4
 
@@ -36,7 +37,11 @@ struct Bench: AsyncParsableCommand {
         @OptionGroup var common: Common
         @Option(help: "Connections in total.") var connections = 15000
         @Option(help: "Seconds to hold the connections before measuring.") var settle: Double = 3
-        @Option(name: .customLong("redis-stats"), help: "host:port of the nodes' Redis (comma-separated: every master of a cluster): count the commands it runs per second while the connections idle (INFO commandstats).") var redisStats: String?
+        @Option(
+            name: .customLong("redis-stats"),
+            help:
+                "host:port of the nodes' Redis (comma-separated: every master of a cluster): count the commands it runs per second while the connections idle (INFO commandstats)."
+        ) var redisStats: String?
         @Option(help: "Seconds over which the idle Redis commands are counted (with --redis-stats).") var measure: Double = 10
 
         func run() async throws {
@@ -59,7 +64,8 @@ struct Bench: AsyncParsableCommand {
                 for server in servers { calls.merge(try await server.calls(), uniquingKeysWith: +) }
                 let total = Double(calls.values.reduce(0, +))
                 summary["redisCommandsPerSecond"] = total / measure
-                let shown = calls.sorted { $0.key < $1.key }.map { String(format: "%@ %.1f/s", $0.key, Double($0.value) / measure) }.joined(separator: ", ")
+                let shown = calls.sorted { $0.key < $1.key }.map { String(format: "%@ %.1f/s", $0.key, Double($0.value) / measure) }.joined(
+                    separator: ", ")
                 print(String(format: "Redis: %.1f commands per second for %d idle connections (%@)", total / measure, opened, shown))
             }
             workers.finish()
@@ -73,15 +79,18 @@ struct Bench: AsyncParsableCommand {
                 summary["serverRSSBeforeKiB"] = Double(before.rssBytes) / 1024
                 summary["serverRSSAfterKiB"] = Double(after.rssBytes) / 1024
                 summary["bytesPerConnection"] = delta / Double(max(opened, 1))
-                print(String(format: "server memory: %.1f KiB per idle connection (%d connections, RSS %.1f → %.1f MiB)",
-                    delta / Double(max(opened, 1)) / 1024, opened, Double(before.rssBytes) / 1048576, Double(after.rssBytes) / 1048576))
+                print(
+                    String(
+                        format: "server memory: %.1f KiB per idle connection (%d connections, RSS %.1f → %.1f MiB)",
+                        delta / Double(max(opened, 1)) / 1024, opened, Double(before.rssBytes) / 1_048_576, Double(after.rssBytes) / 1_048_576))
             }
             print(String(data: try JSONSerialization.data(withJSONObject: summary, options: [.sortedKeys]), encoding: .utf8)!)
         }
     }
 
     struct Fanout: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "N subscribers on one stream, one publisher; reports deliveries/s, latency and server CPU.")
+        static let configuration = CommandConfiguration(
+            abstract: "N subscribers on one stream, one publisher; reports deliveries/s, latency and server CPU.")
         @OptionGroup var common: Common
         @Option(help: "Subscribers in total.") var subscribers = 1000
         @Option(help: "Messages per second from the publisher; 0 = flat out.") var rate: Double = 0
@@ -89,9 +98,14 @@ struct Bench: AsyncParsableCommand {
         @Option(help: "Message body size in bytes.") var size = 100
         @Option(help: "Publishes in flight when flat out.") var window = 32
         @Option(help: "Stream to use.") var stream = "/streams/bench"
-        @Option(name: .customLong("publish-url"), help: "Node the publisher connects to (default: the first --url), e.g. another node to measure cross-node delivery.") var publishURL: String?
+        @Option(
+            name: .customLong("publish-url"),
+            help: "Node the publisher connects to (default: the first --url), e.g. another node to measure cross-node delivery.") var publishURL:
+            String?
         @Option(name: .customLong("server-pids"), help: "All nodes' process ids (comma-separated), to add up their CPU.") var serverPIDs: String?
-        @Option(name: .customLong("redis-stats"), help: "host:port of the nodes' Redis: count its commands per published message (INFO commandstats).") var redisStats: String?
+        @Option(
+            name: .customLong("redis-stats"), help: "host:port of the nodes' Redis: count its commands per published message (INFO commandstats).")
+        var redisStats: String?
 
         func run() async throws {
             let workers = try WorkerPool.start(common: common, mode: "fanout", total: subscribers, extra: ["--stream", stream])
@@ -152,9 +166,12 @@ struct Bench: AsyncParsableCommand {
                 summary["serverCPUSeconds"] = cpu
                 summary["serverCPUMicrosPerDelivery"] = cpu * 1e6 / Double(max(delivered, 1))
             }
-            print(String(format: "delivered %llu of %llu (%.0f/s); latency p50 %llu µs p99 %llu µs p99.9 %llu µs; server CPU %.3f µs per delivery",
-                delivered, UInt64(sent * subscribers), Double(delivered) / elapsed, histogram.valueAtPercentile(50), histogram.valueAtPercentile(99),
-                histogram.valueAtPercentile(99.9), summary["serverCPUMicrosPerDelivery"] ?? -1))
+            print(
+                String(
+                    format: "delivered %llu of %llu (%.0f/s); latency p50 %llu µs p99 %llu µs p99.9 %llu µs; server CPU %.3f µs per delivery",
+                    delivered, UInt64(sent * subscribers), Double(delivered) / elapsed, histogram.valueAtPercentile(50),
+                    histogram.valueAtPercentile(99),
+                    histogram.valueAtPercentile(99.9), summary["serverCPUMicrosPerDelivery"] ?? -1))
             print(String(data: try JSONSerialization.data(withJSONObject: summary, options: [.sortedKeys]), encoding: .utf8)!)
         }
     }

@@ -58,7 +58,8 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
         self.loop = context.eventLoop
         // The headers a browser sends (about 600 bytes), so the server's cost of reading a real
         // handshake is part of what is measured.
-        let request = "GET \(self.path) HTTP/1.1\r\nHost: \(self.host)\r\nConnection: Upgrade\r\nPragma: no-cache\r\n"
+        let request =
+            "GET \(self.path) HTTP/1.1\r\nHost: \(self.host)\r\nConnection: Upgrade\r\nPragma: no-cache\r\n"
             + "Cache-Control: no-cache\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
             + "Chrome/131.0.0.0 Safari/537.36\r\nUpgrade: websocket\r\nOrigin: http://\(self.host)\r\nSec-WebSocket-Version: 13\r\n"
             + "Accept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-US,en;q=0.9\r\n"

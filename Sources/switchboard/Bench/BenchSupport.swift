@@ -67,7 +67,8 @@ final class WorkerPool: @unchecked Sendable {
             process.executableURL = executable
             // Each worker uses its own loopback source address, so ports never run out.
             let urls = common.urls
-            process.arguments = ["bench", "worker", "--url", urls[i % urls.count], "--mode", mode, "--count", String(share), "--source", "127.0.0.\(2 + i)"] + extra
+            process.arguments =
+                ["bench", "worker", "--url", urls[i % urls.count], "--mode", mode, "--count", String(share), "--source", "127.0.0.\(2 + i)"] + extra
             let stdin = Pipe()
             let stdout = Pipe()
             process.standardInput = stdin
@@ -115,8 +116,10 @@ final class WorkerPool: @unchecked Sendable {
     func waitReady(progress: @escaping @Sendable (Int) -> Void) async throws -> Int {
         while true {
             let (ready, connected, exited) = self.reports.withLockedValue { r in
-                (r.allSatisfy { $0.ready != nil } ? r.reduce(0) { $0 + $1.ready! } : nil, r.reduce(0) { $0 + $1.connected },
-                 r.contains { $0.exited && $0.ready == nil })
+                (
+                    r.allSatisfy { $0.ready != nil } ? r.reduce(0) { $0 + $1.ready! } : nil, r.reduce(0) { $0 + $1.connected },
+                    r.contains { $0.exited && $0.ready == nil }
+                )
             }
             if let ready { return ready }
             if exited { throw BenchError("a worker exited before it was ready") }

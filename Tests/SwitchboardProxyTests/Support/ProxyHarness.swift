@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import ServiceLifecycle
+
 @testable import SwitchboardProxy
 
 /// Runs an in-process proxy in front of `upstream` on a free port for `body`, then shuts it

@@ -1,8 +1,9 @@
-import NIOCore
 import NIOConcurrencyHelpers
+import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
+
 @testable import SwitchboardProxy
 
 /// A WebSocket client of the proxy, built on the proxy's own upstream connector.
@@ -31,7 +32,10 @@ final class TestClient: @unchecked Sendable {
     var session: String? { self.response.headers[ProxyCore.sessionHeader].first }
     var resumed: Bool { self.response.headers[ProxyCore.resumedHeader].first == "true" }
 
-    enum Failure: Error { case refused(HTTPResponseStatus), failed(any Error) }
+    enum Failure: Error {
+        case refused(HTTPResponseStatus)
+        case failed(any Error)
+    }
 
     static func connect(port: Int, headers: HTTPHeaders = [:], query: String = "") async throws -> TestClient {
         let connector = try UpstreamConnector(
@@ -125,5 +129,8 @@ final class TestClient: @unchecked Sendable {
         return texts
     }
 
-    struct UnexpectedEvent: Error { let event: Event; let after: [String] }
+    struct UnexpectedEvent: Error {
+        let event: Event
+        let after: [String]
+    }
 }

@@ -4,6 +4,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
 import RedisTestSupport
+
 @testable import SwitchboardProxy
 
 /// A WebSocket backend on a loopback port that a test starts, kills (connections dropped
@@ -65,7 +66,8 @@ final class TestUpstream: Sendable {
                         upgradePipelineHandler: { channel, head in
                             channel.eventLoop.makeCompletedFuture {
                                 try channel.pipeline.syncOperations.addHandler(
-                                    NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 1000, maxAccumulatedFrameSize: 1 << 20)
+                                    NIOWebSocketFrameAggregator(
+                                        minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 1000, maxAccumulatedFrameSize: 1 << 20)
                                 )
                                 return .webSocket(try NIOAsyncChannel(wrappingChannelSynchronously: channel), head)
                             }
@@ -98,7 +100,8 @@ final class TestUpstream: Sendable {
         case .notUpgraded(let channel):
             let status = self.refuseWith.value ?? .notFound
             try? await channel.executeThenClose { _, outbound in
-                try await outbound.write(.head(HTTPResponseHead(version: .http1_1, status: status, headers: ["content-length": "0", "connection": "close"])))
+                try await outbound.write(
+                    .head(HTTPResponseHead(version: .http1_1, status: status, headers: ["content-length": "0", "connection": "close"])))
                 try await outbound.write(.end(nil))
             }
         case .webSocket(let channel, let head):
@@ -137,7 +140,10 @@ final class UpstreamPeer: @unchecked Sendable {
     private let iterator: NIOLockedValueBox<AsyncThrowingStream<ProxyMessage, any Error>.AsyncIterator>
     private let reader: Task<Void, Never>
 
-    init(head: HTTPRequestHead, inbound: NIOAsyncChannelInboundStream<WebSocketFrame>, outbound: NIOAsyncChannelOutboundWriter<WebSocketFrame>, upstream: TestUpstream) {
+    init(
+        head: HTTPRequestHead, inbound: NIOAsyncChannelInboundStream<WebSocketFrame>, outbound: NIOAsyncChannelOutboundWriter<WebSocketFrame>,
+        upstream: TestUpstream
+    ) {
         self.head = head
         self.outbound = outbound
         self.upstream = upstream

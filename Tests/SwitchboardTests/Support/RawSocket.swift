@@ -48,7 +48,8 @@ final class RawSocket: @unchecked Sendable {
         if let receiveBuffer {
             bootstrap = bootstrap.channelOption(ChannelOptions.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBuffer))
         }
-        let channel = try await bootstrap
+        let channel =
+            try await bootstrap
             .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(inbox) } }
             .connect(host: "127.0.0.1", port: port).get()
         let socket = RawSocket(channel: channel, inbox: inbox)

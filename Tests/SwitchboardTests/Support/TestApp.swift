@@ -30,11 +30,13 @@ enum TestApp {
         }
         // 16 MiB written as it goes: more than a socket holds when the client does not read.
         router.get("/stream") { _, _ in
-            Response(status: .ok, body: ResponseBody { writer in
-                let chunk = ByteBuffer(repeating: UInt8(ascii: "a"), count: 64 * 1024)
-                for _ in 0..<256 { try await writer.write(chunk) }
-                try await writer.finish(nil)
-            })
+            Response(
+                status: .ok,
+                body: ResponseBody { writer in
+                    let chunk = ByteBuffer(repeating: UInt8(ascii: "a"), count: 64 * 1024)
+                    for _ in 0..<256 { try await writer.write(chunk) }
+                    try await writer.finish(nil)
+                })
         }
         router.group("/admin").add(middleware: RequireIdentity(anyOf: ["admin"])).get { _, _ in "welcome, admin" }
         return router

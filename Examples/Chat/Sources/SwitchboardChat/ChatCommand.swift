@@ -19,9 +19,15 @@ struct ChatCommand: AsyncParsableCommand {
 
     @Option(help: "Address to listen on.") var host = "127.0.0.1"
     @Option(help: "Port (0 picks a free one).") var port = 8080
-    @Option(name: [.customLong("redis-url"), .customLong("redis")], help: "Redis URL (redis://host:port) to run as one of several nodes; in-memory engine without it.")
+    @Option(
+        name: [.customLong("redis-url"), .customLong("redis")],
+        help: "Redis URL (redis://host:port) to run as one of several nodes; in-memory engine without it.")
     var redisURL: String?
-    @Option(name: .customLong("jwt-secret"), help: "HS256 secret (at least 32 bytes) for the tokens sign-in issues; every node needs the same one (env CHAT_JWT_SECRET; random per process if unset).")
+    @Option(
+        name: .customLong("jwt-secret"),
+        help:
+            "HS256 secret (at least 32 bytes) for the tokens sign-in issues; every node needs the same one (env CHAT_JWT_SECRET; random per process if unset)."
+    )
     var jwtSecret: String?
     @Option(name: .customLong("api-key"), help: "Key for the gateway's server API under /api (X-API-Key); repeatable; the API is off without one.")
     var apiKeys: [String] = []
@@ -30,9 +36,15 @@ struct ChatCommand: AsyncParsableCommand {
     @Option(name: .customLong("history-age"), help: "Seconds a message is kept (default 7 days).") var historyAge: Double = 7 * 86400
     @Option(name: .customLong("message-rate"), help: "Chat messages per second per user, over all their tabs and nodes.") var messageRate: Double = 1
     @Option(name: .customLong("message-burst"), help: "Chat messages a user may send at once before the rate applies.") var messageBurst: Double = 5
-    @Option(name: .customLong("public-dir"), help: "Directory with index.html, app.js, style.css (default: Examples/Chat/Public, found from the working directory or the source tree).")
+    @Option(
+        name: .customLong("public-dir"),
+        help: "Directory with index.html, app.js, style.css (default: Examples/Chat/Public, found from the working directory or the source tree).")
     var publicDir: String?
-    @Option(name: .customLong("client-js"), help: "Path of the browser client served as /js/switchboard.js, with the other .js modules of its directory under /js/ (default: Clients/js/switchboard.js, found likewise).")
+    @Option(
+        name: .customLong("client-js"),
+        help:
+            "Path of the browser client served as /js/switchboard.js, with the other .js modules of its directory under /js/ (default: Clients/js/switchboard.js, found likewise)."
+    )
     var clientJS: String?
     @Option(name: .customLong("drain-window"), help: "Seconds over which a stopping node closes its clients.") var drainWindow: Double = 1
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
@@ -40,7 +52,9 @@ struct ChatCommand: AsyncParsableCommand {
     func validate() throws {
         guard (0...65535).contains(self.port) else { throw ValidationError("--port must be 0-65535") }
         guard self.historySize > 0, self.historyAge > 0 else { throw ValidationError("--history-size and --history-age must be positive") }
-        guard self.messageRate > 0, self.messageBurst >= 1 else { throw ValidationError("--message-rate must be positive and --message-burst at least 1") }
+        guard self.messageRate > 0, self.messageBurst >= 1 else {
+            throw ValidationError("--message-rate must be positive and --message-burst at least 1")
+        }
         guard Logger.Level(rawValue: self.logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(self.logLevel)'") }
         if let secret = self.jwtSecret ?? ProcessInfo.processInfo.environment["CHAT_JWT_SECRET"], secret.utf8.count < 32 {
             throw ValidationError("--jwt-secret must be at least 32 bytes")

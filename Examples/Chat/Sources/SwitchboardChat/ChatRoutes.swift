@@ -173,13 +173,18 @@ struct ChatRoutes: Sendable {
             // The client's idempotency key (META `k` over the socket, `Idempotency-Key` over
             // HTTP): a request resent after a reconnect is not appended twice.
             let key = context.meta?[MetaKey.idempotencyKey] ?? request.headers[HTTPField.Name("Idempotency-Key")!]
-            let result = try await self.publish(Message(from: user, text: text, ts: Self.now()), to: Self.roomStream(room), key: key.map { user + ":" + $0 }, context: context)
-            return EditedResponse(status: .created, response: Posted(room: room, offset: result.offset, epoch: result.epoch, duplicate: result.duplicate))
+            let result = try await self.publish(
+                Message(from: user, text: text, ts: Self.now()), to: Self.roomStream(room), key: key.map { user + ":" + $0 }, context: context)
+            return EditedResponse(
+                status: .created, response: Posted(room: room, offset: result.offset, epoch: result.epoch, duplicate: result.duplicate))
         }
         users.post("/rooms/:room/typing") { _, context -> HTTPResponse.Status in
             let user = try Self.user(context)
             let room = try await self.existingRoom(context)
-            struct Typing: Codable { var from: String; var ts: Int }
+            struct Typing: Codable {
+                var from: String
+                var ts: Int
+            }
             try await self.publish(Typing(from: user, ts: Self.now()), to: Self.roomStream(room) + "/typing", key: nil, context: context)
             return .accepted
         }
@@ -221,7 +226,8 @@ struct ChatRoutes: Sendable {
         let position = try await self.engine.position(of: Self.directory)
         guard position.top > 0 else { return names }
         let after = max(0, position.top - Int64(self.limits.historySize))
-        guard case .messages(let entries, _) = try await self.engine.read(Self.directory, after: after, epoch: nil, limit: self.limits.historySize) else {
+        guard case .messages(let entries, _) = try await self.engine.read(Self.directory, after: after, epoch: nil, limit: self.limits.historySize)
+        else {
             return names
         }
         var seen = Set(names)

@@ -22,7 +22,8 @@ struct StaticFiles: Sendable {
         let repo = URL(fileURLWithPath: sourceFile).deletingLastPathComponent()
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         func find(_ given: String?, _ relative: String, option: String, isDirectory: Bool) throws -> URL {
-            let candidates = given.map { [URL(fileURLWithPath: $0, relativeTo: cwd)] }
+            let candidates =
+                given.map { [URL(fileURLWithPath: $0, relativeTo: cwd)] }
                 ?? [cwd.appendingPathComponent(relative), repo.appendingPathComponent(relative)]
             for url in candidates {
                 var dir: ObjCBool = false
@@ -36,7 +37,8 @@ struct StaticFiles: Sendable {
             publicDir: try find(publicDir, "Examples/Chat/Public", option: "--public-dir", isDirectory: true),
             clientJS: try find(clientJS, "Clients/js/switchboard.js", option: "--client-js", isDirectory: false)
         )
-        for name in ["index.html", "app.js", "style.css"] where !FileManager.default.fileExists(atPath: files.publicDir.appendingPathComponent(name).path) {
+        for name in ["index.html", "app.js", "style.css"]
+        where !FileManager.default.fileExists(atPath: files.publicDir.appendingPathComponent(name).path) {
             throw ValidationError("--public-dir \(files.publicDir.path) has no \(name)")
         }
         return files
@@ -46,10 +48,11 @@ struct StaticFiles: Sendable {
     static func isClientModule(_ name: String) -> Bool {
         guard name.hasSuffix(".js") else { return false }
         let stem = name.utf8.dropLast(3)
-        return !stem.isEmpty && stem.allSatisfy { byte in
-            (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
-                || byte == UInt8(ascii: "-")
-        }
+        return !stem.isEmpty
+            && stem.allSatisfy { byte in
+                (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
+                    || byte == UInt8(ascii: "-")
+            }
     }
 
     func addRoutes(to router: Router<SwitchboardRequestContext>) {
