@@ -121,6 +121,12 @@ import Testing
     /// A resubscription the server cannot do for now (SUB503: its engine's shard is failing over)
     /// is sent again, not given up: the stream must not silently stop.
     @Test func aResubscriptionAnswered503IsSentAgain() async throws {
+        try await Self.resubscriptionAnsweredOnce { r in #"SUB503|/rooms/r|r=\#(r)|{"error":"subscribe_failed"}"# }
+    }
+
+    /// The second SUB of `/rooms/r` (the resubscription after a reconnect) is answered with
+    /// `refusal(r)`: the client sends it again, and the stream goes on (three SUBs in all).
+    static func resubscriptionAnsweredOnce(with refusal: @escaping @Sendable (String) -> String) async throws {
         let subs = NIOLockedValueBox(0)
         let server = FakeServer { connection, frame in
             guard frame.method == .sub, frame.target == "/rooms/r" else { return }
@@ -129,7 +135,7 @@ import Testing
                 return $0
             }
             if connection.index == 1 && n == 2 {
-                connection.send("SUB503|/rooms/r|r=\(frame.meta["r"]!)|{\"error\":\"subscribe_failed\"}")
+                connection.send(refusal(frame.meta["r"]!))
             } else {
                 subReply(connection, frame, top: 7)
                 if connection.index == 1 { connection.send("PUSH200|/rooms/r|id=8;e=E1;t=tag008|after") }

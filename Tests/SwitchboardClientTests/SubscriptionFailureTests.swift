@@ -249,30 +249,7 @@ func isInvalidArgument(_ error: (any Error)?) -> Bool {
     /// ERR429 (rate limited) answering the resubscription sent after a reconnect: sent again,
     /// not left waiting until the next disconnect.
     @Test func aResubscriptionAfterAReconnectAnsweredERR429IsSentAgain() async throws {
-        let subs = NIOLockedValueBox(0)
-        let server = FakeServer { connection, frame in
-            guard frame.method == .sub, frame.target == "/rooms/r" else { return }
-            let n = subs.withLockedValue {
-                $0 += 1
-                return $0
-            }
-            if connection.index == 1 && n == 2 {
-                connection.send(#"ERR429|/|r=\#(frame.meta["r"]!)|{"error":"rate_limited"}"#)
-            } else {
-                subReply(connection, frame, top: 7)
-                if connection.index == 1 { connection.send("PUSH200|/rooms/r|id=8;e=E1;t=tag008|after") }
-            }
-        }
-        try await server.start()
-        let client = SwitchboardClient(url: server.url, token: { "tok" }, configuration: testConfiguration())
-        try await client.connect()
-        let subscription = try await client.subscribe("/rooms/r")
-        await client.simulateNetworkLoss()
-        let after = try await take(1, from: subscription)
-        #expect(after.map(\.body) == ["after"])
-        #expect(subs.withLockedValue { $0 } == 3)
-        await client.close()
-        await server.stop()
+        try await RecoveryTests.resubscriptionAnsweredOnce { r in #"ERR429|/|r=\#(r)|{"error":"rate_limited"}"# }
     }
 
     /// ERR429 answering the resubscription after a gap: retried after a backoff, and the gap is
