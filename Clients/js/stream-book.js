@@ -17,6 +17,11 @@ export function toTag(value) {
   return typeof value === 'string' && TAG.test(value) ? value : null;
 }
 
+/** An epoch `e`, or null when absent or empty (an empty one is never kept nor sent as `e=`). */
+export function toEpoch(value) {
+  return typeof value === 'string' && value !== '' ? value : null;
+}
+
 // A position from a SUB reply (or an epoch change): the message there is unknown, so no tag.
 // It counts as acked: the server recorded it when it answered.
 function setPosition(s, id, epoch) {
@@ -68,7 +73,7 @@ export class StreamBook {
   seed(stream, last, epoch, tag) {
     const s = this.entry(stream);
     s.last = last;
-    s.epoch = epoch;
+    s.epoch = toEpoch(epoch);
     s.tag = tag;
     s.acked = last;
     return s;
@@ -97,6 +102,7 @@ export class StreamBook {
    * changed), 'resubscribe' (messages were missed), 'notRecovered' or 'refused'.
    */
   subscribeReply(stream, status, id, epoch, r) {
+    epoch = toEpoch(epoch);
     if (r !== null) {
       const s = this.entries.get(stream);
       if (!s || s.subR !== r) return 'ignore'; // unsubscribed or superseded meanwhile
@@ -152,6 +158,7 @@ export class StreamBook {
    * the push again (it is delivered as the first of the new epoch).
    */
   push(stream, id, epoch, tag) {
+    epoch = toEpoch(epoch);
     const s = this.entries.get(stream);
     if (!s) return 'ignore';
     if (epoch !== null && s.epoch !== null && epoch !== s.epoch) {

@@ -124,29 +124,35 @@ public struct StreamBook: Sendable, Equatable {
         let epoch = Self.normalizedEpoch(epoch)
         var entry = self.entries[stream] ?? Entry()
         if solicited { entry.awaitingReply = false }
-        switch status {
-        case 200..<300:
+        switch (status, id) {
+        case (200..<300, let id):
+            // The server's own SUB (built-in streams after a resume) while ours is on its way:
+            // ours answers and positions the stream.
+            if !solicited && entry.awaitingReply { return .subscribed }
+            var lost = false
             if let id {
                 let epochChanged = epoch != nil && entry.epoch != nil && epoch != entry.epoch
                 // Without a known position (or on another epoch) pushes follow from `id + 1`.
                 // With one, keep it: duplicates are dropped by offset, a gap triggers a resubscription.
                 if entry.last == nil || epochChanged {
+                    // A position in the old epoch that the server moved on from unasked: the
+                    // history behind it was lost, and the application is told.
+                    lost = !solicited && entry.last != nil
                     entry.last = id
                     entry.tag = nil
                 }
             }
             if let epoch { entry.epoch = epoch }
             self.entries[stream] = entry
-            return .subscribed
-        case 410:
-            if let id {
-                entry.last = id
-                entry.tag = nil
-            }
+            return lost ? .notRecovered : .subscribed
+        case (410, let id?):
+            entry.last = id
+            entry.tag = nil
             if let epoch { entry.epoch = epoch }
             self.entries[stream] = entry
             return .notRecovered
         default:
+            // Refused, including a route's 410 (no `id`: the server holds no subscription).
             if entry.last == nil && !entry.awaitingReply {
                 self.entries[stream] = nil
             } else {

@@ -26,9 +26,11 @@ struct OptionLayers {
         try flag ?? self.environment.double(self.variable(name)) ?? self.file.double(name)
     }
 
-    /// A flag that is off unless set on any layer.
+    /// A flag that is off unless set on any layer. The variable is read (and a bad value refused)
+    /// even when the flag is given.
     func bool(_ flag: Bool, _ name: String) throws -> Bool {
-        try flag || (self.environment.bool(self.variable(name)) ?? self.file.bool(name) ?? false)
+        let layered = try self.environment.bool(self.variable(name)) ?? self.file.bool(name) ?? false
+        return flag || layered
     }
 
     /// A repeatable option: the flags if given, else the comma-separated variable, else the file's list.

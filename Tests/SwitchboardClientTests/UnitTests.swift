@@ -98,6 +98,28 @@ import Testing
         #expect(book.push("/broadcast", id: 6, epoch: "E") == .drop)
     }
 
+    /// The server moved a known stream to a new epoch unasked (its history was lost): told, and
+    /// repositioned. While our own SUB is on its way, the server's reply is left to ours.
+    @Test func anUnsolicitedReplyInANewEpochIsNotRecoveredUnlessOurSUBIsPending() {
+        var book = StreamBook()
+        #expect(book.subscribeReply("/broadcast", status: 200, id: 7, epoch: "E", solicited: false) == .subscribed)
+        _ = book.push("/broadcast", id: 8, epoch: "E")
+        book.connectionLost()
+        #expect(book.subscribeReply("/broadcast", status: 200, id: 3, epoch: "F", solicited: false) == .notRecovered)
+        #expect(book.last(of: "/broadcast") == 3)
+        _ = book.prepareSubscribe("/broadcast")
+        #expect(book.subscribeReply("/broadcast", status: 200, id: 1, epoch: "G", solicited: false) == .subscribed)
+        #expect(book.last(of: "/broadcast") == 3)
+    }
+
+    /// A route's refusal relayed as SUB410 carries no `id`: no subscription is held.
+    @Test func aSUB410WithoutAnIdIsARefusal() {
+        var book = StreamBook()
+        _ = book.prepareSubscribe("/rooms/gone")
+        #expect(book.subscribeReply("/rooms/gone", status: 410, id: nil, epoch: nil, solicited: true) == .refused)
+        #expect(book.last(of: "/rooms/gone") == nil)
+    }
+
     @Test func refusalForgetsUnknownStream() {
         var book = StreamBook()
         _ = book.prepareSubscribe("/private")

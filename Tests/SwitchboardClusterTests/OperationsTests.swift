@@ -279,6 +279,27 @@ struct OperationsTests {
         #expect(badEnv.output.contains("SWITCHBOARD_PING_INTERVAL must be a number, got 'often'"))
     }
 
+    /// A bad value in the environment is refused even when the flag it would add to is given
+    /// (the flag alone would start the node, hiding the typo).
+    @Test func aBadBooleanInTheEnvironmentIsRefusedEvenBesideItsFlag() async throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: NodeProcess.binary)
+        p.arguments = ["serve", "--allow-anonymous", "--port", "0", "--log-level", "warning"]
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("SWITCHBOARD_") }
+        env["SWITCHBOARD_ALLOW_ANONYMOUS"] = "maybe"
+        p.environment = env
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let deadline = ContinuousClock.now + .seconds(20)
+        while p.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(output.contains("SWITCHBOARD_ALLOW_ANONYMOUS must be 1 or 0, got 'maybe'"), "\(output)")
+    }
+
     /// `switchboard token` signs with what `serve` reads (flag, environment, file, key set), and a
     /// node started with the same settings accepts the token with its user and roles.
     @Test func theTokenCommandSignsWhatANodeWithTheSameSettingsAccepts() async throws {

@@ -149,6 +149,15 @@ struct StreamCursorTests {
         #expect(cursor.last == 6 && cursor.lastTag == "t6")
     }
 
+    @Test func aMessageTheSocketHasNoRoomForLeavesTheCursorWhereItWas() {
+        var cursor = Self.liveCursor(at: 4)
+        #expect(cursor.live(Self.message(5), writable: false) == .init(action: .slowConsumer))
+        #expect(cursor.last == 4 && cursor.lastTag == "t4")
+        // A duplicate or a gap is decided first: neither needs room.
+        #expect(cursor.live(Self.message(4), writable: false) == .init(action: .ignore))
+        #expect(cursor.live(Self.message(7), writable: false).action == .read(.init(offset: 4, epoch: "E1", tag: "t4")))
+    }
+
     @Test func aLiveGapReadsHistoryAndTheMessageWaitsBehindIt() throws {
         var cursor = Self.liveCursor(at: 4)
         #expect(cursor.live(Self.message(7)) == .init(action: .read(.init(offset: 4, epoch: "E1", tag: "t4"))))

@@ -270,7 +270,7 @@ extension ConnectionHandler {
     func deliverLive(_ message: StreamMessage, frame: ByteBuffer) {
         guard case .open = self.state else { return self.core.metrics.droppedClosing.increment() }
         guard let index = self.streams.index(of: message.stream) else { return }
-        let decision = self.streams[at: index].live(message)
+        let decision = self.streams[at: index].live(message, writable: self.isWritable)
         if let position = decision.epochChanged {
             // The stream's history was lost and it restarted: tell the client, then follow the new epoch.
             self.writeFrame(
@@ -281,12 +281,11 @@ extension ConnectionHandler {
         }
         switch decision.action {
         case .write:
-            guard self.isWritable else {
-                self.core.metrics.droppedSlowConsumer.increment()
-                return self.close(code: .slowConsumer, reason: "outbound queue over \(self.configuration.maxQueueBytes) bytes; resume to continue")
-            }
             self.writeRaw(frame)
             self.loopHub.delivered += 1
+        case .slowConsumer:
+            self.core.metrics.droppedSlowConsumer.increment()
+            self.close(code: .slowConsumer, reason: "outbound queue over \(self.configuration.maxQueueBytes) bytes; resume to continue")
         case .read(let point):
             self.startReplay(message.stream, from: point)
         case .ignore, .buffered, .overflowed:

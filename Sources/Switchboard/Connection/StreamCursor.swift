@@ -100,6 +100,9 @@ struct StreamCursor {
     enum LiveAction: Equatable {
         /// Write it (the cursor moved to it).
         case write
+        /// It should be written, but the socket is full: the connection closes as a slow consumer
+        /// (the cursor did not move).
+        case slowConsumer
         /// Already written (a duplicate or older): nothing.
         case ignore
         /// Waits behind the replay.
@@ -168,8 +171,8 @@ struct StreamCursor {
         return self.finishCatchingUp()
     }
 
-    /// A live message of this stream.
-    mutating func live(_ message: StreamMessage) -> LiveDecision {
+    /// A live message of this stream; `writable`: whether the socket has room for it.
+    mutating func live(_ message: StreamMessage, writable: Bool = true) -> LiveDecision {
         switch self.mode {
         case .live:
             var decision = LiveDecision(epochChanged: nil, action: .write)
@@ -186,6 +189,8 @@ struct StreamCursor {
                 // written again): read from history, which bridges it or says it cannot.
                 self.mode = .catchingUp(buffer: [message], overflowed: false)
                 decision.action = .read(self.readPoint)
+            } else if !writable {
+                decision.action = .slowConsumer
             } else {
                 self.last = message.offset
                 self.lastTag = message.tag
