@@ -285,6 +285,9 @@ public final class RESPClusterClient: RESPCommandExecutor, Sendable {
                 target = newNode
             } catch RESPError.server(let code, let message) where Self.retriedErrors.contains(code) {
                 try await backOff(RESPError.server(code: code, message: message))
+                // While a slot migrates, a multi-key command goes ASK → TRYAGAIN → ASK … until it
+                // ends: the time budget bounds that, not the count of redirects.
+                redirects = 0
                 if code == "CLUSTERDOWN" || code == "MASTERDOWN" { try? await refreshSlots() }
                 target = self.owner(of: slot)
             } catch let error as RESPError where error != .notConnected {
