@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Reproduces docs/benchmarks.md: builds the release binary, starts what each scenario needs on
 # loopback, runs the load tool and prints its JSON summaries.
-#   bash scripts/bench.sh [idle|fanout|steady|redis|cluster|all]
+#   bash scripts/bench.sh [idle|fanout|steady|redis|cluster|peer|all]
+# `peer` runs the fan-out scenario against Switchboard, a Node `ws` reference server
+# (scripts/peer/ws-reference.cjs, Debian's node-ws) and the C floor of bare write() calls
+# (scripts/peer/writecost.c), in one run, so ratios are measured, not remembered.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -42,6 +45,43 @@ if [[ $what == steady || $what == all ]]; then
   "$bin" bench fanout --url ws://127.0.0.1:18082/ws --server-pid "$server" --subscribers 1000 --processes 2 \
     --duration 20 --rate 20 2>/dev/null | tail -1
   kill "$server"
+fi
+if [[ $what == peer || $what == all ]]; then
+  if [ ! -d /usr/share/nodejs/ws ]; then
+    if [ "$(id -u)" = 0 ]; then apt-get install -y node-ws >/dev/null; else echo "peer: needs Debian's node-ws (apt-get install node-ws)"; exit 1; fi
+  fi
+  mkdir -p .build/peer
+  gcc -O2 -pthread -o .build/peer/writecost scripts/peer/writecost.c
+  steady=(--subscribers 1000 --processes 2 --duration 20 --rate 20)
+  flat=(--subscribers 1000 --processes 2 --duration 15 --rate 0 --window 128)
+  summary() { python3 -c 'import json,sys; d=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(json.dumps({k: d[k] for k in ("deliveriesPerSecond","serverCPUMicrosPerDelivery","latencyP50Micros","latencyP99Micros") if k in d}))'; }
+  node 18083
+  echo "# peer, steady 20,000 deliveries/s: switchboard"
+  "$bin" bench fanout --url ws://127.0.0.1:18083/ws --server-pid "$server" "${steady[@]}" 2>/dev/null | summary
+  echo "# peer, steady: what the node itself adds (switchboard_fanout_duration_seconds, bucket upper bounds)"
+  curl -s http://127.0.0.1:18083/metrics | python3 -c '
+import re, sys
+buckets = sorted((float(m.group(1)), float(m.group(2))) for m in
+                 re.finditer(r"switchboard_fanout_duration_seconds_bucket\{[^}]*le=\"([0-9.e+-]+)\"[^}]*\} ([0-9.e+]+)", sys.stdin.read()))
+total = buckets[-1][1] if buckets else 0
+quantile = lambda q: next((le for le, n in buckets if n >= q * total), float("inf"))
+print({"messages": int(total), "p50_ms_at_most": quantile(0.5) * 1e3, "p99_ms_at_most": quantile(0.99) * 1e3})'
+  echo "# peer, flat out, window 128: switchboard"
+  "$bin" bench fanout --url ws://127.0.0.1:18083/ws --server-pid "$server" "${flat[@]}" 2>/dev/null | summary
+  kill "$server"
+  NODE_PATH=/usr/share/nodejs command node scripts/peer/ws-reference.cjs 18084 >/dev/null &
+  pids+=($!)
+  server=$!
+  sleep 1
+  echo "# peer, steady 20,000 deliveries/s: node ws"
+  "$bin" bench fanout --url ws://127.0.0.1:18084/ws --server-pid "$server" "${steady[@]}" 2>/dev/null | summary
+  echo "# peer, flat out, window 128: node ws"
+  "$bin" bench fanout --url ws://127.0.0.1:18084/ws --server-pid "$server" "${flat[@]}" 2>/dev/null | summary
+  kill "$server"
+  echo "# peer, C floor: one write() per socket per message, 1,000 sockets, 20 messages/s"
+  .build/peer/writecost 1000 400 1 50000
+  echo "# peer, C floor: flat out"
+  .build/peer/writecost 1000 1000 1
 fi
 if [[ $what == redis || $what == all ]]; then
   port=16399

@@ -262,7 +262,9 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "switchboard")
         let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        var metricsFactory = PrometheusMetricsFactory(registry: registry)
+        metricsFactory.durationHistogramBuckets.merge(Gateway.durationHistogramBuckets) { $1 }
+        MetricsSystem.bootstrap(metricsFactory)
 
         if verifier == nil && !settings.gateway.allowAnonymous {
             logger.warning("no --jwt-secret or --jwt-jwks and no --allow-anonymous: every connection will be refused")

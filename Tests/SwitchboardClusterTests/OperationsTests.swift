@@ -65,6 +65,9 @@ struct OperationsTests {
             #expect(delta("switchboard_deliveries_total", ["source": "live"]) == 10)
             #expect(delta("switchboard_messages_in_total", ["kind": "sub"]) == 2)
             #expect(delta("switchboard_publish_duration_seconds_count") == 5)
+            // Each message handed to the hub (two subscribers, perhaps on two loops) is timed once.
+            #expect(delta("switchboard_fanout_duration_seconds_count") == 5)
+            #expect(delta("switchboard_fanout_duration_seconds_bucket", ["le": "1.0"]) == 5)
             #expect(delta("switchboard_requests_total", ["route": "/api/publish", "method": "POST", "status": "201", "transport": "http"]) == 5)
             #expect(delta("switchboard_requests_total", ["method": "SUB", "status": "200", "transport": "ws"]) == 2)
             #expect(during.value("switchboard_engine_available") == 1)

@@ -51,11 +51,13 @@ final class Hub: EngineDelivery, @unchecked Sendable {
         let mask = self.interest.withLockedValue { $0[message.stream] ?? 0 }
         guard mask != 0 else { return }
         let frame = WebSocketFraming.push(message, allocator: self.allocator)
+        let loops = mask.nonzeroBitCount
+        let clock = FanoutClock(handedAt: NIODeadline.now().uptimeNanoseconds, remaining: loops > 1 ? NIOLockedValueBox(loops) : nil)
         var first = true
         for hub in self.loops where mask & (1 << UInt64(hub.index)) != 0 {
             // Every socket write retains the frame's storage: one copy per loop (not per
             // socket) keeps those reference counts on one core instead of bouncing between them.
-            hub.enqueue(message, frame: first ? frame : self.copy(frame))
+            hub.enqueue(message, frame: first ? frame : self.copy(frame), clock: clock)
             first = false
         }
     }

@@ -26,7 +26,7 @@ final class LoopHub: @unchecked Sendable {
     private let inbox = NIOLockedValueBox(Inbox())
 
     struct Inbox {
-        var messages: [(StreamMessage, ByteBuffer)] = []
+        var messages: [(StreamMessage, ByteBuffer, FanoutClock)] = []
         var scheduled = false
     }
 
@@ -81,9 +81,9 @@ final class LoopHub: @unchecked Sendable {
     /// Queue a live message for this loop (any thread). Messages that arrive while the
     /// loop is busy are delivered together, and each socket is flushed once per batch:
     /// under load batches grow and writes coalesce; when idle a message goes at once.
-    func enqueue(_ message: StreamMessage, frame: ByteBuffer) {
+    func enqueue(_ message: StreamMessage, frame: ByteBuffer, clock: FanoutClock) {
         let schedule = self.inbox.withLockedValue { inbox in
-            inbox.messages.append((message, frame))
+            inbox.messages.append((message, frame, clock))
             defer { inbox.scheduled = true }
             return !inbox.scheduled
         }
@@ -98,7 +98,7 @@ final class LoopHub: @unchecked Sendable {
             defer { inbox.messages.removeAll(keepingCapacity: true) }
             return inbox.messages
         }
-        for (message, frame) in batch {
+        for (message, frame, _) in batch {
             switch self.subscribers[message.stream] {
             case .one(let connection):
                 connection.deliverLive(message, frame: frame)
@@ -112,6 +112,12 @@ final class LoopHub: @unchecked Sendable {
         if self.delivered > 0 {
             self.hub.metrics.deliveries.increment(by: Int64(self.delivered))
             self.delivered = 0
+        }
+        // Every write of the batch is issued: the loop that wrote a message last records how long
+        // the node took from the hand-off to here.
+        let now = NIODeadline.now().uptimeNanoseconds
+        for (_, _, clock) in batch where clock.lastLoopWrote() {
+            self.hub.metrics.fanoutDuration.recordNanoseconds(Int64(truncatingIfNeeded: now &- clock.handedAt))
         }
     }
 
@@ -239,6 +245,23 @@ enum Subscribers {
             list.removeLast()
             self = list.count == 1 ? .one(list[0]) : .many(list)
             return .removed
+        }
+    }
+}
+
+/// When a live message was handed to the hub, and how many event loops still have to write it
+/// (shared by them; nil when one loop writes it): the last one records the node's fan-out time,
+/// hand-off to the last local socket write issued (`switchboard_fanout_duration_seconds`).
+struct FanoutClock: Sendable {
+    let handedAt: UInt64
+    let remaining: NIOLockedValueBox<Int>?
+
+    /// Called once by each loop after its writes: true for the last.
+    func lastLoopWrote() -> Bool {
+        guard let remaining else { return true }
+        return remaining.withLockedValue {
+            $0 -= 1
+            return $0 == 0
         }
     }
 }

@@ -61,6 +61,13 @@ public final class Gateway: Service, Sendable {
 
     private static let cappedGroup = MultiThreadedEventLoopGroup(numberOfThreads: Hub.maxLoops)
 
+    /// Histogram buckets for the gateway's duration metrics whose range the usual defaults do
+    /// not resolve (fan-out time is sub-millisecond), by metric name: give them to the metrics
+    /// factory, e.g. `PrometheusMetricsFactory.durationHistogramBuckets`.
+    public static let durationHistogramBuckets: [String: [Duration]] = [
+        GatewayMetrics.fanoutDurationLabel: GatewayMetrics.fanoutDurationBuckets
+    ]
+
     /// Publish, send and disconnect from application code.
     public var publisher: SwitchboardPublisher { SwitchboardPublisher(core: self.core) }
 

@@ -19,6 +19,8 @@ final class GatewayMetrics: Sendable {
     let droppedClosing: Counter
     let slowConsumerCloses: Counter
     let publishDuration: Timer
+    /// A live message handed to the hub → the last local socket write for it issued.
+    let fanoutDuration: Timer
     let publishFailures: Counter
     let resumesRecovered: Counter
     let resumesNotRecovered: Counter
@@ -39,6 +41,15 @@ final class GatewayMetrics: Sendable {
     }
 
     /// Codes recorded by name; any other peer code counts as "other" (bounded labels).
+    static let fanoutDurationLabel = "switchboard_fanout_duration_seconds"
+    /// Fan-out is sub-millisecond to tens of milliseconds: finer buckets than Prometheus's defaults
+    /// (which start at 5 ms); see `Gateway.durationHistogramBuckets`.
+    static let fanoutDurationBuckets: [Duration] = [
+        .microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2),
+        .milliseconds(3), .milliseconds(5), .microseconds(7500), .milliseconds(10), .milliseconds(15), .milliseconds(20),
+        .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1),
+    ]
+
     static let knownCloseCodes: [UInt16] = [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 4001, 4401, 4403, 4409, 4429, 4503]
 
     init(node: String) {
@@ -63,6 +74,7 @@ final class GatewayMetrics: Sendable {
         self.droppedClosing = Counter(label: "switchboard_deliveries_dropped_total", dimensions: labels + [("reason", "closing")])
         self.slowConsumerCloses = Counter(label: "switchboard_slow_consumer_closes_total", dimensions: labels)
         self.publishDuration = Timer(label: "switchboard_publish_duration_seconds", dimensions: labels, preferredDisplayUnit: .seconds)
+        self.fanoutDuration = Timer(label: Self.fanoutDurationLabel, dimensions: labels, preferredDisplayUnit: .seconds)
         self.publishFailures = Counter(label: "switchboard_publish_failures_total", dimensions: labels)
         self.resumesRecovered = Counter(label: "switchboard_resumes_total", dimensions: labels + [("outcome", "recovered")])
         self.resumesNotRecovered = Counter(label: "switchboard_resumes_total", dimensions: labels + [("outcome", "not_recovered")])
