@@ -101,10 +101,12 @@ let package = Package(
             ]
         ),
         // The reconnecting proxy for existing WebSocket backends (docs/proxy.md). It uses only
-        // NIO's WebSocket pieces and Hummingbird's server, not the gateway or the engines.
+        // NIO's WebSocket pieces, Hummingbird's server and the shared connection limit, not the
+        // gateway or the engines.
         .target(
             name: "SwitchboardProxy",
             dependencies: [
+                "SwitchboardWire",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),

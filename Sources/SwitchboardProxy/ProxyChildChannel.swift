@@ -25,8 +25,18 @@ struct ProxyChildChannel: ServerChildChannel, HTTPChannelHandler {
     let core: ProxyCore
     let responder: HTTPChannelHandler.Responder
 
+    /// The proxy holds `maxConnections` already: this one is closed as it arrives.
+    struct OverCapacity: Error {}
+
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         let core = self.core
+        guard core.connectionAccepted() else {
+            core.metrics.overCapacity.increment()
+            // Closed here: a failed initializer alone leaves the accepted socket open.
+            channel.close(promise: nil)
+            return channel.eventLoop.makeFailedFuture(OverCapacity())
+        }
+        channel.closeFuture.whenComplete { _ in core.connectionEnded() }
         return channel.eventLoop.makeCompletedFuture {
             let refusal = NIOLockedValueBox<ProxyCore.Refusal?>(nil)
             let admitted = NIOLockedValueBox<ProxySession?>(nil)

@@ -53,6 +53,10 @@ public struct ProxyConfiguration: Sendable {
     public var pingInterval: Double = 15
     /// Sender sessions the proxy holds at once; upgrades past it get 503.
     public var maxSessions = 10_000
+    /// TCP connections from clients held at once (WebSockets and HTTP); past it new ones are
+    /// closed as they arrive, so the proxy never runs out of descriptors (see `ConnectionLimit`).
+    /// Nil: the open-file limit less a reserve.
+    public var maxConnections: Int?
     /// Close codes that mean "gone for now", not "done": an upstream closing with one is
     /// reconnected to, a client closing with one keeps its session for the grace period.
     /// A connection lost without a close frame always counts as transient.
@@ -79,6 +83,9 @@ public struct ProxyConfiguration: Sendable {
         }
         guard self.maxQueueMessages >= 1 else { throw .init("--max-queue-messages must be at least 1, got \(self.maxQueueMessages)") }
         guard self.maxSessions >= 1 else { throw .init("--max-sessions must be at least 1, got \(self.maxSessions)") }
+        if let max = self.maxConnections, !(1...100_000_000).contains(max) {
+            throw .init("--max-connections must be 1-100000000, got \(max)")
+        }
         for (name, value) in [
             ("--upstream-timeout", self.upstreamTimeout), ("--connect-timeout", self.connectTimeout),
             ("--backoff-initial", self.backoffInitial), ("--backoff-max", self.backoffMax), ("--ping-interval", self.pingInterval),

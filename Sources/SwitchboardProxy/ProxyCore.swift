@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import SwitchboardWire
 
 /// What every connection of a proxy shares: settings, the upstream connector, metrics and
 /// the sessions by id.
@@ -14,6 +15,9 @@ final class ProxyCore: Sendable {
     let logger: Logger
     private let sessions = NIOLockedValueBox<[String: ProxySession]>([:])
     private let draining = NIOLockedValueBox(false)
+    /// Client connections held (accepted and not yet closed), and how many may be.
+    private let connections = NIOLockedValueBox(0)
+    let maxConnections: Int
 
     /// The request header and query parameter a client resumes its session with.
     static let sessionHeader = "Switchboard-Proxy-Session"
@@ -28,6 +32,21 @@ final class ProxyCore: Sendable {
             url: configuration.upstream, maxMessageSize: configuration.maxMessageSize, connectTimeout: configuration.connectTimeout, group: group
         )
         self.logger = logger
+        self.maxConnections = configuration.maxConnections ?? ConnectionLimit.defaultMaximum()
+    }
+
+    /// Counts an accepted connection in; false when `maxConnections` are held (the caller
+    /// closes it). Every `true` is matched by one `connectionEnded()`.
+    func connectionAccepted() -> Bool {
+        self.connections.withLockedValue { n in
+            guard n < self.maxConnections else { return false }
+            n += 1
+            return true
+        }
+    }
+
+    func connectionEnded() {
+        self.connections.withLockedValue { $0 -= 1 }
     }
 
     var isDraining: Bool { self.draining.withLockedValue { $0 } }

@@ -34,6 +34,8 @@ final class ProxyMetrics: Sendable {
     let sessionsResumed = Counter(label: "switchboard_proxy_client_connects_total", dimensions: [("session", "resumed")])
     let sessionsNew = Counter(label: "switchboard_proxy_client_connects_total", dimensions: [("session", "new")])
     let upgradesRefused = Counter(label: "switchboard_proxy_upgrades_refused_total")
+    /// Client connections closed as they arrived because the proxy held `maxConnections`.
+    let overCapacity = Counter(label: "switchboard_proxy_connections_over_capacity_total")
     private let closes: [UInt16: Counter]
 
     /// Codes the proxy sends on its own behalf, counted by `switchboard_proxy_closes_total{code}`.

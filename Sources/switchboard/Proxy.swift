@@ -58,6 +58,14 @@ struct Proxy: AsyncParsableCommand {
     var maxMessageSize: Int?
     @Option(name: .customLong("max-sessions"), help: "Sessions held at once in sender mode (env SWITCHBOARD_PROXY_MAX_SESSIONS; default 10000).")
     var maxSessions: Int?
+    @Option(
+        name: .customLong("max-connections"),
+        help: """
+            Client connections held at once; past it new ones are closed as they arrive \
+            (env SWITCHBOARD_PROXY_MAX_CONNECTIONS; default: the open-file limit less a reserve).
+            """
+    )
+    var maxConnections: Int?
     @Option(name: .customLong("ping-interval"), help: "Seconds between keepalive pings (env SWITCHBOARD_PROXY_PING_INTERVAL; default 15).")
     var pingInterval: Double?
     @Option(
@@ -110,6 +118,7 @@ struct Proxy: AsyncParsableCommand {
         c.maxQueueBytes = try self.maxQueueBytes ?? env.int("PROXY_MAX_QUEUE_BYTES") ?? c.maxQueueBytes
         c.maxMessageSize = try self.maxMessageSize ?? env.int("PROXY_MAX_MESSAGE_SIZE") ?? c.maxMessageSize
         c.maxSessions = try self.maxSessions ?? env.int("PROXY_MAX_SESSIONS") ?? c.maxSessions
+        c.maxConnections = try self.maxConnections ?? env.int("PROXY_MAX_CONNECTIONS")
         c.pingInterval = try self.pingInterval ?? env.double("PROXY_PING_INTERVAL") ?? c.pingInterval
         if let codes = self.transientCloseCodes ?? env["PROXY_TRANSIENT_CLOSE_CODES"] {
             c.transientCloseCodes = Set(

@@ -72,14 +72,7 @@ final class NodeProcess: @unchecked Sendable {
 
     /// CPU time (user + system) the node has used so far, from /proc.
     var cpuSeconds: Double {
-        guard let pid = self.process.withLockedValue({ $0?.processIdentifier }),
-            let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let end = stat.lastIndex(of: ")")
-        else { return 0 }
-        // Fields after "(comm)": state is field 3; utime and stime are fields 14 and 15.
-        let fields = stat[stat.index(after: end)...].split(separator: " ")
-        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
-        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+        self.process.withLockedValue { $0?.processIdentifier }.map { ProcessProbes.cpuSeconds(pid: $0) } ?? 0
     }
 
     /// SIGKILL, as a crash would: no drain, no goodbye to Redis.

@@ -94,13 +94,13 @@ struct OperationsTests {
         defer { node.kill() }
         var sockets: [Int32] = []
         defer { for fd in sockets { close(fd) } }
-        for _ in 0..<300 { sockets.append(try Self.silentSocket(port: node.port)) }
+        for _ in 0..<300 { sockets.append(try ProcessProbes.silentSocket(port: node.port)) }
         // Every connection was accepted: the ones past the maximum (256 less a reserve of 32)
         // were closed at once, long before the 10 s handshake timeout.
         let maximum = 256 - 32
         #expect(
             try await eventually(timeout: .seconds(5)) {
-                sockets.filter { Self.closedByPeer($0) }.count >= 300 - maximum
+                sockets.filter { ProcessProbes.closedByPeer($0) }.count >= 300 - maximum
             })
         let before = node.cpuSeconds
         try await Task.sleep(for: .seconds(2))
@@ -120,31 +120,6 @@ struct OperationsTests {
         #expect(try await node.get("/health/ready").status == 200)
         let client = try await ClusterTests.client("after-limit", [node])
         await client.close()
-    }
-
-    /// A TCP connection that sends nothing.
-    static func silentSocket(port: Int) throws -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw ClusterTestFailure("socket: errno \(errno)") }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard result == 0 else {
-            close(fd)
-            throw ClusterTestFailure("connect: errno \(errno)")
-        }
-        return fd
-    }
-
-    /// True once the peer closed `fd` (a read returns end of file or reset).
-    static func closedByPeer(_ fd: Int32) -> Bool {
-        var byte: UInt8 = 0
-        let n = recv(fd, &byte, 1, Int32(MSG_DONTWAIT) | Int32(MSG_PEEK))
-        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
     }
 
     /// A body published over HTTP that is not UTF-8 is refused (400): subscribers receive it in

@@ -69,11 +69,51 @@ struct ProxyCommandTests {
         try await waitFor("the upstream to hear 1001") { upstream.closes.value == [ProxyCloseCode.goingAway] }
     }
 
+    /// A proxy near its open-file limit closes client connections past its maximum at accept
+    /// (and counts them) instead of running out of descriptors, where SwiftNIO's accept loop
+    /// would spin a core; it still serves its health endpoint.
+    @Test func aProxyAtItsFileLimitClosesExtraConnectionsWithoutSpinning() async throws {
+        let port = try await freePort()
+        let process = Process()
+        // exec keeps the process id: /proc and signals reach the proxy.
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = [
+            "-c", "ulimit -n 256 && exec \"$0\" \"$@\"", switchboardBinary,
+            "proxy", "--upstream", "ws://127.0.0.1:1/nowhere", "--port", String(port), "--log-level", "error",
+        ]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        try await waitFor("the proxy to listen") { (try? await Self.get("http://127.0.0.1:\(port)/health").status) == 200 }
+
+        var sockets: [Int32] = []
+        defer { for fd in sockets { close(fd) } }
+        for _ in 0..<300 { sockets.append(try ProcessProbes.silentSocket(port: port)) }
+        // Past the maximum (256 less a reserve of 32) connections are closed at once.
+        let maximum = 256 - 32
+        try await waitFor("the extra connections to be closed") { sockets.filter { ProcessProbes.closedByPeer($0) }.count >= 300 - maximum }
+        let before = ProcessProbes.cpuSeconds(pid: process.processIdentifier)
+        try await Task.sleep(for: .seconds(2))
+        let spent = ProcessProbes.cpuSeconds(pid: process.processIdentifier) - before
+        #expect(spent < 0.5, "the proxy used \(spent) s of CPU in 2 s while holding silent connections")
+        #expect(process.isRunning)
+
+        for fd in sockets { close(fd) }
+        sockets = []
+        try await waitFor("the proxy to count them and serve again") {
+            let metrics = try? await Self.get("http://127.0.0.1:\(port)/metrics").body
+            let line = metrics?.split(separator: "\n").first { $0.hasPrefix("switchboard_proxy_connections_over_capacity_total") }
+            return (line?.split(separator: " ").last).flatMap { Double($0) }.map { $0 >= Double(300 - maximum) } == true
+        }
+    }
+
     @Test func badSettingsStopTheProcessWithTheOptionNamed() async throws {
         for (arguments, message) in [
             (["proxy", "--upstream", "http://127.0.0.1:1/x"], "--upstream must be a ws:// or wss:// URL"),
             (["proxy", "--upstream", "ws://127.0.0.1:1/x", "--mode", "both"], "--mode must be sender or receiver"),
             (["proxy", "--upstream", "ws://127.0.0.1:1/x", "--max-queue-bytes", "10"], "--max-queue-bytes (10) must be at least --max-message-size"),
+            (["proxy", "--upstream", "ws://127.0.0.1:1/x", "--max-connections", "0"], "--max-connections must be 1-100000000, got 0"),
             (["proxy"], "--upstream is required"),
         ] {
             let (process, errors) = try Self.run(arguments)

@@ -4,17 +4,17 @@ import Glibc
 import Darwin
 #endif
 
-/// How many connections a node holds by default: the open-file limit less what the process
-/// needs for everything else (engine connections, files, the listener): a tenth of it, between
-/// 32 and 1,024 descriptors.
+/// How many connections a server (a gateway node, the reconnecting proxy) holds by default: the
+/// open-file limit less what the process needs for everything else (engine or upstream
+/// connections, files, the listener): a tenth of it, between 32 and 1,024 descriptors.
 ///
 /// Why a limit at all: an accept that fails with EMFILE leaves SwiftNIO's listener readable
 /// with its read still pending, so it retries at once, forever (a core spinning until sockets
-/// close), and its accept back-off never engages. A node that closes connections past its
+/// close), and its accept back-off never engages. A server that closes connections past its
 /// limit as they arrive never runs out of descriptors, and accepting costs what the arrivals
-/// cost, no more. The count is kept without a callback per connection (see `GatewayCore`).
-enum ConnectionLimit {
-    static func defaultMaximum() -> Int {
+/// cost, no more.
+public enum ConnectionLimit {
+    public static func defaultMaximum() -> Int {
         var limit = rlimit()
         #if canImport(Glibc)
         let resource = Int32(RLIMIT_NOFILE.rawValue)
