@@ -73,7 +73,9 @@ struct ProxyChildChannel: ServerChildChannel, HTTPChannelHandler {
                 notUpgradingCompletionHandler: { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
-                        try channel.pipeline.syncOperations.addHandler(HTTPConnectionStateHandler(idleTimeout: nil, logger: logger))
+                        try channel.pipeline.syncOperations.addHandler(
+                            HTTPConnectionStateHandler(idleTimeout: .milliseconds(Int64(core.configuration.idleTimeout * 1000)), logger: logger)
+                        )
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
                             wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true)
                         )
@@ -86,6 +88,15 @@ struct ProxyChildChannel: ServerChildChannel, HTTPChannelHandler {
             pipeline.enablePipelining = false
             pipeline.enableErrorHandling = false
             let outcome = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: pipeline)
+            // A connection that never gets as far as a request (silent, or a request head sent a
+            // byte at a time) is closed: it would hold a descriptor and a slot forever. An upgrade
+            // may also spend the connect timeout reaching the upstream before it is answered.
+            let limit = core.configuration.handshakeTimeout + core.configuration.connectTimeout
+            let handshake = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(limit * 1e9))) {
+                core.metrics.handshakeTimeouts.increment()
+                channel.close(promise: nil)
+            }
+            outcome.whenComplete { _ in handshake.cancel() }
             return Value(outcome: outcome, channel: channel)
         }
     }

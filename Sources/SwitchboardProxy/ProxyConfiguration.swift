@@ -57,6 +57,12 @@ public struct ProxyConfiguration: Sendable {
     /// closed as they arrive, so the proxy never runs out of descriptors (see `ConnectionLimit`).
     /// Nil: the open-file limit less a reserve.
     public var maxConnections: Int?
+    /// Seconds a new client connection has to send its first request (an upgrade, or a plain
+    /// request for health or metrics); an upgrade also gets `connectTimeout` to reach the
+    /// upstream. Silent sockets are closed after it.
+    public var handshakeTimeout: Double = 10
+    /// Seconds a kept-alive HTTP connection (health checks, scrapes) may wait for its next request.
+    public var idleTimeout: Double = 60
     /// Close codes that mean "gone for now", not "done": an upstream closing with one is
     /// reconnected to, a client closing with one keeps its session for the grace period.
     /// A connection lost without a close frame always counts as transient.
@@ -89,6 +95,7 @@ public struct ProxyConfiguration: Sendable {
         for (name, value) in [
             ("--upstream-timeout", self.upstreamTimeout), ("--connect-timeout", self.connectTimeout),
             ("--backoff-initial", self.backoffInitial), ("--backoff-max", self.backoffMax), ("--ping-interval", self.pingInterval),
+            ("--handshake-timeout", self.handshakeTimeout), ("--idle-timeout", self.idleTimeout),
         ] where !(value > 0 && value <= Self.maxSeconds) {
             throw .init("\(name) must be a positive number of seconds up to \(Int(Self.maxSeconds)), got \(value)")
         }

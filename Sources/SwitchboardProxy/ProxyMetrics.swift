@@ -36,6 +36,8 @@ final class ProxyMetrics: Sendable {
     let upgradesRefused = Counter(label: "switchboard_proxy_upgrades_refused_total")
     /// Client connections closed as they arrived because the proxy held `maxConnections`.
     let overCapacity = Counter(label: "switchboard_proxy_connections_over_capacity_total")
+    /// Client connections closed because they sent no request within `--handshake-timeout`.
+    let handshakeTimeouts = Counter(label: "switchboard_proxy_handshake_timeouts_total")
     private let closes: [UInt16: Counter]
 
     /// Codes the proxy sends on its own behalf, counted by `switchboard_proxy_closes_total{code}`.

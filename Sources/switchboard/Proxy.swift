@@ -66,6 +66,19 @@ struct Proxy: AsyncParsableCommand {
             """
     )
     var maxConnections: Int?
+    @Option(
+        name: .customLong("handshake-timeout"),
+        help: """
+            Seconds a new client connection has to send its first request, plus the connect timeout for an upgrade \
+            (env SWITCHBOARD_PROXY_HANDSHAKE_TIMEOUT; default 10).
+            """
+    )
+    var handshakeTimeout: Double?
+    @Option(
+        name: .customLong("idle-timeout"),
+        help: "Seconds a kept-alive HTTP connection may wait for its next request (env SWITCHBOARD_PROXY_IDLE_TIMEOUT; default 60)."
+    )
+    var idleTimeout: Double?
     @Option(name: .customLong("ping-interval"), help: "Seconds between keepalive pings (env SWITCHBOARD_PROXY_PING_INTERVAL; default 15).")
     var pingInterval: Double?
     @Option(
@@ -119,6 +132,8 @@ struct Proxy: AsyncParsableCommand {
         c.maxMessageSize = try self.maxMessageSize ?? env.int("PROXY_MAX_MESSAGE_SIZE") ?? c.maxMessageSize
         c.maxSessions = try self.maxSessions ?? env.int("PROXY_MAX_SESSIONS") ?? c.maxSessions
         c.maxConnections = try self.maxConnections ?? env.int("PROXY_MAX_CONNECTIONS")
+        c.handshakeTimeout = try self.handshakeTimeout ?? env.double("PROXY_HANDSHAKE_TIMEOUT") ?? c.handshakeTimeout
+        c.idleTimeout = try self.idleTimeout ?? env.double("PROXY_IDLE_TIMEOUT") ?? c.idleTimeout
         c.pingInterval = try self.pingInterval ?? env.double("PROXY_PING_INTERVAL") ?? c.pingInterval
         if let codes = self.transientCloseCodes ?? env["PROXY_TRANSIENT_CLOSE_CODES"] {
             c.transientCloseCodes = Set(

@@ -108,6 +108,34 @@ struct ProxyCommandTests {
         }
     }
 
+    /// A client connection that never sends a request, or sends its request head a byte at a
+    /// time, is closed after the handshake timeout; one that sends a request is served.
+    @Test func silentAndSlowConnectionsAreClosedAfterTheHandshakeTimeout() async throws {
+        let port = try await freePort()
+        let (process, _) = try Self.run([
+            "proxy", "--upstream", "ws://127.0.0.1:1/nowhere", "--port", String(port), "--log-level", "error", "--handshake-timeout", "1",
+            "--connect-timeout", "0.5",
+        ])
+        defer { if process.isRunning { process.terminate() } }
+        try await waitFor("the proxy to listen") { (try? await Self.get("http://127.0.0.1:\(port)/health").status) == 200 }
+        let silent = try ProcessProbes.silentSocket(port: port)
+        let slow = try ProcessProbes.silentSocket(port: port)
+        defer {
+            close(silent)
+            close(slow)
+        }
+        let started = ContinuousClock.now
+        for byte in Array("GET /health HTTP/1.1\r\n".utf8) {
+            guard !ProcessProbes.closedByPeer(slow) else { break }
+            _ = withUnsafePointer(to: byte) { send(slow, $0, 1, Int32(MSG_NOSIGNAL)) }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        try await waitFor("both to be closed", timeout: .seconds(5)) { ProcessProbes.closedByPeer(silent) && ProcessProbes.closedByPeer(slow) }
+        #expect(ContinuousClock.now - started >= .milliseconds(1400), "closed before the timeout (1 s + 0.5 s)")
+        let metrics = try await Self.get("http://127.0.0.1:\(port)/metrics").body
+        #expect(metrics.contains("switchboard_proxy_handshake_timeouts_total 2"), "\(metrics)")
+    }
+
     @Test func badSettingsStopTheProcessWithTheOptionNamed() async throws {
         for (arguments, message) in [
             (["proxy", "--upstream", "http://127.0.0.1:1/x"], "--upstream must be a ws:// or wss:// URL"),
