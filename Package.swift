@@ -34,10 +34,14 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
-        // Frame codec: HEAD|TARGET|META|BODY over ByteBuffer. Depends on NIOCore only.
+        // Frame codec: HEAD|TARGET|META|BODY over ByteBuffer, and what every server shares (the
+        // connection limit). Depends on NIOCore and NIOConcurrencyHelpers only.
         .target(
             name: "SwitchboardWire",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         // Redis client on SwiftNIO: RESP3, pipelining, pub/sub, scripts.
         .target(

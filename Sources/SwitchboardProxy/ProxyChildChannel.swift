@@ -30,13 +30,13 @@ struct ProxyChildChannel: ServerChildChannel, HTTPChannelHandler {
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         let core = self.core
-        guard core.connectionAccepted() else {
+        guard core.connectionLimit.accepted() else {
             core.metrics.overCapacity.increment()
             // Closed here: a failed initializer alone leaves the accepted socket open.
             channel.close(promise: nil)
             return channel.eventLoop.makeFailedFuture(OverCapacity())
         }
-        channel.closeFuture.whenComplete { _ in core.connectionEnded() }
+        channel.closeFuture.whenComplete { _ in core.connectionLimit.ended() }
         return channel.eventLoop.makeCompletedFuture {
             let refusal = NIOLockedValueBox<ProxyCore.Refusal?>(nil)
             let admitted = NIOLockedValueBox<ProxySession?>(nil)

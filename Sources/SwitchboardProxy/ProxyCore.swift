@@ -16,8 +16,7 @@ final class ProxyCore: Sendable {
     private let sessions = NIOLockedValueBox<[String: ProxySession]>([:])
     private let draining = NIOLockedValueBox(false)
     /// Client connections held (accepted and not yet closed), and how many may be.
-    private let connections = NIOLockedValueBox(0)
-    let maxConnections: Int
+    let connectionLimit: ConnectionLimit
 
     /// The request header and query parameter a client resumes its session with.
     static let sessionHeader = "Switchboard-Proxy-Session"
@@ -32,21 +31,7 @@ final class ProxyCore: Sendable {
             url: configuration.upstream, maxMessageSize: configuration.maxMessageSize, connectTimeout: configuration.connectTimeout, group: group
         )
         self.logger = logger
-        self.maxConnections = configuration.maxConnections ?? ConnectionLimit.defaultMaximum()
-    }
-
-    /// Counts an accepted connection in; false when `maxConnections` are held (the caller
-    /// closes it). Every `true` is matched by one `connectionEnded()`.
-    func connectionAccepted() -> Bool {
-        self.connections.withLockedValue { n in
-            guard n < self.maxConnections else { return false }
-            n += 1
-            return true
-        }
-    }
-
-    func connectionEnded() {
-        self.connections.withLockedValue { $0 -= 1 }
+        self.connectionLimit = ConnectionLimit(maximum: configuration.maxConnections)
     }
 
     var isDraining: Bool { self.draining.withLockedValue { $0 } }

@@ -1,3 +1,5 @@
+import NIOConcurrencyHelpers
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -13,7 +15,29 @@ import Darwin
 /// close), and its accept back-off never engages. A server that closes connections past its
 /// limit as they arrive never runs out of descriptors, and accepting costs what the arrivals
 /// cost, no more.
-public enum ConnectionLimit {
+public final class ConnectionLimit: Sendable {
+    public let maximum: Int
+    private let held = NIOLockedValueBox(0)
+
+    /// `maximum` connections at once; nil: `defaultMaximum()`.
+    public init(maximum: Int? = nil) {
+        self.maximum = maximum ?? Self.defaultMaximum()
+    }
+
+    /// Counts an accepted connection in; false when `maximum` are held already (the caller
+    /// closes it). Every `true` is matched by one `ended()`.
+    public func accepted() -> Bool {
+        self.held.withLockedValue { n in
+            guard n < self.maximum else { return false }
+            n += 1
+            return true
+        }
+    }
+
+    public func ended() {
+        self.held.withLockedValue { $0 -= 1 }
+    }
+
     public static func defaultMaximum() -> Int {
         var limit = rlimit()
         #if canImport(Glibc)

@@ -133,7 +133,7 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         self.state = .closed
         self.loopHub.unregister(self)
         // Counted in at the accept (GatewayChildChannel.setup), out here for every WebSocket.
-        self.core.connectionEnded()
+        self.core.connectionLimit.ended()
         self.core.metrics.connectionsOpen.decrement()
         self.core.metrics.connectionClosed(code: self.closeCode)
         if self.echo {

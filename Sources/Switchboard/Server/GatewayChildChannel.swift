@@ -34,7 +34,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
     struct OverCapacity: Error {}
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        guard self.core.connectionAccepted() else {
+        guard self.core.connectionLimit.accepted() else {
             self.core.metrics.overCapacity.increment()
             // Closed here: a failed initializer alone leaves the accepted socket open.
             channel.close(promise: nil)
@@ -42,7 +42,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
         }
         let setup = channel.eventLoop.makeCompletedFuture { try self.configure(channel, logger: logger) }
         setup.whenFailure { _ in
-            self.core.connectionEnded()
+            self.core.connectionLimit.ended()
             channel.close(promise: nil)
         }
         return setup
@@ -109,7 +109,7 @@ struct GatewayChildChannel: ServerChildChannel, HTTPChannelHandler {
             logger.debug("connection setup failed", metadata: ["error": "\(error)"])
             try? await value.channel.close()
         }
-        self.core.connectionEnded()
+        self.core.connectionLimit.ended()
     }
 
     /// A refused upgrade gets a real HTTP status and a JSON reason, then the socket closes.

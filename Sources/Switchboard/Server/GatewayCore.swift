@@ -32,8 +32,7 @@ final class GatewayCore: Sendable {
     /// Connections between their accept and their first request head (or upgrade).
     private let handshakes = NIOLockedValueBox(0)
     /// Connections the node holds (HTTP and WebSocket), and how many it may.
-    private let connections = NIOLockedValueBox(0)
-    let maxConnections: Int
+    let connectionLimit: ConnectionLimit
     let metrics: GatewayMetrics
 
     struct Bookkeeping {
@@ -66,22 +65,7 @@ final class GatewayCore: Sendable {
             NIOLockedValueBox(TokenBucket(burst: configuration.connectionBurst ?? max(1, rate)))
         }
         self.metrics = metrics
-        self.maxConnections = configuration.maxConnections ?? ConnectionLimit.defaultMaximum()
-    }
-
-    /// Counts an accepted connection in; false when the node already holds `maxConnections`
-    /// (the caller closes it). Every `true` is matched by one `connectionEnded()`: when the
-    /// HTTP exchange ends, or when the WebSocket handler is torn down.
-    func connectionAccepted() -> Bool {
-        self.connections.withLockedValue { n in
-            guard n < self.maxConnections else { return false }
-            n += 1
-            return true
-        }
-    }
-
-    func connectionEnded() {
-        self.connections.withLockedValue { $0 -= 1 }
+        self.connectionLimit = ConnectionLimit(maximum: configuration.maxConnections)
     }
 
     /// Whether the connection-rate limit lets one more upgrade in now.
