@@ -71,13 +71,20 @@ struct HardeningTests {
     @Test func anExpiredTokenIsEnforcedAtItsExpiryNotAtThePingTick() async throws {
         // Pings every hour: only the expiry itself can close these connections.
         try await TestApp.withNode { node in
-            let expiry = Date().timeIntervalSince1970 + 4
-            let token = try await Self.token(RawClaims(sub: "ann", exp: expiry), secret: node.secret)
-            let (busy, _) = try await Self.upgraded(node, token: token)
-            let (idle, _) = try await Self.upgraded(node, token: token)
+            // Open with a long-lived token, then refresh both to a short one: the expiry then
+            // starts after the connections are open, however slow the machine is to open them.
+            let long = try await Self.token(RawClaims(sub: "ann", exp: Date().timeIntervalSince1970 + 3600), secret: node.secret)
+            let (busy, _) = try await Self.upgraded(node, token: long)
+            let (idle, _) = try await Self.upgraded(node, token: long)
             for _ in 0..<4 {
                 _ = try await busy.nextText()
                 _ = try await idle.nextText()
+            }
+            let expiry = Date().timeIntervalSince1970 + 3
+            let token = try await Self.token(RawClaims(sub: "ann", exp: expiry), secret: node.secret)
+            for ws in [busy, idle] {
+                try await ws.send("AUTH|/|r=0|\(token)")
+                #expect(Parsed(try await ws.nextText()).head == "AUTH200")
             }
             try await Task.sleep(for: .seconds(max(0, expiry - Date().timeIntervalSince1970) + 0.05))
             // A request right after the expiry is not served: the connection closes with 4401.
