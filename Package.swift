@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "SwitchboardClient", targets: ["SwitchboardClient"]),
         .library(name: "SwitchboardTesting", targets: ["SwitchboardTesting"]),
         .library(name: "SwitchboardProxy", targets: ["SwitchboardProxy"]),
+        .library(name: "SwitchboardBridge", targets: ["SwitchboardBridge"]),
         .executable(name: "switchboard", targets: ["switchboard"]),
         .executable(name: "switchboard-chat", targets: ["SwitchboardChat"]),
     ],
@@ -32,6 +33,7 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // Frame codec: HEAD|TARGET|META|BODY over ByteBuffer, and what every server shares (the
@@ -93,6 +95,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The HTTP backend bridge (docs/backend.md): request frames no route answers, and stream
+        // rules' backend decisions, asked of the application's HTTP backend over a pooled client.
+        .target(
+            name: "SwitchboardBridge",
+            dependencies: [
+                "Switchboard", "SwitchboardWire",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Swift client: reconnect with backoff, resume, dedupe, acks, requests.
         .target(
             name: "SwitchboardClient",
@@ -148,6 +166,7 @@ let package = Package(
                 "SwitchboardRedis",
                 "RESP",
                 "SwitchboardProxy",
+                "SwitchboardBridge",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -244,8 +263,9 @@ let package = Package(
         .testTarget(
             name: "SwitchboardTests",
             dependencies: [
-                "Switchboard", "SwitchboardClient", "SwitchboardTesting",
+                "Switchboard", "SwitchboardClient", "SwitchboardTesting", "SwitchboardBridge", "SwitchboardRedis", "RedisTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Reproduces docs/benchmarks.md: builds the release binary, starts what each scenario needs on
 # loopback, runs the load tool and prints its JSON summaries.
-#   bash scripts/bench.sh [idle|fanout|steady|redis|cluster|peer|all]
+#   bash scripts/bench.sh [idle|fanout|steady|redis|cluster|peer|bridge|all]
 # `peer` runs the fan-out scenario against Switchboard, a Node `ws` reference server
 # (scripts/peer/ws-reference.cjs, Debian's node-ws) and the C floor of bare write() calls
 # (scripts/peer/writecost.c), in one run, so ratios are measured, not remembered.
+# `bridge` measures a request answered by an Express backend through the gateway (a WebSocket
+# frame) against the same request sent straight to it over HTTP keep-alive (scripts/peer/
+# bridge-backend.cjs, Debian's node-express), from one load-tool process, in alternating rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -44,6 +47,19 @@ if [[ $what == steady || $what == all ]]; then
   echo "# steady: 1,000 subscribers, 20 messages/s = 20,000 deliveries/s"
   "$bin" bench fanout --url ws://127.0.0.1:18082/ws --server-pid "$server" --subscribers 1000 --processes 2 \
     --duration 20 --rate 20 2>/dev/null | tail -1
+  kill "$server"
+fi
+if [[ $what == bridge || $what == all ]]; then
+  [ -f /usr/share/nodejs/express/package.json ] || { echo "bridge: needs Debian's node-express (apt-get install node-express)"; exit 1; }
+  NODE_PATH=/usr/share/nodejs command node scripts/peer/bridge-backend.cjs 18090 >/dev/null &
+  pids+=($!)
+  "$bin" serve --allow-anonymous --port 18091 --log-level warning --request-rate 1000000 --request-burst 100000 \
+    --max-in-flight 1024 --backend http://127.0.0.1:18090 >/dev/null 2>&1 &
+  pids+=($!)
+  server=$!
+  sleep 1
+  echo "# bridge: 16 connections x 4 in flight, through the gateway and straight to the backend"
+  "$bin" bench bridge --url ws://127.0.0.1:18091/ws --backend 127.0.0.1:18090 --connections 16 --window 4 --duration 5 --rounds 3
   kill "$server"
 fi
 if [[ $what == peer || $what == all ]]; then

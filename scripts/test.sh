@@ -49,8 +49,12 @@ if wants swift; then
   [ -x /usr/bin/openssl ] || packages+=(openssl)
 fi
 if wants browser; then need_tool redis-server redis-server; need_tool nginx nginx; need_tool chromium chromium; need_tool chromedriver chromium-driver; fi
-# Only the JavaScript client's tests run Node.js; no Swift test starts it.
-if wants js; then have node || problems+=("node: Node.js 20 (apt-get install nodejs, or nodejs.org), or leave out 'js'"); fi
+# The JavaScript client's tests run Node.js, and so do the backend-bridge tests of 'swift' and
+# 'browser' (an Express application: Debian's node-express, found through NODE_PATH).
+if wants js || wants swift || wants browser; then
+  have node || problems+=("node: Node.js 20 (apt-get install nodejs, or nodejs.org)")
+  [ -f /usr/share/nodejs/express/package.json ] || packages+=(node-express)
+fi
 if wants autobahn || wants fuzz; then need_tool gcc build-essential; need_tool curl curl; fi
 # python3 runs the OpenAPI and README checks of 'swift' (after its long build) and, in .build-venv,
 # the browser and proxy tests; a venv needs ensurepip, which Debian ships apart, in python3-venv.

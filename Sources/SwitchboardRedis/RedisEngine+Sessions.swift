@@ -66,8 +66,8 @@ extension RedisEngine {
     /// its TTL, no longer (an expired session must not keep others' history from being trimmed).
     func endHolds(ofSession id: String) async {
         guard let fields = try? await self.backend.hgetall(self.sessionKey(id)) else { return }
-        // Only streams trimmed by acks have holds (not /broadcast).
-        let streams = fields.keys.filter { $0.hasPrefix("c:") }.map { String($0.dropFirst(2)) }.filter(BuiltinStream.isTrimmedByAcks)
+        // Only streams trimmed by acks have holds (not /broadcast, not a `log` stream).
+        let streams = fields.keys.filter { $0.hasPrefix("c:") }.map { String($0.dropFirst(2)) }.filter { self.limits($0).trimsByAcks }
         await withTaskGroup(of: Void.self) { group in
             for stream in streams {
                 group.addTask {

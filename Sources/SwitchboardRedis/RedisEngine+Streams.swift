@@ -26,6 +26,23 @@ extension RedisEngine {
     }
 
     var ms: (Double) -> Int { { Int(($0 * 1000).rounded()) } }
+
+    /// What `stream`'s rule keeps: its history size, its age in ms, and whether acks trim it.
+    struct Limits {
+        let size: Int, ageMs: Int, trimsByAcks: Bool
+    }
+
+    func limits(_ stream: String) -> Limits {
+        let storage = self.storage.withLockedValue { $0 }.storage(of: stream)
+        let c = self.configuration
+        return Limits(
+            size: max(0, storage.historySize ?? c.historySize), ageMs: max(1, self.ms(min(storage.historyAge ?? c.historyAge, 1e12))),
+            trimsByAcks: storage.trimsByAcks(stream))
+    }
+
+    public func useStorage(_ policy: StreamStoragePolicy) {
+        self.storage.withLockedValue { $0 = policy }
+    }
     var streamTTLms: Int { self.configuration.streamIdleTTL > 0 ? max(1, self.ms(self.configuration.streamIdleTTL)) : 0 }
 
     // MARK: streams
@@ -35,10 +52,11 @@ extension RedisEngine {
         var keys = k.scriptKeys
         if let idempotencyKey { keys.append(k.idempotency(idempotencyKey)) }
         let c = self.configuration
+        let limits = self.limits(stream)
         let reply = try await self.run(
             RedisScripts.publish, keys: keys,
             args: [
-                .bytes(body), .string(Self.newEpoch()), .int(max(0, c.historySize)), .int(self.ms(c.historyAge)),
+                .bytes(body), .string(Self.newEpoch()), .int(limits.size), .int(limits.ageMs),
                 // Session streams share a pattern subscription on a single Redis: classic PUBLISH.
                 .int(max(1, self.ms(c.idempotencyTTL))), .string(k.channel),
                 .int(self.backend.sharded && !self.isSharedSessionStream(stream) ? 1 : 0),
@@ -54,11 +72,12 @@ extension RedisEngine {
     public func read(_ stream: String, after offset: Int64, epoch: String?, tag: String?, limit: Int) async throws -> HistoryRead {
         let k = self.keys(stream)
         let after = max(0, offset)
+        let limits = self.limits(stream)
         let reply = try await self.run(
             RedisScripts.read, keys: k.scriptKeys,
             args: [
-                .int(Int(after)), .string(Self.newEpoch()), .int(max(0, limit)), .int(self.ms(self.configuration.historyAge)),
-                .string(epoch ?? ""), .int(self.streamTTLms), .int(max(0, self.configuration.historySize)), .string(tag ?? ""),
+                .int(Int(after)), .string(Self.newEpoch()), .int(max(0, limit)), .int(limits.ageMs),
+                .string(epoch ?? ""), .int(self.streamTTLms), .int(limits.size), .string(tag ?? ""),
             ])
         guard let a = reply.array, a.count >= 3, (a.count - 3) % 4 == 0, let e = a[0].string, let top = Self.offset(a[1]), let gone = a[2].int else {
             throw EngineError.unavailable("unexpected read reply: \(reply)")
@@ -103,7 +122,7 @@ extension RedisEngine {
     public func ack(session: String, stream: String, offset: Int64) async throws {
         let sessionKey = [self.sessionKey(session)]
         let cursorArgs: [RESPArgument] = [.string("c:" + stream), .int(Int(offset))]
-        guard BuiltinStream.isTrimmedByAcks(stream) else {
+        guard self.limits(stream).trimsByAcks else {
             _ = try await self.run(RedisScripts.sessionCursor, keys: sessionKey, args: cursorArgs)
             return
         }

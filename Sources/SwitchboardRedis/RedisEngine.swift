@@ -35,6 +35,8 @@ public final class RedisEngine: SwitchboardEngine {
     let state = NIOLockedValueBox(State())
     /// Rollbacks of a stream's history this node detected (each started a new epoch).
     let rollbacks = NIOLockedValueBox(0)
+    /// Each stream's history size, age and retention (the gateway's stream rules).
+    let storage = NIOLockedValueBox(StreamStoragePolicy.standard)
     public var rollbacksDetected: Int { self.rollbacks.withLockedValue { $0 } }
 
     /// A stream's channel subscription: the task while SUBSCRIBE is on its way, then only the

@@ -34,6 +34,7 @@ public struct TestNode: Sendable {
         configuration: GatewayConfiguration = .init(),
         engine: any SwitchboardEngine = MemoryEngine(),
         secret: String = TestNode.defaultSecret,
+        backend: (any SwitchboardBackend)? = nil,
         logLevel: Logger.Level = .warning,
         _ body: @Sendable (TestNode) async throws -> Result
     ) async throws -> Result {
@@ -43,7 +44,8 @@ public struct TestNode: Sendable {
         var logger = Logger(label: "switchboard.test")
         logger.logLevel = logLevel
         let verifier = try await TokenVerifier.hs256(secret: secret)
-        let gateway = Gateway(router: router, configuration: configuration, engine: engine, verifier: verifier, drainWindow: 0.2, logger: logger)
+        let gateway = Gateway(
+            router: router, configuration: configuration, engine: engine, verifier: verifier, backend: backend, drainWindow: 0.2, logger: logger)
         let group = ServiceGroup(configuration: .init(services: [gateway], logger: logger))
         return try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await group.run() }

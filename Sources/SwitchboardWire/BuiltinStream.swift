@@ -11,8 +11,16 @@ public enum BuiltinStream {
     /// Messages to one session (its live connection, across reconnects).
     public static func session(_ session: String) -> String { sessionPrefix + PathSegment.encode(session) }
 
+    /// `/broadcast`, a user's stream (`/users/<user>`: one segment; deeper paths such as
+    /// `/users/ann/notes` are ordinary streams, under stream rules) and every `/sessions/…` path.
     public static func isBuiltin(_ stream: String) -> Bool {
-        stream == broadcast || stream.hasPrefix(userPrefix) || stream.hasPrefix(sessionPrefix)
+        stream == broadcast || isUserStream(stream) || stream.hasPrefix(sessionPrefix)
+    }
+
+    /// `/users/<one segment>`.
+    public static func isUserStream(_ stream: String) -> Bool {
+        stream.hasPrefix(userPrefix) && stream.utf8.count > userPrefix.utf8.count
+            && !stream.utf8.dropFirst(userPrefix.utf8.count).contains(UInt8(ascii: "/"))
     }
 
     /// A session's own stream has one consumer, that session.

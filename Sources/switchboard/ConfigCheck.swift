@@ -33,8 +33,23 @@ struct Config: AsyncParsableCommand {
                 "origins: \(g.allowedOrigins.isEmpty ? "any" : g.allowedOrigins.joined(separator: ", "))",
                 "server API keys: \(s.apiKeys.count)",
             ]
-            if s.jwtSecret == nil && s.jwtJWKS == nil && !g.allowAnonymous {
-                lines.append("warning: no jwt-secret, jwt-jwks or allow-anonymous: every connection would be refused")
+            for rule in g.streamRules?.rules ?? [] {
+                let history =
+                    rule.storage.historySize == 0
+                    ? "no history"
+                    : "history \(rule.storage.historySize.map(String.init) ?? "default") messages, \(rule.storage.historyAge.map { "\($0) s" } ?? "default age")"
+                lines.append(
+                    "stream \(rule.pattern): subscribe \(rule.subscribe.rawValue), publish \(rule.publish.rawValue), presence \(rule.presence ? "on" : "off"), \(history), retention \(rule.storage.retention.rawValue)"
+                )
+            }
+            if let b = s.backend {
+                let targets = b.targets.map { "\($0.prefix)=\($0.url.absoluteString)" }.joined(separator: ", ")
+                lines.append(
+                    "backend: \(targets); \(b.secret == nil ? "unsigned (no backend-secret)" : "signed"), timeout \(b.timeout) s, \(b.maxInFlight) in flight"
+                )
+            }
+            if s.jwtSecret == nil && s.jwtJWKS == nil && !g.allowAnonymous && s.backend?.connectHook == nil {
+                lines.append("warning: no jwt-secret, jwt-jwks, backend-connect-hook or allow-anonymous: every connection would be refused")
             }
             print(lines.joined(separator: "\n"))
         }

@@ -12,6 +12,7 @@ struct ConfigFile {
         case number = "a number"
         case boolean = "true or false"
         case strings = "an array of strings"
+        case objects = "an array of objects"
     }
 
     /// A value as the file holds it (JSONDecoder tells booleans, integers and numbers apart).
@@ -22,7 +23,7 @@ struct ConfigFile {
         case number(Double)
         case string(String)
         case array([Value])
-        case object
+        case object([String: Value])
 
         init(from decoder: any Decoder) throws {
             let c = try decoder.singleValueContainer()
@@ -39,8 +40,7 @@ struct ConfigFile {
             } else if let a = try? c.decode([Value].self) {
                 self = .array(a)
             } else {
-                _ = try c.decode([String: Value].self)
-                self = .object
+                self = .object(try c.decode([String: Value].self))
             }
         }
     }
@@ -85,6 +85,12 @@ struct ConfigFile {
         self.values = object
     }
 
+    /// The objects of an `.objects` key.
+    func objects(_ key: String) -> [[String: Value]]? {
+        guard case .array(let items)? = self.values[key] else { return nil }
+        return items.compactMap { if case .object(let o) = $0 { o } else { nil } }
+    }
+
     func string(_ key: String) -> String? {
         if case .string(let s)? = self.values[key] { return s }
         return nil
@@ -117,6 +123,7 @@ struct ConfigFile {
         switch (kind, value) {
         case (.string, .string), (.boolean, .bool), (.integer, .integer), (.number, .integer), (.number, .number): return true
         case (.strings, .array(let items)): return items.allSatisfy { if case .string = $0 { true } else { false } }
+        case (.objects, .array(let items)): return items.allSatisfy { if case .object = $0 { true } else { false } }
         default: return false
         }
     }

@@ -6,6 +6,7 @@ import Metrics
 import Prometheus
 import ServiceLifecycle
 import Switchboard
+import SwitchboardBridge
 import SwitchboardRedis
 
 /// `switchboard serve`: one node. Every option can also come from the environment
@@ -97,6 +98,36 @@ struct Serve: AsyncParsableCommand {
         name: .customLong("echo-path"),
         help: "Serve a WebSocket echo endpoint here, for conformance tests (env SWITCHBOARD_ECHO_PATH; off by default; never in production).")
     var echoPath: String?
+    @Option(
+        name: .customLong("backend"),
+        help:
+            "HTTP backend for request frames no route answers and rules' backend hooks: URL or /prefix=URL; repeatable (env SWITCHBOARD_BACKENDS, comma-separated; file \"backends\"). See docs/backend.md."
+    ) var backends: [String] = []
+    @Option(
+        name: .customLong("backend-secret"), help: "Key of the HMAC signature the backend verifies (env SWITCHBOARD_BACKEND_SECRET).")
+    var backendSecret: String?
+    @Option(name: .customLong("backend-timeout"), help: "Seconds the backend has to answer; then 504 (env SWITCHBOARD_BACKEND_TIMEOUT).")
+    var backendTimeout: Double?
+    @Option(
+        name: .customLong("backend-max-in-flight"), help: "Backend requests in flight per node; then 503 (env SWITCHBOARD_BACKEND_MAX_IN_FLIGHT).")
+    var backendMaxInFlight: Int?
+    @Option(
+        name: .customLong("backend-max-in-flight-per-connection"),
+        help: "Backend requests in flight per connection; then 429 (env SWITCHBOARD_BACKEND_MAX_IN_FLIGHT_PER_CONNECTION).")
+    var backendMaxInFlightPerConnection: Int?
+    @Option(
+        name: .customLong("backend-meta"),
+        help: "Frame META key sent to the backend as Switchboard-Meta-<key>; repeatable (env SWITCHBOARD_BACKEND_META; file \"backend-meta\").")
+    var backendMeta: [String] = []
+    @Option(
+        name: .customLong("backend-disconnect-hook"),
+        help: "Path on the backend notified when a connection closes (env SWITCHBOARD_BACKEND_DISCONNECT_HOOK; off by default).")
+    var backendDisconnectHook: String?
+    @Option(
+        name: .customLong("backend-connect-hook"),
+        help:
+            "Path on the backend that names the user of an upgrade without a token, from its cookies (env SWITCHBOARD_BACKEND_CONNECT_HOOK; off by default)."
+    ) var backendConnectHook: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (env SWITCHBOARD_LOG_LEVEL).") var logLevel:
         String?
 
@@ -110,7 +141,10 @@ struct Serve: AsyncParsableCommand {
         "connection-rate": .number, "connection-burst": .number, "max-connections-per-user": .integer,
         "max-subscriptions": .integer, "max-in-flight": .integer, "drain-window": .number, "echo-path": .string,
         "log-level": .string, "handshake-timeout": .number, "request-timeout": .number, "idle-timeout": .number,
-        "max-handshakes": .integer, "max-connections": .integer,
+        "max-handshakes": .integer, "max-connections": .integer, "streams": .objects, "backends": .strings,
+        "backend-secret": .string, "backend-timeout": .number, "backend-max-in-flight": .integer, "backend-max-in-flight-per-connection": .integer,
+        "backend-meta": .strings,
+        "backend-disconnect-hook": .string, "backend-connect-hook": .string,
     ]
 
     /// Everything a node is started with, resolved from flags, environment, file and defaults.
@@ -126,6 +160,7 @@ struct Serve: AsyncParsableCommand {
         var userRequestBurst: Double?
         var drainWindow: Double = 5
         var logLevel: Logger.Level = .info
+        var backend: BackendConfiguration?
     }
 
     /// Resolves and validates every option; each error names the option and the bad value.
@@ -211,6 +246,7 @@ struct Serve: AsyncParsableCommand {
             throw ConfigError("--log-level must be one of trace, debug, info, notice, warning, error, critical; got '\(level)'")
         }
         s.logLevel = parsed
+        try self.bridgeSettings(o, file: file, into: &s)
         return s
     }
 
@@ -266,8 +302,8 @@ struct Serve: AsyncParsableCommand {
         metricsFactory.durationHistogramBuckets.merge(Gateway.durationHistogramBuckets) { $1 }
         MetricsSystem.bootstrap(metricsFactory)
 
-        if verifier == nil && !settings.gateway.allowAnonymous {
-            logger.warning("no --jwt-secret or --jwt-jwks and no --allow-anonymous: every connection will be refused")
+        if verifier == nil && !settings.gateway.allowAnonymous && settings.backend?.connectHook == nil {
+            logger.warning("no --jwt-secret, --jwt-jwks, --backend-connect-hook or --allow-anonymous: every connection will be refused")
         }
         if settings.gateway.echoPath != nil {
             logger.warning("echo endpoint on \(settings.gateway.echoPath!): for conformance tests only")
@@ -286,15 +322,24 @@ struct Serve: AsyncParsableCommand {
         if let rate = settings.userRequestRate {
             router.add(middleware: UserRateLimitMiddleware(rate: rate, burst: settings.userRequestBurst ?? max(1, 2 * rate)))
         }
+        // Stream rules (the file's `streams`, or `/streams/**` open as before), then the backend
+        // for request frames no route answers.
+        router.add(middleware: StreamRulesMiddleware())
+        router.add(middleware: BackendFallbackMiddleware())
         MetricsRoutes.add(to: router, registry: registry)
-        StandardRoutes.add(to: router, options: .init(apiKeys: settings.apiKeys, openStreams: true))
+        StandardRoutes.add(to: router, options: .init(apiKeys: settings.apiKeys, openStreams: false))
 
+        let backend = settings.backend.map {
+            HTTPBackend(configuration: $0, eventLoopGroup: Gateway.defaultEventLoopGroup, logger: logger)
+        }
         let gateway = Gateway(
-            router: router, configuration: settings.gateway, engine: engine, verifier: verifier,
+            router: router, configuration: settings.gateway, engine: engine, verifier: verifier, backend: backend,
             drainWindow: settings.drainWindow, logger: logger
         )
+        // The backend's pool closes after the gateway drained (services stop in reverse order).
         let services = ServiceGroup(
-            configuration: .init(services: [gateway], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration: .init(
+                services: (backend.map { [$0 as any Service] } ?? []) + [gateway], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await services.run()
     }

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import unittest
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -77,14 +78,32 @@ class Workdir:
 
 
 class Process:
-    def __init__(self, name, argv, workdir, cwd=None):
+    """One child process, its output in `workdir`/`name`.log; `env` adds to (or overrides) the inherited environment."""
+
+    def __init__(self, name, argv, workdir, cwd=None, env=None):
         self.name, self.argv, self.workdir, self.cwd = name, argv, workdir, cwd
+        self.env = None if env is None else {**os.environ, **env}
         self.proc = None
         self.log = workdir.path / f"{name}.log"
 
     def start(self):
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, start_new_session=True)
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
+                                         start_new_session=True)
+
+    def start_when_ready(self, probe_url, timeout, what):
+        """Process.start, then wait until GET `probe_url` answers 200; RuntimeError with the log's tail when the
+        process exits first. Returns self."""
+        Process.start(self)
+
+        def ready():
+            if not self.alive():
+                return "exited"
+            return http("GET", probe_url, timeout=2)[0] == 200
+
+        if wait_until(ready, timeout, what) == "exited":
+            raise RuntimeError(f"{self.name} exited at start:\n{self.tail()}")
+        return self
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
         if self.proc is None or self.proc.poll() is not None:
@@ -104,6 +123,21 @@ class Process:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+class HttpProcess(Process):
+    """A Process serving HTTP on 127.0.0.1:`self.port`."""
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+
+class SwitchboardNode(HttpProcess):
+    """A switchboard server (a chat node or a gateway): started once its /health/ready answers 200."""
+
+    def start(self):
+        return self.start_when_ready(self.url + "/health/ready", 30, f"{self.name} to be ready")
 
 
 class Redis(Process):
@@ -129,7 +163,7 @@ class Redis(Process):
         return self
 
 
-class ChatNode(Process):
+class ChatNode(SwitchboardNode):
     """One `switchboard-chat` process (in-memory engine unless `redis` is given)."""
 
     def __init__(self, workdir, name="chat", redis=None, extra=()):
@@ -140,24 +174,8 @@ class ChatNode(Process):
             argv += ["--redis-url", redis.url]
         super().__init__(name, argv, workdir, cwd=str(ROOT))
 
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
 
-    def start(self):
-        super().start()
-
-        def ready():
-            if not self.alive():
-                return "exited"
-            return http("GET", self.url + "/health/ready", timeout=2)[0] == 200
-
-        if wait_until(ready, 30, f"{self.name} to be ready") == "exited":
-            raise RuntimeError(f"{self.name} exited at start:\n{self.tail()}")
-        return self
-
-
-class Nginx(Process):
+class Nginx(HttpProcess):
     """docs/deploy/nginx.conf (no sticky sessions) in front of `nodes`, on a free port."""
 
     def __init__(self, workdir, nodes):
@@ -186,10 +204,6 @@ class Nginx(Process):
         binary = which("nginx", "/usr/sbin/nginx")
         super().__init__("nginx", [binary, "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "nginx-error.log"),
                                    "-g", "daemon off;"], workdir)
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self):
         super().start()
@@ -243,17 +257,25 @@ class ChatPage:
     def offsets(self):
         return self.js("return [...document.querySelectorAll('#messages li.message')].map(li => Number(li.dataset.offset));")
 
+    def data(self, element_id, key):
+        """The data-`key` attribute of #`element_id`, or None (absent or empty)."""
+        return self.js("return document.getElementById(arguments[0]).dataset[arguments[1]] || null;", element_id, key)
+
+    def users(self, list_id):
+        """data-user of every li of #`list_id` (a presence list), top to bottom."""
+        return self.js("return [...document.querySelectorAll('#' + arguments[0] + ' li')].map(li => li.dataset.user);", list_id)
+
     def state(self):
-        return self.js("return document.getElementById('status').dataset.state;")
+        return self.data("status", "state")
 
     def node(self):
-        return self.js("return document.getElementById('node').dataset.node || null;")
+        return self.data("node", "node")
 
     def room(self):
         return self.js("const r = document.getElementById('room'); return r.hidden ? null : document.getElementById('room-title').dataset.room;")
 
     def presence(self):
-        return self.js("return [...document.querySelectorAll('#presence li')].map(li => li.dataset.user);")
+        return self.users("presence")
 
     def notice(self):
         return self.js("return document.getElementById('notice').textContent;")
@@ -273,10 +295,13 @@ class ChatPage:
         self.driver.get(url)
         wait_until(lambda: self.js("return document.readyState") == "complete", 15, f"{self.label}: page load")
 
+    SIGN_IN_FORM = "sign-in"  # the id of the form with the #name box
+
     def sign_in(self, name):
-        wait_until(lambda: self.driver.find_element(By.ID, "name").is_displayed(), 15, f"{self.label}: the sign-in form")
+        form = self.SIGN_IN_FORM
+        wait_until(lambda: self.driver.find_element(By.ID, "name").is_displayed(), 15, f"{self.label}: the {form} form")
         self.driver.find_element(By.ID, "name").send_keys(name)
-        self.driver.find_element(By.CSS_SELECTOR, "#sign-in button[type=submit]").click()
+        self.driver.find_element(By.CSS_SELECTOR, f"#{form} button[type=submit]").click()
         self.wait_connected()
 
     def wait_connected(self, timeout=30):
@@ -300,10 +325,14 @@ class ChatPage:
     def type(self, text):
         self.driver.find_element(By.ID, "text").send_keys(text)
 
-    def send(self, text):
-        box = self.driver.find_element(By.ID, "text")
-        box.send_keys(text)
+    def submit(self, text):
+        """Types `text` and presses Send, without waiting for the composer to clear (a refused message is put back)."""
+        self.driver.find_element(By.ID, "text").send_keys(text)
         self.driver.find_element(By.ID, "send").click()
+
+    def send(self, text):
+        self.submit(text)
+        box = self.driver.find_element(By.ID, "text")
         wait_until(lambda: box.get_attribute("value") == "", 10, f"{self.label}: composer cleared after sending")
 
     def wait_texts(self, expected, timeout=20):
@@ -319,3 +348,44 @@ class ChatPage:
         path = ARTIFACTS / f"{name}.png"
         self.driver.save_screenshot(str(path))
         return path
+
+
+class BrowserTestCase(unittest.TestCase):
+    """The plumbing of a browser test: a fresh Workdir, and what the test started through `start` and `add_page`.
+    At the end a screenshot of every page (named by `end_screenshot`) and, when the test failed, each page's
+    console and each process's log are printed; the processes are SIGKILLed, newest first."""
+
+    def setUp(self):
+        self.workdir = Workdir()
+        self.pages = []
+        self.processes = []
+        self.addCleanup(self.workdir.remove)
+
+    def end_screenshot(self, page, failed):
+        return f"{self._testMethodName}-{page.label}-end"
+
+    def tearDown(self):
+        result = getattr(self._outcome, "result", None)
+        failed = result is not None and any(test is self for test, _ in result.failures + result.errors)
+        for page in self.pages:
+            try:
+                page.screenshot(self.end_screenshot(page, failed))
+            except Exception:
+                pass
+            if failed:
+                for line in page.console()[-20:]:
+                    print(f"[{page.label} console] {line}")
+            page.quit()
+        for process in reversed(self.processes):
+            if failed:
+                print(f"--- {process.name} log ---\n{process.tail()}")
+            process.stop(signal.SIGKILL)
+
+    def start(self, process):
+        self.processes.append(process)
+        return process.start()
+
+    def add_page(self, page):
+        """`page`, quit (after its end screenshot) when the test ends."""
+        self.pages.append(page)
+        return page

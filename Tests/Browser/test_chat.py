@@ -7,40 +7,12 @@ import unittest
 
 from selenium.webdriver.common.by import By
 
-from harness import API_KEY, ChatNode, ChatPage, Nginx, Redis, Workdir, http, wait_until
+from harness import API_KEY, BrowserTestCase, ChatNode, ChatPage, Nginx, Redis, http, wait_until
 
 
-class ChatTestCase(unittest.TestCase):
-    def setUp(self):
-        self.workdir = Workdir()
-        self.pages = []
-        self.processes = []
-        self.addCleanup(self.workdir.remove)
-
-    def tearDown(self):
-        result = getattr(self._outcome, "result", None)
-        failed = result is not None and any(test is self for test, _ in result.failures + result.errors)
-        for page in self.pages:
-            try:
-                page.screenshot(f"{self._testMethodName}-{page.label}-end")
-            except Exception:
-                pass
-            if failed:
-                for line in page.console()[-20:]:
-                    print(f"[{page.label} console] {line}")
-            page.quit()
-        for process in reversed(self.processes):
-            if failed:
-                print(f"--- {process.name} log ---\n{process.tail()}")
-            process.stop(signal.SIGKILL)
-
-    def start(self, process):
-        self.processes.append(process)
-        return process.start()
-
+class ChatTestCase(BrowserTestCase):
     def page(self, label, url, user=None):
-        page = ChatPage(self.workdir, label)
-        self.pages.append(page)
+        page = self.add_page(ChatPage(self.workdir, label))
         page.open(url)
         if user:
             page.sign_in(user)

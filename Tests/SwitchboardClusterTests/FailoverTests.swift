@@ -95,9 +95,13 @@ struct FailoverTests {
                 let readiness = NIOLockedValueBox<[Int]>([])
                 let healthyStatuses = NIOLockedValueBox<[Int]>([])
                 let polled = nodes
+                // Stopped by a flag, never cancelled: cancelling a task inside URLSession's
+                // `data(for:)` can deadlock swift-corelibs-foundation (the task's status lock
+                // against URLSession's queue), which hung a whole test run here.
+                let polling = NIOLockedValueBox(true)
                 let poller = Task {
                     var n = 0
-                    while !Task.isCancelled {
+                    while polling.withLockedValue({ $0 }) {
                         for node in polled {
                             if let reply = try? await node.get("/health/ready") { readiness.withLockedValue { $0.append(reply.status) } }
                         }
@@ -120,7 +124,7 @@ struct FailoverTests {
                 let otherWatch = Watch(other, try await other.subscribe(healthy))
                 // The stream's offsets 11-20 were lost: the promoted replica hands them out again.
                 for i in 1...20 { #expect(try await Self.publish(nodes[1], stream, "n\(i)", key: "n\(i)").status == 201) }
-                poller.cancel()
+                polling.withLockedValue { $0 = false }
                 _ = await poller.value
 
                 // The live client was told (SUB410), and never took a new 11-20 for the lost ones.

@@ -152,7 +152,7 @@ struct OperationsTests {
         let handshake =
             "GET /ws HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
             + "Sec-WebSocket-Version: 13\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n"
-        let upgrade = try Self.run(
+        let upgrade = try await Self.run(
             ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(node.port); printf '\(handshake)' >&3; timeout 5 head -1 <&3"], executable: "/bin/bash")
         #expect(upgrade.output.hasPrefix("HTTP/1.1 503"), "\(upgrade.output)")
         #expect(try await eventually(timeout: .seconds(20)) { !node.isRunning })
@@ -189,8 +189,20 @@ struct OperationsTests {
 
     // MARK: configuration
 
+    /// Runs the binary to its end on a thread of its own: the cooperative pool has one thread per
+    /// core, and a blocking wait on it would stall every test running beside this one.
     static func run(
         _ arguments: [String], environment: [String: String] = [:], executable: String = NodeProcess.binary
+    ) async throws -> (status: Int32, output: String) {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                continuation.resume(with: Result { try Self.runBlocking(arguments, environment: environment, executable: executable) })
+            }
+        }
+    }
+
+    private static func runBlocking(
+        _ arguments: [String], environment: [String: String], executable: String
     ) throws -> (status: Int32, output: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable)
@@ -213,11 +225,11 @@ struct OperationsTests {
         return path
     }
 
-    @Test func configCheckAcceptsAGoodFileAndNamesWhatIsWrongInABadOne() throws {
+    @Test func configCheckAcceptsAGoodFileAndNamesWhatIsWrongInABadOne() async throws {
         let good = try Self.file(
             #"{"port": 9123, "jwt-secret": "a-secret-of-at-least-32-bytes-long!!", "api-keys": ["k1"], "max-connections-per-user": 4, "allowed-origins": ["https://chat.example.com"], "history-age": 60}"#
         )
-        let ok = try Self.run(["config", "check", good])
+        let ok = try await Self.run(["config", "check", good])
         #expect(ok.status == 0, "\(ok.output)")
         #expect(ok.output.contains("OK"))
         #expect(ok.output.contains("listen 127.0.0.1:9123"))
@@ -244,17 +256,76 @@ struct OperationsTests {
             (#"{"jwt-jwks": "/nonexistent/jwks.json"}"#, "--jwt-jwks /nonexistent/jwks.json:"),
         ]
         for (json, message) in cases {
-            let result = try Self.run(["config", "check", try Self.file(json)])
+            let result = try await Self.run(["config", "check", try Self.file(json)])
             #expect(result.status != 0, "\(json) was accepted")
             #expect(result.output.contains(message), "\(json): \(result.output)")
         }
-        let missing = try Self.run(["config", "check", "/nonexistent/switchboard.json"])
+        let missing = try await Self.run(["config", "check", "/nonexistent/switchboard.json"])
         #expect(missing.status != 0)
         #expect(missing.output.contains("cannot read the file"))
         // The environment is validated too: serve would apply it over the file.
-        let badEnv = try Self.run(["config", "check", good], environment: ["SWITCHBOARD_PING_INTERVAL": "often"])
+        let badEnv = try await Self.run(["config", "check", good], environment: ["SWITCHBOARD_PING_INTERVAL": "often"])
         #expect(badEnv.status != 0)
         #expect(badEnv.output.contains("SWITCHBOARD_PING_INTERVAL must be a number, got 'often'"))
+    }
+
+    @Test func configCheckValidatesStreamRulesAndBackendsWithPreciseErrors() async throws {
+        let good = try Self.file(
+            #"""
+            {"allow-anonymous": true, "backends": ["http://127.0.0.1:3000", "/api=http://127.0.0.1:3001"], "backend-secret": "0123456789abcdef",
+             "backend-connect-hook": "/switchboard/connect", "allowed-origins": ["https://chat.example.com"],
+             "streams": [
+               {"pattern": "/rooms/*", "history": {"size": 500, "age": 86400}, "retention": "log", "subscribe": "backend", "publish": "backend"},
+               {"pattern": "/users/{user}/**", "subscribe": "owner", "presence": false},
+               {"pattern": "/ticks/**", "history": "none", "subscribe": "anyone"}
+             ]}
+            """#)
+        let ok = try await Self.run(["config", "check", good])
+        #expect(ok.status == 0, "\(ok.output)")
+        #expect(
+            ok.output.contains("stream /rooms/*: subscribe backend, publish backend, presence on, history 500 messages, 86400.0 s, retention log"))
+        #expect(ok.output.contains("stream /users/{user}/**: subscribe owner, publish none, presence off"))
+        #expect(ok.output.contains("stream /ticks/**: subscribe anyone, publish none, presence on, no history"))
+        #expect(ok.output.contains("backend: /=http://127.0.0.1:3000, /api=http://127.0.0.1:3001; signed"))
+        #expect(!ok.output.contains("0123456789abcdef"), "the secret is never printed")
+
+        let cases: [(String, String)] = [
+            (#"{"streams": {"pattern": "/a/*"}}"#, "'streams' must be an array of objects"),
+            (#"{"streams": [{"pattern": "/a/*", "subscibe": "anyone"}]}"#, "streams[0]: unknown key 'subscibe'"),
+            (#"{"streams": [{"subscribe": "anyone"}]}"#, "streams[0]: 'pattern' must be a string"),
+            (#"{"streams": [{"pattern": "rooms/*"}]}"#, "streams[0]: the pattern 'rooms/*' must start with /"),
+            (#"{"streams": [{"pattern": "/a/**/b"}]}"#, "streams[0]: in '/a/**/b', ** may only be the last segment"),
+            (#"{"streams": [{"pattern": "/a/*"}, {"pattern": "/b/*", "subscribe": "owner"}]}"#, "streams[1]: '/b/*': subscribe 'owner' needs {user}"),
+            (
+                #"{"streams": [{"pattern": "/a/*", "subscribe": "everyone"}]}"#,
+                "'subscribe' must be one of 'anyone', 'authenticated', 'owner', 'backend', 'none'"
+            ),
+            (#"{"streams": [{"pattern": "/a/*", "retention": "forever"}]}"#, "'retention' must be one of 'queue', 'log'"),
+            (#"{"streams": [{"pattern": "/a/*", "history": {"size": -1}}]}"#, "history size must be an integer 0…100000000"),
+            (#"{"streams": [{"pattern": "/a/*", "history": {"age": 0}}]}"#, "history age must be a number of seconds"),
+            (#"{"streams": [{"pattern": "/a/*", "history": "all"}]}"#, "'history' must be \"none\" or an object"),
+            (#"{"streams": [{"pattern": "/a/*", "presence": "yes"}]}"#, "'presence' must be true or false"),
+            (#"{"streams": [{"pattern": "/sessions/*"}]}"#, "/sessions is the node's own"),
+            (#"{"streams": [{"pattern": "/api/**"}]}"#, "/api is the node's own"),
+            (#"{"streams": [{"pattern": "/**"}]}"#, "the first segment must be a name, not a wildcard"),
+            (#"{"backends": ["http://x"], "backend-connect-hook": "/c"}"#, "give the pages' origins with --allowed-origin"),
+            (#"{"streams": [{"pattern": "/a/*", "publish": "backend"}]}"#, "the rule '/a/*' asks the backend, but no --backend is given"),
+            (#"{"backends": ["ftp://x"]}"#, "--backend 'ftp://x': backend URL 'ftp://x' must be http:// or https://"),
+            (#"{"backends": ["api=http://x"]}"#, "--backend 'api=http://x'"),
+            (#"{"backend-secret": "0123456789abcdef"}"#, "--backend-secret is set but no --backend is given"),
+            (#"{"backends": ["http://x"], "backend-secret": "short"}"#, "--backend-secret must be at least 16 bytes"),
+            (#"{"backends": ["http://x"], "backend-meta": ["Tenant"]}"#, "--backend-meta 'Tenant' is not a META key"),
+            (#"{"backends": ["http://x"], "backend-timeout": 0}"#, "--backend-timeout must be a number above 0"),
+            (
+                #"{"backends": ["http://x"], "backend-connect-hook": "connect", "allowed-origins": ["http://x.example"]}"#,
+                "--backend-connect-hook must be a path starting with '/'"
+            ),
+        ]
+        for (json, message) in cases {
+            let result = try await Self.run(["config", "check", try Self.file(json)])
+            #expect(result.status != 0, "\(json) was accepted")
+            #expect(result.output.contains(message), "\(json): \(result.output)")
+        }
     }
 
     /// A bad value in the environment is refused even when the flag it would add to is given
@@ -282,21 +353,21 @@ struct OperationsTests {
     /// node started with the same settings accepts the token with its user and roles.
     @Test func theTokenCommandSignsWhatANodeWithTheSameSettingsAccepts() async throws {
         let secret = "a-secret-of-at-least-32-bytes-long!!"
-        let flag = try Self.run(["token", "--jwt-secret", secret, "--sub", "ann", "--roles", "admin,ops", "--ttl", "15m"])
+        let flag = try await Self.run(["token", "--jwt-secret", secret, "--sub", "ann", "--roles", "admin,ops", "--ttl", "15m"])
         #expect(flag.status == 0, "\(flag.output)")
         let identity = try await TokenVerifier.hs256(secret: secret).verify(flag.output.trimmingCharacters(in: .whitespacesAndNewlines))
         #expect(identity.user == "ann" && identity.roles == ["admin", "ops"])
         #expect(abs(identity.expiresAt.timeIntervalSinceNow - 900) < 60)
         // The environment and the config file, as serve reads them.
-        let env = try Self.run(["token", "--sub", "bob"], environment: ["SWITCHBOARD_JWT_SECRET": secret])
+        let env = try await Self.run(["token", "--sub", "bob"], environment: ["SWITCHBOARD_JWT_SECRET": secret])
         #expect(try await TokenVerifier.hs256(secret: secret).verify(env.output.trimmingCharacters(in: .whitespacesAndNewlines)).user == "bob")
-        let file = try Self.run(["token", "--sub", "cy", "--config", try Self.file(#"{"jwt-secret": "\#(secret)"}"#)])
+        let file = try await Self.run(["token", "--sub", "cy", "--config", try Self.file(#"{"jwt-secret": "\#(secret)"}"#)])
         #expect(try await TokenVerifier.hs256(secret: secret).verify(file.output.trimmingCharacters(in: .whitespacesAndNewlines)).user == "cy")
         // An oct key of a key set, chosen by kid; the node verifying that set accepts it.
         let jwks = try Self.file(
             #"{"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":"\#(Data(secret.utf8).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: ""))"}]}"#
         )
-        let keyed = try Self.run(["token", "--jwt-jwks", jwks, "--sub", "dee"])
+        let keyed = try await Self.run(["token", "--jwt-jwks", jwks, "--sub", "dee"])
         #expect(keyed.status == 0, "\(keyed.output)")
         let verifier = try await TokenVerifier.jwks(json: try String(contentsOfFile: jwks, encoding: .utf8))
         #expect(try await verifier.verify(keyed.output.trimmingCharacters(in: .whitespacesAndNewlines)).user == "dee")
@@ -307,7 +378,7 @@ struct OperationsTests {
             (["token", "--jwt-secret", secret, "--sub", "ann", "--ttl", "soon"], "--ttl must be a positive duration"),
             (["token", "--jwt-secret", secret, "--sub", ""], "--sub must not be empty"),
         ] {
-            let result = try Self.run(arguments)
+            let result = try await Self.run(arguments)
             #expect(result.status != 0)
             #expect(result.output.contains(message), "\(arguments): \(result.output)")
         }

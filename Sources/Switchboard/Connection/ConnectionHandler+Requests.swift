@@ -16,7 +16,8 @@ extension ConnectionHandler {
         meta["node"] = self.core.nodeID
         let body = JSONBody.hello(session: self.session, user: self.identity?.user, node: self.core.nodeID, cursors: resumed)
         self.writeFrame(method: .hello, status: 200, target: "/", meta: meta, body: body)
-        let subscriptions = self.core.personalStreams(session: self.session, user: self.identity?.user).compactMap {
+        let streams = self.core.personalStreams(session: self.session, user: self.identity?.user) + self.serverStreams
+        let subscriptions = streams.compactMap {
             self.prepareSubscription($0, since: resumed?[$0], epoch: nil, tag: nil, requestID: nil)
         }
         self.resumedCursors = nil
@@ -88,6 +89,7 @@ extension ConnectionHandler {
             self.route(frame, requestID: requestID) { response, body in
                 var meta = Meta()
                 if let requestID { meta[MetaKey.requestID] = requestID }
+                ResponseMeta.carry(response.headers, into: &meta)
                 self.writeFrame(method: frame.method, status: Int(response.status.code), target: frame.target, meta: meta, body: body)
             }
         }
@@ -121,6 +123,12 @@ extension ConnectionHandler {
         case .notBuiltin:
             // A presence stream is authorised by the route of the stream it describes.
             let subject = PresenceEvents.subject(of: stream)
+            let presence = self.core.hasPresence(subject ?? stream, asSubject: true)
+            if subject != nil, !presence {
+                return self.replyError(
+                    status: 404, method: .sub, target: stream, requestID: requestID, error: "no_presence",
+                    reason: "no presence is kept for \(subject!)")
+            }
             var routed = frame
             if let subject { routed.target = subject }
             self.route(routed, requestID: requestID) { response, body in
@@ -135,7 +143,7 @@ extension ConnectionHandler {
                         reason: "at most \(self.configuration.maxSubscriptions) subscriptions per connection")
                 }
                 self.subscribe(stream, since: resumeAfter, epoch: epoch, tag: tag, requestID: requestID)
-                if subject == nil {
+                if subject == nil, presence {
                     let member = self.presenceMember
                     let presenceStore = self.core.presenceStore
                     let streamStore = self.core.streamStore
@@ -171,10 +179,15 @@ extension ConnectionHandler {
             body: RequestBody(buffer: frame.body)
         )
         let core = self.core
-        let loop = self.loopHub.loop
+        let loopHub = self.loopHub
         let limit = self.configuration.maxMessageSize
-        Task {
-            let routed = await core.responder.respond(request, source)
+        loopHub.startTask {
+            var routed = await core.responder.respond(request, source)
+            // A frame's status is 100…599 (protocol.md §2); whatever a route or backend made of it.
+            if !(100...599).contains(routed.status.code) {
+                routed = Response(
+                    status: .internalServerError, body: ResponseBody(byteBuffer: JSONBody.error("internal", reason: "bad response status")))
+            }
             var result: (Response, ByteBuffer)
             do {
                 let (body, overflow) = try await BodyCollector.collect(routed.body, limit: limit)
@@ -186,7 +199,7 @@ extension ConnectionHandler {
                 result = (Response(status: .internalServerError), JSONBody.error("internal", reason: "response body failed"))
             }
             let (response, body) = result
-            loop.execute {
+            loopHub.onLoop {
                 self.inFlight -= 1
                 if case .open = self.state { completion(response, body) }
             }

@@ -50,6 +50,8 @@ final class ConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     var writabilityWaiters: [EventLoopPromise<Void>]?
     /// Acked offsets of a resumed session, used once by `start()`.
     var resumedCursors: [String: Int64]?
+    /// Streams the backend's connect hook subscribed the connection to, at its start.
+    var serverStreams: [String] = []
     /// Node of the resumed session's previous connection, used once by `start()`.
     var previousNode: String?
     /// Position in the loop hub's connection list (kept by the hub).

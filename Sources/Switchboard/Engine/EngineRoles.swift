@@ -33,6 +33,10 @@ public protocol StreamStore: Sendable {
     func ack(session: String, stream: String, offset: Int64) async throws
     /// The session stopped consuming `stream` (acks no longer hold its history).
     func release(session: String, stream: String) async throws
+
+    /// How much of each stream to keep and whether acks trim it (the gateway's stream rules);
+    /// called before the engine starts. Until then every stream gets the engine's defaults.
+    func useStorage(_ policy: StreamStoragePolicy)
 }
 
 extension StreamStore {

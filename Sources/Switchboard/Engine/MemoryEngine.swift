@@ -35,8 +35,16 @@ public final class MemoryEngine: SwitchboardEngine {
         var body: ByteBuffer
     }
 
+    /// What the stream's rule keeps, resolved once when its state is made.
+    struct Limits {
+        var size: Int
+        var age: TimeAmount
+        var trimsByAcks: Bool
+    }
+
     struct StreamState {
         let epoch: String
+        let limits: Limits
         var top: Int64 = 0
         /// The tag of the message at `top` (the next one's `previousTag`).
         var lastTag = ""
@@ -62,6 +70,7 @@ public final class MemoryEngine: SwitchboardEngine {
         var streams: [String: StreamState] = [:]
         var sessions: [String: SessionState] = [:]
         var delivery: (any EngineDelivery)?
+        var storage = StreamStoragePolicy.standard
         var node = NodeInfo(id: "", address: nil, startedAt: 0, lastSeen: 0, connections: 0)
     }
 
@@ -144,13 +153,26 @@ public final class MemoryEngine: SwitchboardEngine {
         delivery.control(message)
     }
 
+    public func useStorage(_ policy: StreamStoragePolicy) {
+        self.state.withLockedValue { $0.storage = policy }
+    }
+
+    private func newStream(_ stream: String, _ policy: StreamStoragePolicy) -> StreamState {
+        let storage = policy.storage(of: stream)
+        let limits = Limits(
+            size: max(0, storage.historySize ?? self.configuration.historySize),
+            age: .seconds(clamping: storage.historyAge ?? self.configuration.historyAge),
+            trimsByAcks: storage.trimsByAcks(stream))
+        return StreamState(epoch: self.epoch, limits: limits)
+    }
+
     public func publish(_ stream: String, body: ByteBuffer, idempotencyKey: String?) async throws -> PublishResult {
         let now = NIODeadline.now()
         let tag = StreamMessage.newTag()  // outside the lock
         return self.state.withLockedValue { state in
             let delivery = state.delivery
             // In place: a copy of the stream state would copy its whole history.
-            return Self.inPlace(&state.streams[stream, default: StreamState(epoch: self.epoch)]) { s in
+            return Self.inPlace(&state.streams[stream, default: self.newStream(stream, state.storage)]) { s in
                 if let key = idempotencyKey, let seen = s.idempotency[key], seen.expires > now {
                     var result = seen.result
                     result.duplicate = true
@@ -263,14 +285,16 @@ public final class MemoryEngine: SwitchboardEngine {
                 s.record.cursors[stream] = max(s.record.cursors[stream] ?? 0, acked)
                 state.sessions[session] = s
             }
-            guard BuiltinStream.isTrimmedByAcks(stream) else { return }
             if state.streams[stream] == nil {
                 // A session's own stream has no other consumer to protect: it needs no state yet.
                 // Any other stream records this consumer now, even before its first message, or a
                 // later subscriber's acks would trim what this one has not read (protocol §4.4).
                 if BuiltinStream.isSessionStream(stream) { return }
-                state.streams[stream] = StreamState(epoch: self.epoch)
+                let fresh = self.newStream(stream, state.storage)
+                guard fresh.limits.trimsByAcks else { return }
+                state.streams[stream] = fresh
             }
+            guard state.streams[stream]!.limits.trimsByAcks else { return }
             Self.inPlace(&state.streams[stream]!) { s in
                 s.consumers[session] = max(s.consumers[session] ?? 0, acked)
             }
@@ -287,7 +311,7 @@ public final class MemoryEngine: SwitchboardEngine {
     @discardableResult
     public func presenceJoin(_ stream: String, member: PresenceMember) async throws -> Bool {
         self.state.withLockedValue { state in
-            state.streams[stream, default: StreamState(epoch: self.epoch)].presence.insert(member).inserted
+            state.streams[stream, default: self.newStream(stream, state.storage)].presence.insert(member).inserted
         }
     }
 
@@ -340,10 +364,10 @@ public final class MemoryEngine: SwitchboardEngine {
 
     /// Retention by count and age (on every publish and read).
     private func trim(_ s: inout StreamState, now: NIODeadline) {
-        while s.log.count > self.configuration.historySize {
+        while s.log.count > s.limits.size {
             s.log.removeFirst()
         }
-        let oldest = now - .seconds(clamping: self.configuration.historyAge)
+        let oldest = now - s.limits.age
         while let first = s.log.first, first.time < oldest {
             s.log.removeFirst()
         }

@@ -8,6 +8,8 @@ import SwitchboardWire
 /// want it and each loop writes the same frame bytes to its subscribers.
 final class LoopHub: @unchecked Sendable {
     let loop: any EventLoop
+    /// Request frames' routes run here (a `LoopTaskExecutor` where the platform has task executors).
+    let executor: (any Sendable)?
     let index: Int
     unowned let hub: Hub
     /// Every connection of the loop; each knows its slot, so removal is O(1).
@@ -32,6 +34,7 @@ final class LoopHub: @unchecked Sendable {
 
     init(loop: any EventLoop, index: Int, hub: Hub) {
         self.loop = loop
+        self.executor = Self.makeExecutor(loop)
         self.index = index
         self.hub = hub
     }

@@ -63,6 +63,12 @@ public struct SwitchboardRequestContext: SwitchboardRequestContextProtocol {
         encoder.outputFormatting = .withoutEscapingSlashes
         return encoder
     }
+}
+
+extension SwitchboardRequestContextProtocol {
+    /// No route matched the request (Hummingbird's not-found responder marks the context so),
+    /// as opposed to a route that answered 404 itself.
+    var isUnrouted: Bool { self.endpointPath == nil || self.endpointPath == "NotFound" }
 
     /// The WebSocket connection that sent this request, if any.
     public var connection: ConnectionHandle? {

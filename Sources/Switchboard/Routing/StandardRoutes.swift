@@ -39,26 +39,27 @@ public enum StandardRoutes {
                 }
                 return .ok
             }
-            router.post("/streams/**") { request, context -> EditedResponse<Published> in
+            router.post("/streams/**") { request, context -> Response in
                 guard context.identity != nil || context.switchboard.core.configuration.allowAnonymous else {
                     throw HTTPError(.unauthorized)
                 }
                 let body = try await request.body.collect(upTo: context.maxUploadSize)
-                let stream = request.uri.path
-                let key = context.meta?[MetaKey.idempotencyKey] ?? request.headers[HTTPField.Name("Idempotency-Key")!]
-                // Pushed in WebSocket text frames: UTF-8 or refused (a frame's body already is).
-                guard UTF8Validation.isValid(body) else { throw HTTPError(.badRequest, message: "the message body is not UTF-8") }
-                let result = try await Self.publish(context, body, to: stream, key: key)
-                return EditedResponse(
-                    status: .created, response: Published(stream: stream, offset: result.offset, epoch: result.epoch, duplicate: result.duplicate))
+                return try await Self.publish(body, to: request.uri.path, for: request, context)
             }
         }
     }
 
+    /// Publishes `body` to `stream` for a client's request (idempotency key in META `k` or the
+    /// `Idempotency-Key` header) and answers `201 {"stream","offset","epoch","duplicate"}`.
     static func publish<Context: SwitchboardRequestContextProtocol>(
-        _ context: Context, _ data: ByteBuffer, to stream: String, key: String?
-    ) async throws -> PublishResult {
+        _ body: ByteBuffer, to stream: String, for request: Request, _ context: Context
+    ) async throws -> Response {
+        let key = context.meta?[MetaKey.idempotencyKey] ?? request.headers[HTTPField.Name("Idempotency-Key")!]
+        // Pushed in WebSocket text frames: UTF-8 or refused (a frame's body already is).
+        guard UTF8Validation.isValid(body) else { throw HTTPError(.badRequest, message: "the message body is not UTF-8") }
         // An EngineError answers for itself (503 + Retry-After while the engine is away).
-        try await context.switchboard.publish(data, to: stream, idempotencyKey: key)
+        let result = try await context.switchboard.publish(body, to: stream, idempotencyKey: key)
+        let published = Published(stream: stream, offset: result.offset, epoch: result.epoch, duplicate: result.duplicate)
+        return try EditedResponse(status: .created, response: published).response(from: request, context: context)
     }
 }

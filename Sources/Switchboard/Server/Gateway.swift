@@ -33,6 +33,7 @@ public final class Gateway: Service, Sendable {
         configuration: GatewayConfiguration = .init(),
         engine: any SwitchboardEngine = MemoryEngine(),
         verifier: TokenVerifier? = nil,
+        backend: (any SwitchboardBackend)? = nil,
         drainWindow: Double = 5,
         eventLoopGroup: any EventLoopGroup = Gateway.defaultEventLoopGroup,
         logger: Logger = Logger(label: "switchboard")
@@ -42,6 +43,7 @@ public final class Gateway: Service, Sendable {
         var configuration = configuration
         configuration.nodeID = configuration.nodeID ?? GatewayCore.randomID(length: 10)
         let metrics = GatewayMetrics(node: configuration.nodeID!)
+        if let rules = configuration.streamRules { engine.useStorage(rules.storagePolicy) }
         self.core = GatewayCore(
             configuration: configuration,
             engine: engine,
@@ -49,6 +51,7 @@ public final class Gateway: Service, Sendable {
             metrics: metrics,
             responder: ErasedResponder(router.buildResponder()),
             verifier: verifier,
+            backend: backend,
             logger: logger
         )
     }

@@ -53,6 +53,10 @@ public struct GatewayConfiguration: Sendable {
     /// Path of a WebSocket echo endpoint (anonymous, no protocol: every message comes back
     /// as sent) for conformance tests such as Autobahn; nil, the default, disables it.
     public var echoPath: String?
+    /// Stream rules: who may subscribe and publish, what is kept, whether presence is recorded.
+    /// Nil: the router alone decides (`SUB` routes), every stream on the engine's defaults.
+    /// Enforced by `StreamRulesMiddleware`, which `switchboard serve` installs.
+    public var streamRules: StreamRules?
 
     public init() {}
 }

@@ -22,14 +22,16 @@ extension GatewayCore {
         BuiltinStream.isBuiltin(stream)
     }
 
-    /// Streams whose subscribers are tracked as presence: those subscribed through a route.
-    func hasPresence(_ stream: String) -> Bool {
-        !self.isBuiltinStream(stream) && PresenceEvents.subject(of: stream) == nil
+    /// Streams whose subscribers are tracked as presence: those subscribed through a route, unless
+    /// their stream rule turns presence off. `asSubject`: `stream` is known not to be a presence stream.
+    func hasPresence(_ stream: String, asSubject: Bool = false) -> Bool {
+        guard !self.isBuiltinStream(stream), asSubject || PresenceEvents.subject(of: stream) == nil else { return false }
+        return self.configuration.streamRules?.rule(for: stream)?.rule.presence ?? true
     }
 
     func authorizeBuiltin(stream: String, session: String, user: String?) -> BuiltinAuthorization {
         if stream == Self.broadcastStream { return .allowed }
-        if stream.hasPrefix(BuiltinStream.userPrefix) { return user.map { Self.userStream($0) == stream } == true ? .allowed : .forbidden }
+        if BuiltinStream.isUserStream(stream) { return user.map { Self.userStream($0) == stream } == true ? .allowed : .forbidden }
         if stream.hasPrefix(BuiltinStream.sessionPrefix) { return Self.sessionStream(session) == stream ? .allowed : .forbidden }
         return .notBuiltin
     }
@@ -68,6 +70,12 @@ extension GatewayCore {
             for stream in held { await streamStore.unsubscribe(stream) }
             for stream in presence { await PresenceEvents.record(.leave, member, on: stream, presence: presenceStore, streams: streamStore) }
             if clearSessionMark { try? await sessions.touchSession(handle.session, user: handle.user, connected: false) }
+        }
+        if let backend = self.backend {
+            // A notification, outside the bookkeeping: a slow backend must not hold up a drain.
+            let caller = BackendCaller(
+                user: handle.user, roles: [], session: handle.session, connection: member.connection, node: self.nodeID, transport: "websocket")
+            Task { await backend.disconnected(caller) }
         }
     }
 

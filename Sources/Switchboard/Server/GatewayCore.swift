@@ -17,6 +17,8 @@ final class GatewayCore: Sendable {
     let hub: Hub
     let responder: ErasedResponder
     let verifier: TokenVerifier?
+    /// The application's backend (stream rules' `backend` settings, requests no route answers).
+    let backend: (any SwitchboardBackend)?
     let logger: Logger
     let nodeID: String
     let allocator = ByteBufferAllocator()
@@ -47,6 +49,7 @@ final class GatewayCore: Sendable {
         metrics: GatewayMetrics,
         responder: ErasedResponder,
         verifier: TokenVerifier?,
+        backend: (any SwitchboardBackend)? = nil,
         logger: Logger
     ) {
         self.configuration = configuration
@@ -59,6 +62,7 @@ final class GatewayCore: Sendable {
         self.hub = hub
         self.responder = responder
         self.verifier = verifier
+        self.backend = backend
         self.logger = logger
         self.nodeID = configuration.nodeID ?? Self.randomID(length: 10)
         self.connectionBucket = configuration.connectionRate.map { rate in

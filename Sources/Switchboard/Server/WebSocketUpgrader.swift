@@ -6,6 +6,7 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
+import SwitchboardAuth
 
 /// How an upgrade ended, for the child channel to act on.
 enum UpgradeOutcome: Sendable {
@@ -24,6 +25,8 @@ struct AcceptedUpgrade {
     var resumedCursors: [String: Int64]?
     /// The node that held the resumed session's connection, if any (it is told to close it).
     var previousNode: String?
+    /// Streams the backend's connect hook subscribes the connection to.
+    var streams: [String] = []
     /// An echo connection (conformance testing): no identity, no session, no protocol.
     var echo = false
 }
@@ -101,11 +104,31 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
 
         // Auth before anything else: a refused upgrade never sees an application frame.
         var identity: Identity? = nil
-        if let verifier = self.core.verifier, let token = TokenExtractor.token(from: request) {
+        var streams: [String] = []
+        let token = TokenExtractor.token(from: request)
+        if let verifier = self.core.verifier, let token {
             do {
                 identity = try await verifier.verify(token)
             } catch {
                 throw self.refuse(.unauthorized, error.description)
+            }
+        } else if token == nil, let backend = self.core.backend,
+            let decision = await backend.connect(
+                BackendConnectRequest(
+                    cookie: head.headers["cookie"].first, authorization: head.headers["authorization"].first,
+                    origin: head.headers["origin"].first, node: self.core.nodeID))
+        {
+            // Session-cookie auth: the application's backend says who this is.
+            switch decision {
+            case .refuse(let status, let reason):
+                throw self.refuse(status, reason)
+            case .accept(let user, let roles, let expiresAt, let subscribed):
+                if let user {
+                    identity = Identity(user: user, roles: Set(roles), expiresAt: expiresAt ?? SwitchboardClaims.latestDate)
+                } else if !configuration.allowAnonymous {
+                    throw self.refuse(.unauthorized, "the backend named no user and this node accepts no anonymous connections")
+                }
+                streams = subscribed
             }
         } else if !self.core.configuration.allowAnonymous {
             throw self.refuse(
@@ -121,6 +144,7 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
         let query = head.uri.split(separator: "?", maxSplits: 1).dropFirst().first ?? ""
         let requested = QueryString.value(of: "sid", in: query) ?? head.headers["switchboard-session"].first
         var accepted = AcceptedUpgrade(identity: identity, session: GatewayCore.newSessionID(), resumedCursors: nil)
+        accepted.streams = streams
         do {
             if let requested, let record = try await self.core.sessionStore.loadSession(requested) {
                 if record.user == identity?.user {
@@ -164,6 +188,7 @@ struct SwitchboardWebSocketUpgrader: NIOTypedHTTPServerProtocolUpgrader {
                 session: accepted.session, identity: accepted.identity, resumedCursors: accepted.resumedCursors,
                 previousNode: accepted.previousNode, echo: accepted.echo
             )
+            handler.serverStreams = accepted.streams
             try channel.pipeline.syncOperations.addHandler(handler)
             return .webSocket
         }

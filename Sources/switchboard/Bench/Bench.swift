@@ -11,7 +11,7 @@ import NIOPosix
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Load tool: idle connections (memory per connection) and fan-out (throughput, latency, CPU).",
-        subcommands: [Idle.self, Fanout.self, Worker.self, RedisClient.self]
+        subcommands: [Idle.self, Fanout.self, Bridge.self, Worker.self, RedisClient.self]
     )
 
     struct Common: ParsableArguments {
