@@ -122,19 +122,19 @@ struct BackendBridgeTests {
             try await ExpressBackend.bridge(
                 to: app.url,
                 {
-                    $0.timeout = 1
+                    $0.timeout = 2
                     $0.maxInFlightPerConnection = 2
                     $0.maxResponseBytes = 64 * 1024
                 }
             ) { bridge in
                 try await withRulesNode(.memory, rules: Self.rules, backend: bridge) { node in
                     let (ann, _) = try await node.raw(user: "ann")
-                    #expect(try await Self.reply(ann, "GET|/slow?ms=3000|r=1|", id: "1").head == "GET504")
+                    #expect(try await Self.reply(ann, "GET|/slow?ms=6000|r=1|", id: "1").head == "GET504")
                     let big = try await Self.reply(ann, "GET|/big|r=2|", id: "2")
                     #expect(big.head == "GET502")
                     #expect(big.body.contains("backend_response_too_large"))
                     // Per connection: two in flight, the third is 429 at once.
-                    for i in 1...3 { try await ann.send("GET|/slow?ms=500|r=c\(i)|") }
+                    for i in 1...3 { try await ann.send("GET|/slow?ms=300|r=c\(i)|") }
                     var heads: [String: String] = [:]
                     for _ in 1...3 {
                         let p = Parsed(try await ann.nextText(where: { $0.contains("r=c") }))
@@ -146,12 +146,18 @@ struct BackendBridgeTests {
                     #expect(try await Self.reply(ann, "GET|/hello|r=3|", id: "3").head == "GET200")
                 }
             }
-            try await ExpressBackend.bridge(to: app.url, { $0.maxInFlight = 1 }) { bridge in
+            try await ExpressBackend.bridge(
+                to: app.url,
+                {
+                    $0.maxInFlight = 1
+                    $0.timeout = 10
+                }
+            ) { bridge in
                 try await withRulesNode(.memory, rules: Self.rules, backend: bridge) { node in
                     let (ann, _) = try await node.raw(user: "ann")
                     let (bob, _) = try await node.raw(user: "bob")
-                    try await ann.send("GET|/slow?ms=800|r=1|")
-                    try await Task.sleep(for: .milliseconds(200))
+                    try await ann.send("GET|/slow?ms=3000|r=1|")
+                    try await Task.sleep(for: .milliseconds(1000))
                     let busy = try await Self.reply(bob, "GET|/hello|r=1|", id: "1")
                     #expect(busy.head == "GET503")
                     #expect(busy.meta["retry-after"] == "1")
@@ -260,7 +266,7 @@ struct BackendBridgeTests {
             try await ExpressBackend.bridge(
                 to: app.url,
                 {
-                    $0.timeout = 1
+                    $0.timeout = 2
                     $0.disconnectHook = "/switchboard/disconnect"
                 }
             ) { bridge in

@@ -144,7 +144,7 @@ struct StreamRulesTests {
     @Test(arguments: EngineKind.allCases)
     func aRulesHistoryAgeIsItsOwn(_ kind: EngineKind) async throws {
         let rules = [
-            try StreamRule.test("/short/*", storage: StreamStorage(historyAge: 1), publish: .authenticated),
+            try StreamRule.test("/short/*", storage: StreamStorage(historyAge: 2), publish: .authenticated),
             try StreamRule.test("/long/*", publish: .authenticated),
         ]
         try await withRulesNode(kind, rules: rules) { node in
@@ -152,7 +152,7 @@ struct StreamRulesTests {
                 for i in 1...2 { _ = try await node.publisher.publish("m\(i)", to: stream) }
                 #expect(try await RetentionTests.history(node, stream) == [1, 2])
             }
-            try await Task.sleep(for: .milliseconds(1300))
+            try await Task.sleep(for: .milliseconds(2300))
             #expect(try await RetentionTests.history(node, "/short/a") == [])
             #expect(try await RetentionTests.history(node, "/long/a") == [1, 2])
         }
