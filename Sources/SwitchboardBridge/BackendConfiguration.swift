@@ -21,7 +21,13 @@ public struct BackendConfiguration: Sendable {
             }
             self.prefix = prefix
             self.url = url
+            var base = url.absoluteString
+            if base.hasSuffix("/") { base.removeLast() }
+            self.base = base
         }
+
+        /// `url` without a trailing `/`: a request's target (which starts with `/`) is appended.
+        let base: String
     }
 
     public var targets: [Target]

@@ -201,9 +201,7 @@ public final class HTTPBackend: SwitchboardBackend, Service {
         to backend: BackendConfiguration.Target, method: HTTPRequest.Method, target: String, body: ByteBuffer, meta: Meta,
         caller: BackendCaller, contentType: String?
     ) -> HTTPClientRequest {
-        var base = backend.url.absoluteString
-        if base.hasSuffix("/") { base.removeLast() }
-        var request = HTTPClientRequest(url: base + target)
+        var request = HTTPClientRequest(url: backend.base + target)
         request.method = NIOHTTP1.HTTPMethod(rawValue: method.rawValue)
         let fields = BackendSignature.Fields(
             timestamp: String(Int(Date().timeIntervalSince1970)), method: method.rawValue, target: target,
@@ -280,8 +278,13 @@ enum HeaderValue {
     /// A user name or role in a header: percent-encoded beyond RFC 3986's unreserved characters,
     /// so a token's `sub` can hold anything and still never break a header.
     static func encode(_ value: String) -> String {
+        value.addingPercentEncoding(withAllowedCharacters: Self.unencoded) ?? ""
+    }
+
+    /// ASCII letters and digits, `- . _ ~ @`: built once, not per header.
+    private static let unencoded: CharacterSet = {
         var allowed = CharacterSet.alphanumerics.intersection(CharacterSet(charactersIn: Unicode.Scalar(0)...Unicode.Scalar(127)))
         allowed.insert(charactersIn: "-._~@")
-        return value.addingPercentEncoding(withAllowedCharacters: allowed) ?? ""
-    }
+        return allowed
+    }()
 }

@@ -48,16 +48,18 @@ public struct StreamRulesMiddleware<Context: SwitchboardRequestContextProtocol>:
         case .authenticated, .owner:
             guard user != nil else { throw HTTPError(.unauthorized, message: "subscribing to \(stream) needs a token") }
         case .backend:
-            // A path that names a user is that user's, before the backend is asked.
-            guard match.isOwned(by: user) else { throw HTTPError(.forbidden, message: "\(stream) belongs to another user") }
+            break
+        }
+        // A path that names a user is that user's, whatever else the rule allows, and before the
+        // backend is asked.
+        guard match.isOwned(by: user) else { throw HTTPError(.forbidden, message: "\(stream) belongs to another user") }
+        if case .backend = rule.subscribe {
             guard let backend = context.switchboard.core.backend else {
                 throw HTTPError(.serviceUnavailable, message: "no backend is configured to authorise \(stream)")
             }
             let answer = await backend.authorizeSubscription(to: stream, caller: BackendCaller(context, node: context.switchboard.core.nodeID))
             guard (200..<300).contains(answer.status.code) else { throw BackendAnswer(answer) }
         }
-        // A path that names a user is that user's, whatever else the rule allows.
-        guard match.isOwned(by: user) else { throw HTTPError(.forbidden, message: "\(stream) belongs to another user") }
     }
 
     private func publish(
